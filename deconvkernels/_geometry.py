@@ -1,0 +1,201 @@
+"""Argument normalisation and shape arithmetic shared by every backend.
+
+The C++ ops check their arguments again (they can be called through
+``torch.ops`` directly); the checks here exist so that both backends raise the
+same clear ``ValueError`` naming the argument before any work is done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple, Union
+
+import torch
+
+IntOrPair = Union[int, Sequence[int]]
+
+#: Largest window (``kernel_h * kernel_w``) whose offsets fit a uint8 switch.
+MAX_WINDOW = 255
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+class PoolParams(NamedTuple):
+    """A 2-D pooling geometry, every field an ``(h, w)`` pair."""
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+
+    @property
+    def window(self) -> int:
+        return self.kernel_size[0] * self.kernel_size[1]
+
+    def overlapping(self) -> bool:
+        """True when two windows can contain the same input position."""
+        return any(
+            s < (k - 1) * d + 1 for k, s, d in zip(self.kernel_size, self.stride, self.dilation)
+        )
+
+    def as_lists(self) -> tuple[list[int], list[int], list[int], list[int]]:
+        return (list(self.kernel_size), list(self.stride), list(self.padding), list(self.dilation))
+
+
+def pair(value: IntOrPair, name: str) -> tuple[int, int]:
+    """``3 -> (3, 3)``; ``(2, 3) -> (2, 3)``; anything else is a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, torch.SymInt):
+        return (value, value)  # type: ignore[return-value]
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    if len(items) == 1:
+        items = items * 2
+    if len(items) != 2 or not all(
+        isinstance(v, (int, torch.SymInt)) and not isinstance(v, bool) for v in items
+    ):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return (items[0], items[1])
+
+
+def pool_params(
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+) -> PoolParams:
+    """Normalise and validate a pooling geometry (PyTorch's rules, plus the uint8 window bound)."""
+    k = pair(kernel_size, "kernel_size")
+    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else pair(stride, "stride")
+    p = pair(padding, "padding")
+    d = pair(dilation, "dilation")
+    if min(k) <= 0:
+        raise ValueError(f"kernel_size must be positive, got {k}")
+    if min(s) <= 0:
+        raise ValueError(f"stride must be positive, got {s}")
+    if min(d) <= 0:
+        raise ValueError(f"dilation must be positive, got {d}")
+    if min(p) < 0:
+        raise ValueError(f"padding must be non-negative, got {p}")
+    for pi, ki, di in zip(p, k, d):
+        if pi > ((ki - 1) * di + 1) // 2:
+            raise ValueError(
+                f"padding must be at most half of the effective kernel size, got padding={p} "
+                f"for kernel_size={k}, dilation={d}"
+            )
+    if k[0] * k[1] > MAX_WINDOW:
+        raise ValueError(
+            f"kernel_size {k} has a window of {k[0] * k[1]} elements; uint8 switches hold at most "
+            f"{MAX_WINDOW}"
+        )
+    return PoolParams(k, s, p, d)
+
+
+def pooled_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
+    """PyTorch's ``pooling_output_shape``: the pooled extent of one spatial dimension."""
+    span = size + 2 * p - d * (k - 1) - 1
+    out = (span + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def pooled_shape(
+    input_size: Sequence[int], params: PoolParams, ceil_mode: bool
+) -> tuple[int, int]:
+    """Pooled ``(H_out, W_out)`` for an input of spatial size ``input_size``; ValueError if empty."""
+    out = tuple(
+        pooled_size(n, k, s, p, d, ceil_mode)
+        for n, k, s, p, d in zip(input_size, *params)
+    )
+    if min(out) < 1:
+        raise ValueError(
+            f"input of spatial size {tuple(input_size)} is too small for kernel_size="
+            f"{params.kernel_size}, padding={params.padding}, dilation={params.dilation}: "
+            f"the output would be {out}"
+        )
+    return out  # type: ignore[return-value]
+
+
+def default_unpooled_shape(pooled: Sequence[int], params: PoolParams) -> tuple[int, int]:
+    """The smallest input size a pool with ``params`` maps to ``pooled`` (F.max_unpool2d's default)."""
+    return tuple(  # type: ignore[return-value]
+        (o - 1) * s - 2 * p + d * (k - 1) + 1 for o, k, s, p, d in zip(pooled, *params)
+    )
+
+
+def unpooled_shape(
+    pooled: Sequence[int],
+    params: PoolParams,
+    output_size: Sequence[int] | None,
+    name: str = "output_size",
+) -> tuple[int, int]:
+    """Resolve and check the unpooled spatial size.
+
+    ``output_size`` may hold leading batch/channel sizes (as ``F.max_unpool2d`` allows); only the
+    last two count. It must be a size that a pool with ``params`` (floor or ceil mode) maps to
+    ``pooled``: anything else could not have produced these switches.
+    """
+    if output_size is None:
+        return default_unpooled_shape(pooled, params)
+    size = tuple(output_size)
+    if len(size) < 2:
+        raise ValueError(f"{name} must hold at least (H, W), got {size}")
+    size = size[-2:]
+    for n, o, k, s, p, d in zip(size, pooled, *params):
+        if not isinstance(n, (int, torch.SymInt)) or isinstance(n, bool):
+            raise ValueError(f"{name} must hold ints, got {tuple(output_size)}")
+        if n < 1 or (
+            pooled_size(n, k, s, p, d, False) != o and pooled_size(n, k, s, p, d, True) != o
+        ):
+            raise ValueError(
+                f"{name} {tuple(size)} cannot have been pooled to {tuple(pooled)} with "
+                f"kernel_size={params.kernel_size}, stride={params.stride}, "
+                f"padding={params.padding}, dilation={params.dilation}"
+            )
+    return size  # type: ignore[return-value]
+
+
+def check_float_tensor(t: object, name: str) -> None:
+    """A 3-D (C, H, W) or 4-D (N, C, H, W) floating tensor, else ValueError naming ``name``."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise ValueError(
+            f"{name} must be float32, float64, float16 or bfloat16, got {t.dtype}"
+        )
+    if t.dim() not in (3, 4):
+        raise ValueError(f"{name} must be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(t.shape)}")
+
+
+def check_switches(switches: object, like: torch.Tensor, name: str = "switches") -> None:
+    """uint8, same shape and device as the pooled tensor ``like``."""
+    if not isinstance(switches, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(switches).__name__}")
+    if switches.dtype != torch.uint8:
+        raise ValueError(f"{name} must be torch.uint8, got {switches.dtype}")
+    if switches.shape != like.shape:
+        raise ValueError(
+            f"{name} must have the pooled tensor's shape {tuple(like.shape)}, got "
+            f"{tuple(switches.shape)}"
+        )
+    if switches.device != like.device:
+        raise ValueError(
+            f"{name} is on {switches.device} but the pooled tensor is on {like.device}"
+        )
+
+
+def spatial_size(size: Sequence[int], name: str) -> tuple[int, int]:
+    """``(H, W)`` from a size that may carry leading dimensions."""
+    size = tuple(size)
+    if len(size) < 2:
+        raise ValueError(f"{name} must hold at least (H, W), got {size}")
+    h, w = size[-2:]
+    if h < 1 or w < 1:
+        raise ValueError(f"{name} must be positive, got {(h, w)}")
+    return (h, w)

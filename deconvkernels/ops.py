@@ -1,0 +1,279 @@
+"""Public functional API: max pooling with uint8 switches, unpooling with them, conversions.
+
+Every function normalises and checks its arguments, then runs either the compiled
+``torch.ops.deconvkernels`` op or its pure-PyTorch twin in :mod:`deconvkernels.reference`
+(see :func:`deconvkernels.use_backend`). For the compiled ops this module also registers the
+fake (meta) kernels that ``torch.compile`` needs and the autograd formulas, all through
+``torch.library``, so ``opcheck`` and ``torch.compile(fullgraph=True)`` work.
+
+Switches are ``torch.uint8`` tensors of the pooled shape holding the window-local offset
+``ky * kernel_w + kx`` of each maximum: one byte per pooled value instead of PyTorch's eight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch._prims_common import suggest_memory_format
+
+from . import reference
+from ._backend import use_extension
+from ._ext import extension_available
+from ._geometry import (
+    IntOrPair,
+    PoolParams,
+    check_float_tensor,
+    check_switches,
+    pool_params,
+    pooled_shape,
+    spatial_size,
+    unpooled_shape,
+)
+
+__all__ = [
+    "max_pool2d_with_switches",
+    "max_unpool2d_with_switches",
+    "switches_to_indices",
+    "indices_to_switches",
+]
+
+_ops = torch.ops.deconvkernels if extension_available() else None
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def max_pool2d_with_switches(
+    x: torch.Tensor,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    ceil_mode: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """2-D max pooling that also returns where each maximum was, as uint8 switches.
+
+    Args:
+        x: ``(N, C, H, W)`` or ``(C, H, W)`` float tensor, NCHW or channels_last.
+        kernel_size, stride, padding, dilation, ceil_mode: as in :func:`torch.nn.functional.max_pool2d`
+            (``stride`` defaults to ``kernel_size``); the window may hold at most 255 elements.
+
+    Returns:
+        ``(y, switches)``: ``y`` equals ``F.max_pool2d(x, ...)`` exactly (NaN propagation and
+        tie-breaking included) and keeps ``x``'s memory format; ``switches`` is ``torch.uint8`` of
+        ``y``'s shape, the offset ``ky * kernel_w + kx`` of each maximum inside its window.
+    """
+    params = pool_params(kernel_size, stride, padding, dilation)
+    check_float_tensor(x, "x")
+    pooled_shape(x.shape[-2:], params, bool(ceil_mode))
+    if use_extension():
+        return _ops.max_pool2d_with_switches(x, *params.as_lists(), bool(ceil_mode))
+    return reference.max_pool2d_with_switches(x, params, bool(ceil_mode))
+
+
+def max_unpool2d_with_switches(
+    y: torch.Tensor,
+    switches: torch.Tensor,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    output_size: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Put each pooled value back where its switch says the maximum was; zeros elsewhere.
+
+    Equals ``F.max_unpool2d(y, indices, ...)`` with the indices matching ``switches``. Where
+    windows overlap and several point at one position, the last window in raster order wins,
+    deterministically on every device, and the backward agrees with that forward.
+
+    Args:
+        y: pooled ``(N, C, H_out, W_out)`` or ``(C, H_out, W_out)`` float tensor.
+        switches: uint8 tensor of ``y``'s shape, from :func:`max_pool2d_with_switches`.
+        kernel_size, stride, padding, dilation: the geometry of the pool that made ``switches``.
+        output_size: the unpooled ``(H, W)`` (leading sizes allowed); default the smallest input
+            size the pool maps to ``(H_out, W_out)``, as ``F.max_unpool2d``.
+    """
+    params = pool_params(kernel_size, stride, padding, dilation)
+    check_float_tensor(y, "y")
+    check_switches(switches, y)
+    size = unpooled_shape(y.shape[-2:], params, output_size)
+    if use_extension():
+        return _ops.max_unpool2d_with_switches(y, switches, list(size), *params.as_lists())
+    return reference.max_unpool2d_with_switches(y, switches, params, size)
+
+
+def switches_to_indices(
+    switches: torch.Tensor,
+    input_size: Sequence[int],
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+) -> torch.Tensor:
+    """uint8 switches -> the int64 indices ``F.max_pool2d(..., return_indices=True)`` gives.
+
+    ``input_size`` is the pooled input's ``(H, W)`` (leading sizes allowed). A switch outside its
+    window, or pointing outside the input, is a ValueError (RuntimeError from the compiled op).
+    """
+    params = pool_params(kernel_size, stride, padding, dilation)
+    if not isinstance(switches, torch.Tensor) or switches.dtype != torch.uint8:
+        raise ValueError("switches must be a torch.uint8 tensor")
+    if switches.dim() not in (3, 4):
+        raise ValueError(f"switches must be 3-D or 4-D, got shape {tuple(switches.shape)}")
+    size = spatial_size(input_size, "input_size")
+    _check_pooled_from(switches, size, params, "input_size")
+    if use_extension():
+        return _ops.switches_to_indices(switches, list(size), *params.as_lists())
+    return reference.switches_to_indices(switches, size, params)
+
+
+def indices_to_switches(
+    indices: torch.Tensor,
+    input_size: Sequence[int],
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+) -> torch.Tensor:
+    """Inverse of :func:`switches_to_indices`; an index outside its window is an error."""
+    params = pool_params(kernel_size, stride, padding, dilation)
+    if not isinstance(indices, torch.Tensor) or indices.dtype != torch.int64:
+        raise ValueError("indices must be a torch.int64 tensor")
+    if indices.dim() not in (3, 4):
+        raise ValueError(f"indices must be 3-D or 4-D, got shape {tuple(indices.shape)}")
+    size = spatial_size(input_size, "input_size")
+    _check_pooled_from(indices, size, params, "input_size")
+    if use_extension():
+        return _ops.indices_to_switches(indices, list(size), *params.as_lists())
+    return reference.indices_to_switches(indices, size, params)
+
+
+def _check_pooled_from(
+    pooled: torch.Tensor, size: tuple[int, int], params: PoolParams, name: str
+) -> None:
+    # Raises if no pool (floor or ceil mode) maps ``size`` to the pooled tensor's extent.
+    unpooled_shape(pooled.shape[-2:], params, size, name)
+
+
+# ------------------------------------------------------------ fake kernels and autograd
+
+
+def _empty_in_format_of(ref: torch.Tensor, spatial: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """Allocate ``ref``'s batch/channel dims with new spatial dims, in ``ref``'s memory format.
+
+    Mirrors ``empty_like_format`` in csrc/common/tensor_utils.h exactly (opcheck compares strides):
+    a 3-D tensor is treated as a batch of one.
+    """
+    batched = ref if ref.dim() == 4 else ref.unsqueeze(0)
+    fmt = suggest_memory_format(batched)
+    out = torch.empty(
+        (batched.shape[0], batched.shape[1], *spatial),
+        dtype=dtype, device=ref.device, memory_format=fmt,
+    )
+    return out if ref.dim() == 4 else out.squeeze(0)
+
+
+def _register() -> None:
+    lib = "deconvkernels::"
+
+    @torch.library.register_fake(lib + "max_pool2d_with_switches")
+    def _(x, kernel_size, stride, padding, dilation, ceil_mode):
+        params = PoolParams(*map(tuple, (kernel_size, stride, padding, dilation)))
+        out = pooled_shape(x.shape[-2:], params, ceil_mode)
+        return _empty_in_format_of(x, out, x.dtype), _empty_in_format_of(x, out, torch.uint8)
+
+    @torch.library.register_fake(lib + "max_pool2d_with_switches_backward")
+    def _(grad_y, switches, input_size, kernel_size, stride, padding, dilation):
+        return _empty_in_format_of(grad_y, input_size, grad_y.dtype)
+
+    @torch.library.register_fake(lib + "max_unpool2d_with_switches")
+    def _(y, switches, output_size, kernel_size, stride, padding, dilation):
+        return _empty_in_format_of(y, output_size, y.dtype)
+
+    @torch.library.register_fake(lib + "max_unpool2d_with_switches_backward")
+    def _(grad_out, switches, kernel_size, stride, padding, dilation):
+        return _empty_in_format_of(grad_out, switches.shape[-2:], grad_out.dtype)
+
+    @torch.library.register_fake(lib + "switches_to_indices")
+    def _(switches, input_size, kernel_size, stride, padding, dilation):
+        return _empty_in_format_of(switches, switches.shape[-2:], torch.int64)
+
+    @torch.library.register_fake(lib + "indices_to_switches")
+    def _(indices, input_size, kernel_size, stride, padding, dilation):
+        return _empty_in_format_of(indices, indices.shape[-2:], torch.uint8)
+
+    # max pool: dx = scatter-add of dy through the switches (its own op).
+    def pool_setup(ctx, inputs, output):
+        x, kernel_size, stride, padding, dilation, _ = inputs
+        ctx.geometry = (kernel_size, stride, padding, dilation)
+        ctx.input_size = list(x.shape[-2:])
+        ctx.save_for_backward(output[1])
+
+    def pool_backward(ctx, grad_y, _grad_switches):
+        (switches,) = ctx.saved_tensors
+        grad_x = _ops.max_pool2d_with_switches_backward(
+            grad_y, switches, ctx.input_size, *ctx.geometry
+        )
+        return grad_x, None, None, None, None, None
+
+    torch.library.register_autograd(
+        lib + "max_pool2d_with_switches", pool_backward, setup_context=pool_setup
+    )
+
+    # The pool backward is linear in grad_y; its adjoint gathers at the switches. Without
+    # overlap that is exactly the unpool backward; with overlap every window gathers.
+    def pool_bwd_setup(ctx, inputs, output):
+        _, switches, input_size, *geometry = inputs
+        ctx.geometry = geometry
+        ctx.input_size = input_size
+        ctx.save_for_backward(switches)
+
+    def pool_bwd_backward(ctx, grad_grad_x):
+        (switches,) = ctx.saved_tensors
+        params = PoolParams(*map(tuple, ctx.geometry))
+        if not params.overlapping():
+            gg = _ops.max_unpool2d_with_switches_backward(grad_grad_x, switches, *ctx.geometry)
+        else:
+            idx = _ops.switches_to_indices(switches, ctx.input_size, *ctx.geometry)
+            gg = grad_grad_x.flatten(-2).gather(-1, idx.flatten(-2)).view(switches.shape)
+        return gg, None, None, None, None, None, None
+
+    torch.library.register_autograd(
+        lib + "max_pool2d_with_switches_backward", pool_bwd_backward, setup_context=pool_bwd_setup
+    )
+
+    # unpool and its backward are exact adjoints of each other, for every geometry.
+    def unpool_setup(ctx, inputs, output):
+        _, switches, _, *geometry = inputs
+        ctx.geometry = geometry
+        ctx.save_for_backward(switches)
+
+    def unpool_backward(ctx, grad_out):
+        (switches,) = ctx.saved_tensors
+        grad_y = _ops.max_unpool2d_with_switches_backward(grad_out, switches, *ctx.geometry)
+        return grad_y, None, None, None, None, None, None
+
+    torch.library.register_autograd(
+        lib + "max_unpool2d_with_switches", unpool_backward, setup_context=unpool_setup
+    )
+
+    def unpool_bwd_setup(ctx, inputs, output):
+        grad_out, switches, *geometry = inputs
+        ctx.geometry = geometry
+        ctx.output_size = list(grad_out.shape[-2:])
+        ctx.save_for_backward(switches)
+
+    def unpool_bwd_backward(ctx, grad_grad_y):
+        (switches,) = ctx.saved_tensors
+        gg = _ops.max_unpool2d_with_switches(grad_grad_y, switches, ctx.output_size, *ctx.geometry)
+        return gg, None, None, None, None, None
+
+    torch.library.register_autograd(
+        lib + "max_unpool2d_with_switches_backward", unpool_bwd_backward,
+        setup_context=unpool_bwd_setup,
+    )
+
+
+if _ops is not None:
+    _register()

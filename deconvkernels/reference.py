@@ -1,0 +1,101 @@
+"""Pure-PyTorch twins of every op: the fallback backend and the oracle of the tests.
+
+Each function takes already-normalised arguments (see :mod:`deconvkernels._geometry`) and
+is written with stock PyTorch ops only, so autograd differentiates it by itself. They are
+slow and memory-hungry by design (int64 indices, dense unpooled maps): clarity first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ._geometry import PoolParams
+
+
+def _window_origins(
+    pooled: Sequence[int], params: PoolParams, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-left input coordinate of every window: ``(H_out, 1)`` rows and ``(1, W_out)`` columns."""
+    (oh, ow), (sh, sw), (ph, pw) = pooled, params.stride, params.padding
+    rows = torch.arange(oh, device=device).view(-1, 1) * sh - ph
+    cols = torch.arange(ow, device=device).view(1, -1) * sw - pw
+    return rows, cols
+
+
+def switches_to_indices(
+    switches: torch.Tensor, input_size: Sequence[int], params: PoolParams
+) -> torch.Tensor:
+    """Window-local offsets -> the flat ``h * W + w`` int64 indices of ``F.max_pool2d``."""
+    height, width = input_size
+    (kh, kw), (dh, dw) = params.kernel_size, params.dilation
+    rows, cols = _window_origins(switches.shape[-2:], params, switches.device)
+    s = switches.long()
+    ky, kx = s // kw, s % kw
+    ih, iw = rows + ky * dh, cols + kx * dw
+    valid = (s < kh * kw) & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
+    if not bool(valid.all()):
+        raise ValueError("switches: a switch points outside its window or outside the input")
+    return ih * width + iw
+
+
+def indices_to_switches(
+    indices: torch.Tensor, input_size: Sequence[int], params: PoolParams
+) -> torch.Tensor:
+    """Flat int64 indices of ``F.max_pool2d`` -> uint8 window-local offsets ``ky * kw + kx``."""
+    height, width = input_size
+    (kh, kw), (dh, dw) = params.kernel_size, params.dilation
+    rows, cols = _window_origins(indices.shape[-2:], params, indices.device)
+    idx = indices.long()
+    ry, rx = idx.div(width, rounding_mode="floor") - rows, idx.remainder(width) - cols
+    valid = (
+        (idx >= 0) & (idx < height * width)
+        & (ry >= 0) & (ry % dh == 0) & (ry // dh < kh)
+        & (rx >= 0) & (rx % dw == 0) & (rx // dw < kw)
+    )
+    if not bool(valid.all()):
+        raise ValueError("indices: an index lies outside its pooling window")
+    return ((ry // dh) * kw + rx // dw).to(torch.uint8)
+
+
+def max_pool2d_with_switches(
+    x: torch.Tensor, params: PoolParams, ceil_mode: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``F.max_pool2d`` plus its indices re-encoded as switches."""
+    y, indices = F.max_pool2d(
+        x, params.kernel_size, params.stride, params.padding, params.dilation,
+        ceil_mode=ceil_mode, return_indices=True,
+    )
+    return y, indices_to_switches(indices, x.shape[-2:], params)
+
+
+def max_unpool2d_with_switches(
+    y: torch.Tensor, switches: torch.Tensor, params: PoolParams, output_size: Sequence[int]
+) -> torch.Tensor:
+    """Unpool with "the last window in raster order wins" on every device, deterministically.
+
+    ``F.max_unpool2d`` gives the same forward on the CPU but scatters in an undefined order on
+    CUDA, and its backward gathers for every window, also those whose value was overwritten.
+    Here each position takes the value of the last window that points at it (found with an
+    ``amax`` over window numbers), and autograd of the masked ``scatter_add`` gives the matching
+    backward.
+    """
+    height, width = output_size
+    indices = switches_to_indices(switches, output_size, params)
+    flat_idx = indices.flatten(-2)
+    flat_y = y.flatten(-2)
+    n_windows = flat_idx.shape[-1]
+    window_id = torch.arange(n_windows, device=y.device).expand_as(flat_idx)
+    lead = flat_idx.shape[:-1]
+    last = torch.full((*lead, height * width), -1, dtype=torch.long, device=y.device)
+    last = last.scatter_reduce(-1, flat_idx, window_id, reduce="amax")
+    wins = last.gather(-1, flat_idx) == window_id
+    src = torch.where(wins, flat_y, torch.zeros((), dtype=y.dtype, device=y.device))
+    out = torch.zeros((*lead, height * width), dtype=y.dtype, device=y.device)
+    out = out.scatter_add(-1, flat_idx, src)
+    out = out.view(*lead, height, width)
+    if y.dim() == 4 and y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
