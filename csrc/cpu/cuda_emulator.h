@@ -1,0 +1,45 @@
+// A CPU executor for the CUDA kernels of csrc/kernels (see csrc/cuda/pool_launchers.h).
+// It runs every thread of every block, in order, on CPU tensors. Kernels with barriers
+// are written as phases; this executor runs one phase for all threads of a block before
+// the next, which is what __syncthreads guarantees. The grid is kept small on purpose
+// so that grid-stride loops wrap several times in the tests.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include "../kernels/common.h"
+
+namespace deconvkernels {
+
+struct EmulatedExec {
+  struct Guard {
+    explicit Guard(c10::Device) {}
+  };
+
+  static int64_t max_blocks() {
+    return 7;
+  }
+
+  template <class Kernel>
+  static void launch(Dim3 grid, Dim3 block, const typename Kernel::Args& args) {
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+      for (unsigned by = 0; by < grid.y; ++by)
+        for (unsigned bx = 0; bx < grid.x; ++bx)
+          for (unsigned tz = 0; tz < block.z; ++tz)
+            for (unsigned ty = 0; ty < block.y; ++ty)
+              for (unsigned tx = 0; tx < block.x; ++tx)
+                Kernel::run(ThreadCoord{{bx, by, bz}, {tx, ty, tz}, block, grid}, args);
+  }
+
+  static void check_device(const at::Tensor& t, const char* name) {
+    TORCH_CHECK(
+        t.device().is_cpu(), name, ": the emulated CUDA ops take CPU tensors, got ", t.device());
+  }
+
+  static void check_flag(const at::Tensor& flag, const char* message) {
+    TORCH_CHECK(flag.item<int32_t>() == 0, message);
+  }
+};
+
+}  // namespace deconvkernels

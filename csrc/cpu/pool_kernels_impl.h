@@ -1,0 +1,419 @@
+// CPU pooling kernels, vectorised with at::vec. Included once per ISA by
+// csrc/cpu/isa/pool_kernels_<isa>.cpp, which define CPU_CAPABILITY (and are compiled with
+// that ISA's flags), so Vectorized<T> is 4, 8 or 16 floats wide in the respective copy.
+//
+// Layouts and paths:
+//  * NCHW, 2x2 stride-2 windows inside the input (DeconvNet's pools): rows are walked with
+//    full-width vectors; the two columns of each window are split with deinterleave2 and
+//    merged back with interleave2. One read of the input, one write of each output.
+//  * NHWC, any geometry: vectors run along channels, which are contiguous.
+//  * NCHW, any other geometry: the shared scalar bodies of csrc/kernels/pool_kernels.h.
+// Work is split over (plane, row) or (pixel) items so a small N * C still uses every core.
+#pragma once
+
+#ifndef CPU_CAPABILITY
+#error "pool_kernels_impl.h is compiled per ISA: define CPU_CAPABILITY"
+#endif
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "../kernels/pool_kernels.h"
+#include "pool_kernels.h"
+
+namespace deconvkernels::cpu::CPU_CAPABILITY {
+namespace {
+
+using at::vec::Vectorized;
+
+// Items per parallel task so that each task does at least ~16k element visits.
+int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, work_per_item));
+}
+
+// Load / store Vectorized<acc>::size() elements of T as one vector of its accumulation type.
+template <typename T>
+struct Lanes {
+  using acc_t = typename AccType<T>::type;
+  using Vec = Vectorized<acc_t>;
+  static constexpr int64_t kSize = Vec::size();
+
+  static Vec splat(int64_t v) {
+    return Vec(static_cast<acc_t>(v));
+  }
+  static Vec load(const T* p) {
+    if constexpr (std::is_same_v<T, acc_t>) {
+      return Vec::loadu(p);
+    } else {
+      Vec out;
+      at::vec::load_to_float<T>(p, out);
+      return out;
+    }
+  }
+  static void store(T* p, const Vec& v) {
+    if constexpr (std::is_same_v<T, acc_t>) {
+      v.store(p);
+    } else {
+      at::vec::convert_from_float<T>(v, v).store(p, kSize);
+    }
+  }
+  static Vec load_switches(const uint8_t* p) {
+    __at_align__ acc_t tmp[kSize];
+    for (int64_t i = 0; i < kSize; ++i) tmp[i] = static_cast<acc_t>(p[i]);
+    return Vec::loadu(tmp);
+  }
+  static void store_switches(uint8_t* p, const Vec& v) {
+    __at_align__ acc_t tmp[kSize];
+    v.store(tmp);
+    for (int64_t i = 0; i < kSize; ++i) p[i] = static_cast<uint8_t>(tmp[i]);
+  }
+};
+
+// Running max update with PyTorch's rule: take v when v > max or v is NaN.
+template <typename Vec>
+inline void max_update(Vec& best, Vec& best_k, const Vec& v, const Vec& k) {
+  const Vec take = (v > best) | v.isnan();
+  best = Vec::blendv(best, v, take);
+  best_k = Vec::blendv(best_k, k, take);
+}
+
+bool is_2x2_stride2_inside(const PoolGeom& g) {
+  return g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 &&
+      g.dh == 1 && g.dw == 1 && 2 * g.OH <= g.H && 2 * g.OW <= g.W;
+}
+
+// ------------------------------------------------------------------ max pool forward
+
+template <typename T>
+void max_pool_nchw(const PoolKernelArgs& a) {
+  using L = Lanes<T>;
+  using Vec = typename L::Vec;
+  constexpr int64_t V = L::kSize;
+  const PoolGeom g = a.g;
+  const T* x = static_cast<const T*>(a.in);
+  T* y = static_cast<T*>(a.out);
+  uint8_t* sw = a.out_switches;
+  const bool fast = is_2x2_stride2_inside(g);
+  const int64_t rows = a.N * a.C * g.OH;
+  at::parallel_for(0, rows, grain_for(g.OW * g.kh * g.kw), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t plane = r / g.OH, oh = r % g.OH;
+      const T* xp = x + plane * g.H * g.W;
+      T* yr = y + r * g.OW;
+      uint8_t* sr = sw + r * g.OW;
+      int64_t ow = 0;
+      if (fast) {
+        const T* r0 = xp + 2 * oh * g.W;
+        const T* r1 = r0 + g.W;
+        for (; ow + V <= g.OW; ow += V) {
+          auto [a0, a1] = at::vec::deinterleave2(L::load(r0 + 2 * ow), L::load(r0 + 2 * ow + V));
+          auto [b0, b1] = at::vec::deinterleave2(L::load(r1 + 2 * ow), L::load(r1 + 2 * ow + V));
+          Vec best = a0, best_k = L::splat(0);
+          max_update(best, best_k, a1, L::splat(1));
+          max_update(best, best_k, b0, L::splat(2));
+          max_update(best, best_k, b1, L::splat(3));
+          L::store(yr + ow, best);
+          L::store_switches(sr + ow, best_k);
+        }
+      }
+      for (; ow < g.OW; ++ow) max_pool_window(xp, g.W, int64_t(1), g, oh, ow, yr + ow, sr + ow);
+    }
+  });
+}
+
+template <typename T>
+void max_pool_nhwc(const PoolKernelArgs& a) {
+  using L = Lanes<T>;
+  using Vec = typename L::Vec;
+  constexpr int64_t V = L::kSize;
+  const PoolGeom g = a.g;
+  const int64_t C = a.C;
+  const T* x = static_cast<const T*>(a.in);
+  T* y = static_cast<T*>(a.out);
+  uint8_t* sw = a.out_switches;
+  const int64_t pixels = a.N * g.OH * g.OW;
+  at::parallel_for(0, pixels, grain_for(C * g.kh * g.kw), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / (g.OH * g.OW), oh = (i / g.OW) % g.OH, ow = i % g.OW;
+      const T* xn = x + n * g.H * g.W * C;
+      T* yo = y + i * C;
+      uint8_t* so = sw + i * C;
+      const int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
+      int64_t c = 0;
+      for (; c + V <= C; c += V) {
+        Vec best, best_k;
+        bool first = true;
+        for (int64_t ky = 0; ky < g.kh; ++ky) {
+          const int64_t ih = h0 + ky * g.dh;
+          if (ih < 0 || ih >= g.H) continue;
+          for (int64_t kx = 0; kx < g.kw; ++kx) {
+            const int64_t iw = w0 + kx * g.dw;
+            if (iw < 0 || iw >= g.W) continue;
+            const Vec v = L::load(xn + (ih * g.W + iw) * C + c);
+            const Vec k = L::splat(ky * g.kw + kx);
+            if (first) {  // the first valid element starts the max (PyTorch: -inf, index)
+              best = v;
+              best_k = k;
+              first = false;
+            } else {
+              max_update(best, best_k, v, k);
+            }
+          }
+        }
+        L::store(yo + c, best);
+        L::store_switches(so + c, best_k);
+      }
+      for (; c < C; ++c)
+        max_pool_window(xn + c, g.W * C, C, g, oh, ow, yo + c, so + c);
+    }
+  });
+}
+
+// ---------------------------------------------------- scatter: pooled -> unpooled
+
+template <typename T>
+void scatter_nchw(const PoolKernelArgs& a, bool sum) {
+  using L = Lanes<T>;
+  using Vec = typename L::Vec;
+  constexpr int64_t V = L::kSize;
+  const PoolGeom g = a.g;
+  const T* v = static_cast<const T*>(a.in);
+  T* out = static_cast<T*>(a.out);
+  const uint8_t* sw = a.switches;
+  // Without overlap each position has at most one window, so sum == last.
+  const bool fast = is_2x2_stride2_inside(g);
+  const int64_t rows = a.N * a.C * g.H;
+  at::parallel_for(0, rows, grain_for(g.W), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t plane = r / g.H, ih = r % g.H;
+      T* orow = out + r * g.W;
+      const T* vp = v + plane * g.OH * g.OW;
+      const uint8_t* sp = sw + plane * g.OH * g.OW;
+      if (fast) {
+        if (ih >= 2 * g.OH) {
+          std::fill(orow, orow + g.W, T(0));
+          continue;
+        }
+        const int64_t oh = ih / 2, ky = ih % 2;
+        const T* vr = vp + oh * g.OW;
+        const uint8_t* sr = sp + oh * g.OW;
+        const Vec k0 = L::splat(2 * ky), k1 = L::splat(2 * ky + 1), zero = L::splat(0);
+        int64_t ow = 0;
+        for (; ow + V <= g.OW; ow += V) {
+          const Vec val = L::load(vr + ow);
+          const Vec s = L::load_switches(sr + ow);
+          auto [lo, hi] = at::vec::interleave2(
+              Vec::blendv(zero, val, s == k0), Vec::blendv(zero, val, s == k1));
+          L::store(orow + 2 * ow, lo);
+          L::store(orow + 2 * ow + V, hi);
+        }
+        for (; ow < g.OW; ++ow) {
+          orow[2 * ow] = sr[ow] == 2 * ky ? vr[ow] : T(0);
+          orow[2 * ow + 1] = sr[ow] == 2 * ky + 1 ? vr[ow] : T(0);
+        }
+        std::fill(orow + 2 * g.OW, orow + g.W, T(0));
+        continue;
+      }
+      for (int64_t iw = 0; iw < g.W; ++iw) {
+        orow[iw] = sum ? switch_scatter_at<T, true>(vp, g.OW, 1, sp, g.OW, 1, g, ih, iw)
+                       : switch_scatter_at<T, false>(vp, g.OW, 1, sp, g.OW, 1, g, ih, iw);
+      }
+    }
+  });
+}
+
+template <typename T>
+void scatter_nhwc(const PoolKernelArgs& a, bool sum) {
+  using L = Lanes<T>;
+  using Vec = typename L::Vec;
+  constexpr int64_t V = L::kSize;
+  const PoolGeom g = a.g;
+  const int64_t C = a.C;
+  const T* v = static_cast<const T*>(a.in);
+  T* out = static_cast<T*>(a.out);
+  const uint8_t* sw = a.switches;
+  const int64_t pixels = a.N * g.H * g.W;
+  at::parallel_for(0, pixels, grain_for(C), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / (g.H * g.W), ih = (i / g.W) % g.H, iw = i % g.W;
+      T* o = out + i * C;
+      const T* vn = v + n * g.OH * g.OW * C;
+      const uint8_t* sn = sw + n * g.OH * g.OW * C;
+      int64_t oh_lo, oh_hi, ow_lo, ow_hi;
+      windows_covering(ih, g.kh, g.sh, g.ph, g.dh, g.OH, &oh_lo, &oh_hi);
+      windows_covering(iw, g.kw, g.sw, g.pw, g.dw, g.OW, &ow_lo, &ow_hi);
+      int64_t c = 0;
+      for (; c + V <= C; c += V) {
+        const Vec zero = L::splat(0);
+        Vec acc = zero;
+        for (int64_t oh = oh_lo; oh <= oh_hi; ++oh) {
+          const int64_t ry = ih + g.ph - oh * g.sh;
+          if (ry % g.dh != 0) continue;
+          for (int64_t ow = ow_lo; ow <= ow_hi; ++ow) {
+            const int64_t rx = iw + g.pw - ow * g.sw;
+            if (rx % g.dw != 0) continue;
+            const int64_t pos = (oh * g.OW + ow) * C + c;
+            const Vec k = L::splat((ry / g.dh) * g.kw + rx / g.dw);
+            const Vec hit = L::load_switches(sn + pos) == k;
+            const Vec val = L::load(vn + pos);
+            acc = sum ? acc + Vec::blendv(zero, val, hit) : Vec::blendv(acc, val, hit);
+          }
+        }
+        L::store(o + c, acc);
+      }
+      for (; c < C; ++c) {
+        o[c] = sum ? switch_scatter_at<T, true>(vn + c, g.OW * C, C, sn + c, g.OW * C, C, g, ih, iw)
+                   : switch_scatter_at<T, false>(vn + c, g.OW * C, C, sn + c, g.OW * C, C, g, ih, iw);
+      }
+    }
+  });
+}
+
+// ----------------------------------------------------- gather: unpooled -> pooled
+
+template <typename T>
+void gather_nchw(const PoolKernelArgs& a, bool only_if_last) {
+  using L = Lanes<T>;
+  using Vec = typename L::Vec;
+  constexpr int64_t V = L::kSize;
+  const PoolGeom g = a.g;
+  const T* src = static_cast<const T*>(a.in);
+  T* out = static_cast<T*>(a.out);
+  const uint8_t* sw = a.switches;
+  const bool fast = is_2x2_stride2_inside(g);  // no overlap: only_if_last is moot
+  const int64_t rows = a.N * a.C * g.OH;
+  at::parallel_for(0, rows, grain_for(g.OW * 4), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t plane = r / g.OH, oh = r % g.OH;
+      const T* sp = src + plane * g.H * g.W;
+      const uint8_t* swp = sw + plane * g.OH * g.OW;
+      const uint8_t* sr = swp + oh * g.OW;
+      T* orow = out + r * g.OW;
+      int64_t ow = 0;
+      if (fast) {
+        const T* r0 = sp + 2 * oh * g.W;
+        const T* r1 = r0 + g.W;
+        const Vec zero = L::splat(0);
+        for (; ow + V <= g.OW; ow += V) {
+          const Vec s = L::load_switches(sr + ow);
+          auto [a0, a1] = at::vec::deinterleave2(L::load(r0 + 2 * ow), L::load(r0 + 2 * ow + V));
+          auto [b0, b1] = at::vec::deinterleave2(L::load(r1 + 2 * ow), L::load(r1 + 2 * ow + V));
+          Vec res = Vec::blendv(zero, a0, s == L::splat(0));
+          res = Vec::blendv(res, a1, s == L::splat(1));
+          res = Vec::blendv(res, b0, s == L::splat(2));
+          res = Vec::blendv(res, b1, s == L::splat(3));
+          L::store(orow + ow, res);
+        }
+      }
+      for (; ow < g.OW; ++ow)
+        orow[ow] = switch_gather_at<T>(sp, g.W, 1, swp, g.OW, 1, g, oh, ow, only_if_last);
+    }
+  });
+}
+
+template <typename T>
+void gather_nhwc(const PoolKernelArgs& a, bool only_if_last) {
+  using L = Lanes<T>;
+  using Vec = typename L::Vec;
+  constexpr int64_t V = L::kSize;
+  const PoolGeom g = a.g;
+  const int64_t C = a.C;
+  const T* src = static_cast<const T*>(a.in);
+  T* out = static_cast<T*>(a.out);
+  const uint8_t* sw = a.switches;
+  // With overlap, "is a later window pointing here?" differs per channel: scalar path.
+  const bool vector = !(only_if_last && (g.sh < (g.kh - 1) * g.dh + 1 || g.sw < (g.kw - 1) * g.dw + 1));
+  const int64_t pixels = a.N * g.OH * g.OW;
+  at::parallel_for(0, pixels, grain_for(C * g.kh * g.kw), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / (g.OH * g.OW), oh = (i / g.OW) % g.OH, ow = i % g.OW;
+      const T* sn = src + n * g.H * g.W * C;
+      const uint8_t* swn = sw + n * g.OH * g.OW * C;
+      T* o = out + i * C;
+      const uint8_t* s = sw + i * C;
+      const int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
+      int64_t c = 0;
+      if (vector) {
+        for (; c + V <= C; c += V) {
+          const Vec sv = L::load_switches(s + c);
+          Vec res = L::splat(0);
+          for (int64_t ky = 0; ky < g.kh; ++ky) {
+            const int64_t ih = h0 + ky * g.dh;
+            if (ih < 0 || ih >= g.H) continue;
+            for (int64_t kx = 0; kx < g.kw; ++kx) {
+              const int64_t iw = w0 + kx * g.dw;
+              if (iw < 0 || iw >= g.W) continue;
+              const Vec k = L::splat(ky * g.kw + kx);
+              res = Vec::blendv(res, L::load(sn + (ih * g.W + iw) * C + c), sv == k);
+            }
+          }
+          L::store(o + c, res);
+        }
+      }
+      for (; c < C; ++c) {
+        o[c] = switch_gather_at<T>(
+            sn + c, g.W * C, C, swn + c, g.OW * C, C, g, oh, ow, only_if_last);
+      }
+    }
+  });
+}
+
+// --------------------------------------------------------------- dtype dispatch
+
+template <template <typename> class Fn, typename... Args>
+void by_dtype(ScalarKind kind, Args&&... args) {
+  switch (kind) {
+    case ScalarKind::kFloat:
+      return Fn<float>::run(args...);
+    case ScalarKind::kDouble:
+      return Fn<double>::run(args...);
+    case ScalarKind::kHalf:
+      return Fn<c10::Half>::run(args...);
+    case ScalarKind::kBFloat16:
+      return Fn<c10::BFloat16>::run(args...);
+  }
+}
+
+template <typename T>
+struct MaxPoolFn {
+  static void run(const PoolKernelArgs& a) {
+    a.channels_last ? max_pool_nhwc<T>(a) : max_pool_nchw<T>(a);
+  }
+};
+template <typename T>
+struct ScatterFn {
+  static void run(const PoolKernelArgs& a, bool sum) {
+    a.channels_last ? scatter_nhwc<T>(a, sum) : scatter_nchw<T>(a, sum);
+  }
+};
+template <typename T>
+struct GatherFn {
+  static void run(const PoolKernelArgs& a, bool only_if_last) {
+    a.channels_last ? gather_nhwc<T>(a, only_if_last) : gather_nchw<T>(a, only_if_last);
+  }
+};
+
+void max_pool_forward(const PoolKernelArgs& a) {
+  by_dtype<MaxPoolFn>(a.dtype, a);
+}
+void switch_scatter(const PoolKernelArgs& a, bool sum) {
+  by_dtype<ScatterFn>(a.dtype, a, sum);
+}
+void switch_gather(const PoolKernelArgs& a, bool only_if_last) {
+  by_dtype<GatherFn>(a.dtype, a, only_if_last);
+}
+
+}  // namespace
+
+const PoolKernelTable& pool_kernel_table() {
+  static const PoolKernelTable table{&max_pool_forward, &switch_scatter, &switch_gather};
+  return table;
+}
+
+}  // namespace deconvkernels::cpu::CPU_CAPABILITY

@@ -1,0 +1,83 @@
+// CUDA registrations of the pooling ops: the shared launchers (pool_launchers.h) over a
+// real launch of the host-device kernels in csrc/kernels/pool_kernels.h.
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGraphsUtils.cuh>
+#include <ATen/ops/_assert_async.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAException.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "pool_launchers.h"
+
+namespace deconvkernels {
+namespace {
+
+template <class Kernel>
+__global__ void grid_stride_entry(const typename Kernel::Args args) {
+  const ThreadCoord t{
+      {blockIdx.x, blockIdx.y, blockIdx.z},
+      {threadIdx.x, threadIdx.y, threadIdx.z},
+      {blockDim.x, blockDim.y, blockDim.z},
+      {gridDim.x, gridDim.y, gridDim.z}};
+  Kernel::run(t, args);
+}
+
+// Data-dependent checks (a switch outside its window) read one flag back, which
+// synchronises. DECONVKERNELS_CUDA_ASYNC_CHECKS=1, or a CUDA graph being captured, turns
+// that into a device-side assertion instead (PyTorch's own convention for bad indices):
+// no synchronisation, but the error surfaces later and poisons the CUDA context.
+bool async_checks() {
+  static const bool from_env = [] {
+    const char* v = std::getenv("DECONVKERNELS_CUDA_ASYNC_CHECKS");
+    return v != nullptr && std::strcmp(v, "0") != 0 && std::strcmp(v, "") != 0;
+  }();
+  return from_env ||
+      at::cuda::currentStreamCaptureStatus() != at::cuda::CaptureStatus::None;
+}
+
+struct CudaExec {
+  using Guard = c10::cuda::CUDAGuard;
+
+  static int64_t max_blocks() {
+    return static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
+  }
+
+  template <class Kernel>
+  static void launch(Dim3 grid, Dim3 block, const typename Kernel::Args& args) {
+    grid_stride_entry<Kernel><<<
+        dim3(grid.x, grid.y, grid.z), dim3(block.x, block.y, block.z), 0,
+        at::cuda::getCurrentCUDAStream()>>>(args);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  static void check_device(const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.device().is_cuda(), name, " must be a CUDA tensor here, got ", t.device());
+  }
+
+  static void check_flag(const at::Tensor& flag, const char* message) {
+    if (async_checks()) {
+      at::_assert_async(flag.eq(0).squeeze(), message);
+    } else {
+      TORCH_CHECK(flag.item<int32_t>() == 0, message);
+    }
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(deconvkernels, CUDA, m) {
+  m.impl("max_pool2d_with_switches", &launch::max_pool2d_with_switches<CudaExec>);
+  m.impl(
+      "max_pool2d_with_switches_backward", &launch::max_pool2d_with_switches_backward<CudaExec>);
+  m.impl("max_unpool2d_with_switches", &launch::max_unpool2d_with_switches<CudaExec>);
+  m.impl(
+      "max_unpool2d_with_switches_backward",
+      &launch::max_unpool2d_with_switches_backward<CudaExec>);
+  m.impl("switches_to_indices", &launch::switches_to_indices<CudaExec>);
+  m.impl("indices_to_switches", &launch::indices_to_switches<CudaExec>);
+}
+
+}  // namespace deconvkernels

@@ -1,0 +1,134 @@
+// Host-device building blocks shared by the CPU kernels, the CUDA kernels and the CUDA
+// emulator (detectron2's HOST_DEVICE_INLINE habit).
+//
+// Everything here is compiled by both nvcc and the host compiler, so it may use only
+// what both understand: no ATen, no std containers, no exceptions.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define DK_HD __host__ __device__
+#define DK_HD_INLINE __host__ __device__ __forceinline__
+#else
+#define DK_HD
+#define DK_HD_INLINE inline __attribute__((always_inline))
+#endif
+
+// Code in these headers is compiled once per CPU ISA (csrc/cpu/isa/*.cpp define
+// CPU_CAPABILITY, as ATen's per-ISA kernels do). The ISA-named inline namespace keeps
+// the AVX-512 copy of an inline function from replacing the baseline copy at link time.
+#if defined(CPU_CAPABILITY)
+#define DK_ISA_NAMESPACE_BEGIN inline namespace CPU_CAPABILITY {
+#else
+#define DK_ISA_NAMESPACE_BEGIN inline namespace base {
+#endif
+#define DK_ISA_NAMESPACE_END }
+
+namespace deconvkernels {
+
+// Plain data types live outside the ISA namespace: every ISA's code shares them.
+// Geometry of one 2-D max pool: the unpooled extent (H, W) and the pooled one (OH, OW).
+struct PoolGeom {
+  int64_t kh, kw;  // kernel
+  int64_t sh, sw;  // stride
+  int64_t ph, pw;  // padding
+  int64_t dh, dw;  // dilation
+  int64_t H, W;    // input of the pool == output of the unpool
+  int64_t OH, OW;  // output of the pool
+};
+
+// Element strides of an (N, C, H, W) tensor: any layout, views included.
+struct Strides4 {
+  int64_t n, c, h, w;
+};
+
+struct Coord4 {
+  int64_t n, c, h, w;
+};
+
+// CUDA-style coordinates of one thread, passed explicitly to every kernel body so the
+// same body runs under a real launch and under the CPU emulator.
+struct Dim3 {
+  unsigned x, y, z;
+};
+struct ThreadCoord {
+  Dim3 block;       // blockIdx
+  Dim3 thread;      // threadIdx
+  Dim3 block_dim;   // blockDim
+  Dim3 grid_dim;    // gridDim
+  DK_HD_INLINE int64_t global_x() const {
+    return static_cast<int64_t>(block.x) * block_dim.x + thread.x;
+  }
+  DK_HD_INLINE int64_t stride_x() const {
+    return static_cast<int64_t>(block_dim.x) * grid_dim.x;
+  }
+};
+
+DK_ISA_NAMESPACE_BEGIN
+
+DK_HD_INLINE int64_t offset_of(const Strides4& s, int64_t n, int64_t c, int64_t h, int64_t w) {
+  return n * s.n + c * s.c + h * s.h + w * s.w;
+}
+
+// Linear element number -> (n, c, h, w), walking (N, C, A, B) in NCHW order or, when
+// channels_last, in NHWC order (so consecutive threads write consecutive addresses).
+DK_HD_INLINE Coord4 unravel(int64_t i, int64_t C, int64_t A, int64_t B, bool channels_last) {
+  Coord4 r;
+  if (channels_last) {
+    r.c = i % C;
+    i /= C;
+    r.w = i % B;
+    i /= B;
+    r.h = i % A;
+    r.n = i / A;
+  } else {
+    r.w = i % B;
+    i /= B;
+    r.h = i % A;
+    i /= A;
+    r.c = i % C;
+    r.n = i / C;
+  }
+  return r;
+}
+
+// The input position a switch names. False when the switch lies outside its window
+// (>= kh * kw) or names a position in the padding or past the input's edge.
+DK_HD_INLINE bool switch_position(
+    const PoolGeom& g, int64_t oh, int64_t ow, int64_t sw, int64_t* ih, int64_t* iw) {
+  if (sw >= g.kh * g.kw) return false;
+  *ih = oh * g.sh - g.ph + (sw / g.kw) * g.dh;
+  *iw = ow * g.sw - g.pw + (sw % g.kw) * g.dw;
+  return *ih >= 0 && *ih < g.H && *iw >= 0 && *iw < g.W;
+}
+
+// The windows [lo, hi] (along one dimension) whose extent covers input position i.
+// A window in that range contains i only if (i + p - o * s) is a multiple of d.
+DK_HD_INLINE void windows_covering(
+    int64_t i, int64_t k, int64_t s, int64_t p, int64_t d, int64_t out, int64_t* lo,
+    int64_t* hi) {
+  const int64_t a = i + p;  // >= 0
+  const int64_t h = a / s;
+  *hi = h < out - 1 ? h : out - 1;
+  const int64_t b = a - (k - 1) * d;
+  *lo = b <= 0 ? 0 : (b + s - 1) / s;
+}
+
+// Accumulation type: float for the 16-bit types (as ATen's opmath_type), else itself.
+template <typename T>
+struct AccType {
+  using type = float;
+};
+template <>
+struct AccType<double> {
+  using type = double;
+};
+
+template <typename T>
+DK_HD_INLINE bool is_nan(T v) {
+  return v != v;
+}
+
+DK_ISA_NAMESPACE_END
+}  // namespace deconvkernels

@@ -1,0 +1,122 @@
+// The op schemas (namespace deconvkernels) and the Python module `deconvkernels._C`.
+// Kernels are registered per device in cpu/ and cuda/; fake kernels and autograd in
+// deconvkernels/ops.py through torch.library.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#include "cpu/cpu_isa.h"
+
+#ifndef DK_BUILD_CUDA
+#define DK_BUILD_CUDA 0
+#endif
+#ifndef DK_CUDA_ARCHS
+#define DK_CUDA_ARCHS ""
+#endif
+#ifndef DK_CPU_ISAS
+#define DK_CPU_ISAS "DEFAULT"
+#endif
+#ifndef DK_TORCH_VERSION
+#define DK_TORCH_VERSION ""
+#endif
+#ifndef DK_CUDA_VERSION
+#define DK_CUDA_VERSION ""
+#endif
+
+namespace {
+
+// Pooling geometry arguments, in the order every pooling op takes them.
+#define DK_POOL_ARGS "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation"
+
+void define_pool_ops(torch::Library& m, const std::string& prefix) {
+  m.def(
+      (prefix + "max_pool2d_with_switches(Tensor x, " DK_POOL_ARGS
+                ", bool ceil_mode) -> (Tensor, Tensor)")
+          .c_str());
+  m.def(
+      (prefix + "max_pool2d_with_switches_backward(Tensor grad_y, Tensor switches, "
+                "SymInt[2] input_size, " DK_POOL_ARGS ") -> Tensor")
+          .c_str());
+  m.def(
+      (prefix + "max_unpool2d_with_switches(Tensor y, Tensor switches, SymInt[2] output_size, "
+                DK_POOL_ARGS ") -> Tensor")
+          .c_str());
+  m.def(
+      (prefix + "max_unpool2d_with_switches_backward(Tensor grad_output, Tensor switches, "
+                DK_POOL_ARGS ") -> Tensor")
+          .c_str());
+  m.def(
+      (prefix + "switches_to_indices(Tensor switches, SymInt[2] input_size, " DK_POOL_ARGS
+                ") -> Tensor")
+          .c_str());
+  m.def(
+      (prefix + "indices_to_switches(Tensor indices, SymInt[2] input_size, " DK_POOL_ARGS
+                ") -> Tensor")
+          .c_str());
+}
+
+}  // namespace
+
+TORCH_LIBRARY(deconvkernels, m) {
+  define_pool_ops(m, "");
+  // Test-only: the CUDA kernels run on CPU tensors by the emulator (cpu/pool_emulated.cpp).
+  define_pool_ops(m, "_emulated_");
+}
+
+// ------------------------------------------------------------------ Python module
+
+namespace {
+
+PyObject* string_list(const std::vector<std::string>& items) {
+  PyObject* list = PyList_New(static_cast<Py_ssize_t>(items.size()));
+  for (size_t i = 0; i < items.size(); ++i)
+    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), PyUnicode_FromString(items[i].c_str()));
+  return list;
+}
+
+PyObject* py_build_info(PyObject*, PyObject*) {
+  return Py_BuildValue(
+      "{s:O,s:s,s:s,s:s,s:s}", "cuda_compiled", DK_BUILD_CUDA ? Py_True : Py_False,
+      "cuda_archs", DK_CUDA_ARCHS, "cuda_version", DK_CUDA_VERSION, "cpu_isas_compiled",
+      DK_CPU_ISAS, "torch_version", DK_TORCH_VERSION);
+}
+
+PyObject* py_cpu_isa(PyObject*, PyObject*) {
+  return PyUnicode_FromString(
+      deconvkernels::cpu::isa_name(deconvkernels::cpu::current_isa()).c_str());
+}
+
+PyObject* py_available_cpu_isas(PyObject*, PyObject*) {
+  return string_list(deconvkernels::cpu::available_isas());
+}
+
+PyObject* py_set_cpu_isa(PyObject*, PyObject* arg) {
+  const char* name = PyUnicode_AsUTF8(arg);
+  if (name == nullptr) return nullptr;
+  try {
+    return PyUnicode_FromString(deconvkernels::cpu::set_isa(name).c_str());
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
+PyMethodDef methods[] = {
+    {"build_info", py_build_info, METH_NOARGS, "What this extension was built with."},
+    {"cpu_isa", py_cpu_isa, METH_NOARGS, "The CPU kernel variant in use."},
+    {"available_cpu_isas", py_available_cpu_isas, METH_NOARGS,
+     "CPU kernel variants compiled in and runnable here."},
+    {"set_cpu_isa", py_set_cpu_isa, METH_O,
+     "Force a CPU kernel variant by name; '' returns to the automatic choice."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_C", "deconvkernels compiled kernels", -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) {
+  return PyModule_Create(&module_def);
+}

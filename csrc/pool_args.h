@@ -1,0 +1,76 @@
+// Argument checks and output allocation shared by the CPU, CUDA and emulated launchers of
+// the pooling ops: one place decides shapes, memory formats and error messages, so every
+// device agrees (and the fake kernels in deconvkernels/ops.py mirror exactly this).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/SymIntArrayRef.h>
+
+#include "kernels/common.h"
+
+namespace deconvkernels {
+
+// Checked pooling geometry; (H, W) and (OH, OW) are filled in by the plan functions.
+PoolGeom pool_geometry(
+    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation);
+
+// PyTorch's pooling_output_shape for one dimension.
+int64_t pooled_size(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil_mode);
+
+// True when no window reaches into the padding or past the input: then every switch
+// below kh * kw names a valid position.
+bool windows_inside_input(const PoolGeom& g);
+
+// True when two windows can share an input position.
+bool windows_overlap(const PoolGeom& g);
+
+Strides4 strides_of(const at::Tensor& t4);
+
+// A 3-D (C, H, W) tensor viewed as a batch of one; 4-D passes through.
+at::Tensor as_batched(const at::Tensor& t);
+// Undo as_batched on an output when the input was 3-D.
+at::Tensor unbatch_like(const at::Tensor& out4, const at::Tensor& original);
+
+// Empty (N, C, h, w) tensor in the memory format of the 4-D tensor ref4.
+at::Tensor empty_like_format(
+    const at::Tensor& ref4, int64_t h, int64_t w, at::ScalarType dtype);
+
+// The plan of one launch: batched inputs, allocated outputs, checked geometry.
+struct PoolPlan {
+  at::Tensor in;        // 4-D primary input (x, values, or the unpooled gradient)
+  at::Tensor switches;  // 4-D uint8 (empty for the max-pool forward)
+  at::Tensor out;       // 4-D primary output
+  at::Tensor out_switches;  // 4-D uint8, max-pool forward only
+  PoolGeom g;
+  bool channels_last;   // the outputs' memory format
+  at::Tensor original;  // the caller's primary input (3-D or 4-D) for unbatching
+};
+
+PoolPlan plan_max_pool(
+    const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
+
+// Pooled values + switches -> unpooled (H, W): the unpool forward and the pool backward.
+// `what` names the values argument ("y" or "grad_y") and `size_name` the size argument.
+PoolPlan plan_scatter(
+    const at::Tensor& values, const at::Tensor& switches, c10::SymIntArrayRef size,
+    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, const char* what, const char* size_name);
+
+// Unpooled gradient + switches -> pooled: the unpool backward.
+PoolPlan plan_gather(
+    const at::Tensor& grad_out, const at::Tensor& switches, at::IntArrayRef kernel_size,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation);
+
+// switches <-> indices: `in` is the switches or the indices, `out` the other.
+PoolPlan plan_convert(
+    const at::Tensor& in, c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+    bool to_indices);
+
+// Error text for a switch outside its window (shared by every device).
+extern const char* const kBadSwitchMessage;
+extern const char* const kBadIndexMessage;
+
+}  // namespace deconvkernels
