@@ -187,12 +187,15 @@ def extension():
     if "avx512" in ISAS:
         defines["DK_HAVE_AVX512"] = "1"
     macros = [f"-D{k}={v}" for k, v in defines.items()]
-    cxx = ["-O3", "-fvisibility=hidden", *macros]
+    # at::parallel_for is header code over OpenMP in torch's builds: without -fopenmp it
+    # silently runs on one thread. The link resolves to the libgomp torch already loaded.
+    cxx = ["-O3", "-fvisibility=hidden", "-fopenmp", *macros]
     kwargs = dict(
         name="deconvkernels._C",
         sources=sources,
         include_dirs=[str(CSRC)],
         extra_compile_args={"cxx": cxx},
+        extra_link_args=["-fopenmp"],
         py_limited_api=False,
     )
     if WITH_CUDA:

@@ -97,6 +97,9 @@ PyObject* py_set_cpu_isa(PyObject*, PyObject* arg) {
   if (name == nullptr) return nullptr;
   try {
     return PyUnicode_FromString(deconvkernels::cpu::set_isa(name).c_str());
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+    return nullptr;
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_RuntimeError, e.what());
     return nullptr;

@@ -32,7 +32,11 @@ at::Tensor as_batched(const at::Tensor& t);
 // Undo as_batched on an output when the input was 3-D.
 at::Tensor unbatch_like(const at::Tensor& out4, const at::Tensor& original);
 
-// Empty (N, C, h, w) tensor in the memory format of the 4-D tensor ref4.
+// Ask for transparent huge pages for a large CPU tensor about to be written.
+void advise_huge_pages(const at::Tensor& t);
+
+// Empty (N, C, h, w) tensor in the memory format of the 4-D tensor ref4 (large CPU ones
+// on huge pages, see advise_huge_pages).
 at::Tensor empty_like_format(
     const at::Tensor& ref4, int64_t h, int64_t w, at::ScalarType dtype);
 

@@ -8,11 +8,11 @@ same clear ``ValueError`` naming the argument before any work is done.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import torch
 
-IntOrPair = Union[int, Sequence[int]]
+IntOrPair = int | Sequence[int]
 
 #: Largest window (``kernel_h * kernel_w``) whose offsets fit a uint8 switch.
 MAX_WINDOW = 255
@@ -35,7 +35,8 @@ class PoolParams(NamedTuple):
     def overlapping(self) -> bool:
         """True when two windows can contain the same input position."""
         return any(
-            s < (k - 1) * d + 1 for k, s, d in zip(self.kernel_size, self.stride, self.dilation)
+            s < (k - 1) * d + 1
+            for k, s, d in zip(self.kernel_size, self.stride, self.dilation, strict=True)
         )
 
     def as_lists(self) -> tuple[list[int], list[int], list[int], list[int]]:
@@ -71,7 +72,8 @@ def pool_params(
 ) -> PoolParams:
     """Normalise and validate a pooling geometry (PyTorch's rules, plus the uint8 window bound)."""
     k = pair(kernel_size, "kernel_size")
-    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else pair(stride, "stride")
+    empty_stride = isinstance(stride, (list, tuple)) and len(stride) == 0
+    s = k if stride is None or empty_stride else pair(stride, "stride")
     p = pair(padding, "padding")
     d = pair(dilation, "dilation")
     if min(k) <= 0:
@@ -82,12 +84,10 @@ def pool_params(
         raise ValueError(f"dilation must be positive, got {d}")
     if min(p) < 0:
         raise ValueError(f"padding must be non-negative, got {p}")
-    for pi, ki, di in zip(p, k, d):
-        if pi > ((ki - 1) * di + 1) // 2:
-            raise ValueError(
-                f"padding must be at most half of the effective kernel size, got padding={p} "
-                f"for kernel_size={k}, dilation={d}"
-            )
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(
+            f"padding must be at most half of kernel_size, got padding={p} for kernel_size={k}"
+        )
     if k[0] * k[1] > MAX_WINDOW:
         raise ValueError(
             f"kernel_size {k} has a window of {k[0] * k[1]} elements; uint8 switches hold at most "
@@ -105,13 +105,26 @@ def pooled_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> i
     return out
 
 
+def _window_without_input(size: int, out: int, k: int, s: int, p: int, d: int) -> bool:
+    """True when a window along this dimension covers padding only (dilation skips the input)."""
+    for o in range(out):
+        start = o * s - p
+        if not any(0 <= start + j * d < size for j in range(k)):
+            return True
+    return False
+
+
 def pooled_shape(
     input_size: Sequence[int], params: PoolParams, ceil_mode: bool
 ) -> tuple[int, int]:
-    """Pooled ``(H_out, W_out)`` for an input of spatial size ``input_size``; ValueError if empty."""
+    """Pooled ``(H_out, W_out)`` for an input of spatial size ``input_size``.
+
+    ValueError if the output would be empty, or if a window would hold no input element (with
+    dilation and padding on tiny inputs): that window has no maximum and no switch.
+    """
     out = tuple(
         pooled_size(n, k, s, p, d, ceil_mode)
-        for n, k, s, p, d in zip(input_size, *params)
+        for n, k, s, p, d in zip(input_size, *params, strict=True)
     )
     if min(out) < 1:
         raise ValueError(
@@ -119,13 +132,23 @@ def pooled_shape(
             f"{params.kernel_size}, padding={params.padding}, dilation={params.dilation}: "
             f"the output would be {out}"
         )
+    if any(
+        _window_without_input(n, o, k, s, p, d)
+        for n, o, k, s, p, d in zip(input_size, out, *params, strict=True)
+    ):
+        raise ValueError(
+            f"input of spatial size {tuple(input_size)}: with kernel_size={params.kernel_size}, "
+            f"stride={params.stride}, padding={params.padding}, dilation={params.dilation} a "
+            "pooling window covers no input element"
+        )
     return out  # type: ignore[return-value]
 
 
 def default_unpooled_shape(pooled: Sequence[int], params: PoolParams) -> tuple[int, int]:
-    """The smallest input size a pool with ``params`` maps to ``pooled`` (F.max_unpool2d's default)."""
+    """The smallest input size a pool with ``params`` maps to ``pooled`` (F.max_unpool2d's)."""
     return tuple(  # type: ignore[return-value]
-        (o - 1) * s - 2 * p + d * (k - 1) + 1 for o, k, s, p, d in zip(pooled, *params)
+        (o - 1) * s - 2 * p + d * (k - 1) + 1
+        for o, k, s, p, d in zip(pooled, *params, strict=True)
     )
 
 
@@ -142,12 +165,20 @@ def unpooled_shape(
     ``pooled``: anything else could not have produced these switches.
     """
     if output_size is None:
-        return default_unpooled_shape(pooled, params)
+        size = default_unpooled_shape(pooled, params)
+        if min(size) < 1:
+            raise ValueError(
+                f"{name} must be given: the default for a pooled size {tuple(pooled)} with "
+                f"kernel_size={params.kernel_size}, padding={params.padding} would be {size}"
+            )
+        return size
+    if isinstance(output_size, (int, torch.SymInt)):
+        raise ValueError(f"{name} must be a sequence (H, W), got {output_size!r}")
     size = tuple(output_size)
     if len(size) < 2:
         raise ValueError(f"{name} must hold at least (H, W), got {size}")
     size = size[-2:]
-    for n, o, k, s, p, d in zip(size, pooled, *params):
+    for n, o, k, s, p, d in zip(size, pooled, *params, strict=True):
         if not isinstance(n, (int, torch.SymInt)) or isinstance(n, bool):
             raise ValueError(f"{name} must hold ints, got {tuple(output_size)}")
         if n < 1 or (
@@ -170,7 +201,9 @@ def check_float_tensor(t: object, name: str) -> None:
             f"{name} must be float32, float64, float16 or bfloat16, got {t.dtype}"
         )
     if t.dim() not in (3, 4):
-        raise ValueError(f"{name} must be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(t.shape)}"
+        )
 
 
 def check_switches(switches: object, like: torch.Tensor, name: str = "switches") -> None:

@@ -1,4 +1,4 @@
-"""``torch.nn`` modules over the ops, following ``nn.MaxPool2d`` / ``nn.MaxUnpool2d`` conventions."""
+"""``torch.nn`` modules over the ops, following ``nn.MaxPool2d`` / ``nn.MaxUnpool2d`` ways."""
 
 from __future__ import annotations
 

@@ -56,8 +56,9 @@ def max_pool2d_with_switches(
 
     Args:
         x: ``(N, C, H, W)`` or ``(C, H, W)`` float tensor, NCHW or channels_last.
-        kernel_size, stride, padding, dilation, ceil_mode: as in :func:`torch.nn.functional.max_pool2d`
-            (``stride`` defaults to ``kernel_size``); the window may hold at most 255 elements.
+        kernel_size, stride, padding, dilation, ceil_mode: as in
+            :func:`torch.nn.functional.max_pool2d` (``stride`` defaults to ``kernel_size``); the
+            window may hold at most 255 elements.
 
     Returns:
         ``(y, switches)``: ``y`` equals ``F.max_pool2d(x, ...)`` exactly (NaN propagation and
@@ -159,7 +160,9 @@ def _check_pooled_from(
 # ------------------------------------------------------------ fake kernels and autograd
 
 
-def _empty_in_format_of(ref: torch.Tensor, spatial: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+def _empty_in_format_of(
+    ref: torch.Tensor, spatial: Sequence[int], dtype: torch.dtype
+) -> torch.Tensor:
     """Allocate ``ref``'s batch/channel dims with new spatial dims, in ``ref``'s memory format.
 
     Mirrors ``empty_like_format`` in csrc/common/tensor_utils.h exactly (opcheck compares strides):

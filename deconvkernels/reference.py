@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ._geometry import PoolParams
+from ._geometry import PoolParams, pooled_shape
 
 
 def _window_origins(
@@ -64,6 +64,10 @@ def max_pool2d_with_switches(
     x: torch.Tensor, params: PoolParams, ceil_mode: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``F.max_pool2d`` plus its indices re-encoded as switches."""
+    if x.numel() == 0:  # F.max_pool2d refuses C == 0; the contract allows any empty tensor
+        out = (*x.shape[:-2], *pooled_shape(x.shape[-2:], params, ceil_mode))
+        y = x.flatten()[:0].reshape(out)  # stays connected to x for autograd
+        return y, x.new_empty(out, dtype=torch.uint8)
     y, indices = F.max_pool2d(
         x, params.kernel_size, params.stride, params.padding, params.dilation,
         ceil_mode=ceil_mode, return_indices=True,
@@ -78,24 +82,28 @@ def max_unpool2d_with_switches(
 
     ``F.max_unpool2d`` gives the same forward on the CPU but scatters in an undefined order on
     CUDA, and its backward gathers for every window, also those whose value was overwritten.
-    Here each position takes the value of the last window that points at it (found with an
-    ``amax`` over window numbers), and autograd of the masked ``scatter_add`` gives the matching
-    backward.
+    Here the last window pointing at each position is found with an ``amax`` over window
+    numbers; only those winners are scattered (the others are sent to a spare slot past the
+    end, then dropped), so values are copied bit for bit (-0.0 included) and autograd of the
+    scatter gives the matching backward: zero for the windows that lost.
     """
     height, width = output_size
+    lead = y.shape[:-2]
+    if y.numel() == 0:
+        return y.flatten()[:0].reshape(*lead, height, width)
     indices = switches_to_indices(switches, output_size, params)
     flat_idx = indices.flatten(-2)
-    flat_y = y.flatten(-2)
     n_windows = flat_idx.shape[-1]
     window_id = torch.arange(n_windows, device=y.device).expand_as(flat_idx)
-    lead = flat_idx.shape[:-1]
     last = torch.full((*lead, height * width), -1, dtype=torch.long, device=y.device)
     last = last.scatter_reduce(-1, flat_idx, window_id, reduce="amax")
     wins = last.gather(-1, flat_idx) == window_id
-    src = torch.where(wins, flat_y, torch.zeros((), dtype=y.dtype, device=y.device))
-    out = torch.zeros((*lead, height * width), dtype=y.dtype, device=y.device)
-    out = out.scatter_add(-1, flat_idx, src)
-    out = out.view(*lead, height, width)
-    if y.dim() == 4 and y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
+    spare = height * width
+    target = torch.where(wins, flat_idx, torch.full_like(flat_idx, spare))
+    out = torch.zeros((*lead, spare + 1), dtype=y.dtype, device=y.device)
+    out = out.scatter(-1, target, y.flatten(-2))
+    out = out[..., :spare].reshape(*lead, height, width)
+    channels_last = y.dim() == 4 and not y.is_contiguous()
+    if channels_last and y.is_contiguous(memory_format=torch.channels_last):
         out = out.contiguous(memory_format=torch.channels_last)
     return out

@@ -37,7 +37,9 @@ int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, work_per_item));
 }
 
-// Load / store Vectorized<acc>::size() elements of T as one vector of its accumulation type.
+// Load / store Vectorized<acc>::size() elements of T (or the first n, for row tails) as
+// one vector of the accumulation type; switches likewise from / to uint8. Partial loads
+// and stores are masked on AVX-512; lanes past n are never stored.
 template <typename T>
 struct Lanes {
   using acc_t = typename AccType<T>::type;
@@ -47,31 +49,40 @@ struct Lanes {
   static Vec splat(int64_t v) {
     return Vec(static_cast<acc_t>(v));
   }
-  static Vec load(const T* p) {
+  static Vec load(const T* p, int64_t n = kSize) {
     if constexpr (std::is_same_v<T, acc_t>) {
-      return Vec::loadu(p);
-    } else {
+      return Vec::loadu(p, n);
+    } else if (n == kSize) {
       Vec out;
       at::vec::load_to_float<T>(p, out);
       return out;
-    }
-  }
-  static void store(T* p, const Vec& v) {
-    if constexpr (std::is_same_v<T, acc_t>) {
-      v.store(p);
     } else {
-      at::vec::convert_from_float<T>(v, v).store(p, kSize);
+      return std::get<0>(at::vec::convert_to_float<T>(Vectorized<T>::loadu(p, n)));
     }
   }
-  static Vec load_switches(const uint8_t* p) {
-    __at_align__ acc_t tmp[kSize];
-    for (int64_t i = 0; i < kSize; ++i) tmp[i] = static_cast<acc_t>(p[i]);
-    return Vec::loadu(tmp);
+  static void store(T* p, const Vec& v, int64_t n = kSize) {
+    if constexpr (std::is_same_v<T, acc_t>) {
+      v.store(p, n);
+    } else {
+      at::vec::convert_from_float<T>(v, v).store(p, n);
+    }
   }
-  static void store_switches(uint8_t* p, const Vec& v) {
-    __at_align__ acc_t tmp[kSize];
-    v.store(tmp);
-    for (int64_t i = 0; i < kSize; ++i) p[i] = static_cast<uint8_t>(tmp[i]);
+  static Vec load_switches(const uint8_t* p, int64_t n = kSize) {
+    return at::vec::convert<acc_t>(Vectorized<uint8_t>::loadu(p, static_cast<uint8_t>(n)));
+  }
+  static void store_switches(uint8_t* p, const Vec& v, int64_t n = kSize) {
+    at::vec::convert<uint8_t>(v).store(p, n);
+  }
+  // Deinterleave 2n consecutive elements into (even, odd) lanes: a window row's columns.
+  static std::pair<Vec, Vec> load_pairs(const T* p, int64_t n) {
+    const int64_t lo = std::min<int64_t>(2 * n, kSize);
+    return at::vec::deinterleave2(load(p, lo), load(p + kSize, 2 * n - lo));
+  }
+  static void store_pairs(T* p, const Vec& even, const Vec& odd, int64_t n) {
+    const int64_t lo = std::min<int64_t>(2 * n, kSize);
+    auto [a, b] = at::vec::interleave2(even, odd);
+    store(p, a, lo);
+    if (2 * n > lo) store(p + kSize, b, 2 * n - lo);
   }
 };
 
@@ -107,22 +118,24 @@ void max_pool_nchw(const PoolKernelArgs& a) {
       const T* xp = x + plane * g.H * g.W;
       T* yr = y + r * g.OW;
       uint8_t* sr = sw + r * g.OW;
-      int64_t ow = 0;
-      if (fast) {
+      if (fast) {  // rows shorter than a vector (14x14 maps) take partial vectors too
         const T* r0 = xp + 2 * oh * g.W;
         const T* r1 = r0 + g.W;
-        for (; ow + V <= g.OW; ow += V) {
-          auto [a0, a1] = at::vec::deinterleave2(L::load(r0 + 2 * ow), L::load(r0 + 2 * ow + V));
-          auto [b0, b1] = at::vec::deinterleave2(L::load(r1 + 2 * ow), L::load(r1 + 2 * ow + V));
+        for (int64_t ow = 0; ow < g.OW; ow += V) {
+          const int64_t n = std::min<int64_t>(V, g.OW - ow);
+          auto [a0, a1] = L::load_pairs(r0 + 2 * ow, n);
+          auto [b0, b1] = L::load_pairs(r1 + 2 * ow, n);
           Vec best = a0, best_k = L::splat(0);
           max_update(best, best_k, a1, L::splat(1));
           max_update(best, best_k, b0, L::splat(2));
           max_update(best, best_k, b1, L::splat(3));
-          L::store(yr + ow, best);
-          L::store_switches(sr + ow, best_k);
+          L::store(yr + ow, best, n);
+          L::store_switches(sr + ow, best_k, n);
         }
+        continue;
       }
-      for (; ow < g.OW; ++ow) max_pool_window(xp, g.W, int64_t(1), g, oh, ow, yr + ow, sr + ow);
+      for (int64_t ow = 0; ow < g.OW; ++ow)
+        max_pool_window(xp, g.W, int64_t(1), g, oh, ow, yr + ow, sr + ow);
     }
   });
 }
@@ -145,8 +158,8 @@ void max_pool_nhwc(const PoolKernelArgs& a) {
       T* yo = y + i * C;
       uint8_t* so = sw + i * C;
       const int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
-      int64_t c = 0;
-      for (; c + V <= C; c += V) {
+      for (int64_t c = 0; c < C; c += V) {
+        const int64_t nc = std::min<int64_t>(V, C - c);
         Vec best, best_k;
         bool first = true;
         for (int64_t ky = 0; ky < g.kh; ++ky) {
@@ -155,7 +168,7 @@ void max_pool_nhwc(const PoolKernelArgs& a) {
           for (int64_t kx = 0; kx < g.kw; ++kx) {
             const int64_t iw = w0 + kx * g.dw;
             if (iw < 0 || iw >= g.W) continue;
-            const Vec v = L::load(xn + (ih * g.W + iw) * C + c);
+            const Vec v = L::load(xn + (ih * g.W + iw) * C + c, nc);
             const Vec k = L::splat(ky * g.kw + kx);
             if (first) {  // the first valid element starts the max (PyTorch: -inf, index)
               best = v;
@@ -166,11 +179,9 @@ void max_pool_nhwc(const PoolKernelArgs& a) {
             }
           }
         }
-        L::store(yo + c, best);
-        L::store_switches(so + c, best_k);
+        L::store(yo + c, best, nc);
+        L::store_switches(so + c, best_k, nc);
       }
-      for (; c < C; ++c)
-        max_pool_window(xn + c, g.W * C, C, g, oh, ow, yo + c, so + c);
     }
   });
 }
@@ -204,18 +215,12 @@ void scatter_nchw(const PoolKernelArgs& a, bool sum) {
         const T* vr = vp + oh * g.OW;
         const uint8_t* sr = sp + oh * g.OW;
         const Vec k0 = L::splat(2 * ky), k1 = L::splat(2 * ky + 1), zero = L::splat(0);
-        int64_t ow = 0;
-        for (; ow + V <= g.OW; ow += V) {
-          const Vec val = L::load(vr + ow);
-          const Vec s = L::load_switches(sr + ow);
-          auto [lo, hi] = at::vec::interleave2(
-              Vec::blendv(zero, val, s == k0), Vec::blendv(zero, val, s == k1));
-          L::store(orow + 2 * ow, lo);
-          L::store(orow + 2 * ow + V, hi);
-        }
-        for (; ow < g.OW; ++ow) {
-          orow[2 * ow] = sr[ow] == 2 * ky ? vr[ow] : T(0);
-          orow[2 * ow + 1] = sr[ow] == 2 * ky + 1 ? vr[ow] : T(0);
+        for (int64_t ow = 0; ow < g.OW; ow += V) {
+          const int64_t n = std::min<int64_t>(V, g.OW - ow);
+          const Vec val = L::load(vr + ow, n);
+          const Vec s = L::load_switches(sr + ow, n);
+          L::store_pairs(
+              orow + 2 * ow, Vec::blendv(zero, val, s == k0), Vec::blendv(zero, val, s == k1), n);
         }
         std::fill(orow + 2 * g.OW, orow + g.W, T(0));
         continue;
@@ -228,8 +233,58 @@ void scatter_nchw(const PoolKernelArgs& a, bool sum) {
   });
 }
 
+// NHWC, 2x2 stride-2 windows inside the input: walk pooled pixels and write each one's
+// 2x2 output block (every value once, switch compares along channels); then zero the
+// odd last row / column that no window covers.
+template <typename T>
+void scatter_nhwc_2x2(const PoolKernelArgs& a) {
+  using L = Lanes<T>;
+  using Vec = typename L::Vec;
+  constexpr int64_t V = L::kSize;
+  const PoolGeom g = a.g;
+  const int64_t C = a.C;
+  const T* v = static_cast<const T*>(a.in);
+  T* out = static_cast<T*>(a.out);
+  const uint8_t* sw = a.switches;
+  const int64_t rows = a.N * g.OH;  // one task item: a pooled row and its two output rows
+  at::parallel_for(0, rows, grain_for(g.OW * C * 4), [&](int64_t begin, int64_t end) {
+    const Vec zero = L::splat(0);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / g.OH, oh = r % g.OH;
+      T* o0 = out + ((n * g.H + 2 * oh) * g.W) * C;
+      T* o1 = o0 + g.W * C;
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        const T* vp = v + (r * g.OW + ow) * C;
+        const uint8_t* sp = sw + (r * g.OW + ow) * C;
+        T* p00 = o0 + 2 * ow * C;
+        T* p10 = o1 + 2 * ow * C;
+        for (int64_t c = 0; c < C; c += V) {
+          const int64_t nc = std::min<int64_t>(V, C - c);
+          const Vec val = L::load(vp + c, nc);
+          const Vec s = L::load_switches(sp + c, nc);
+          L::store(p00 + c, Vec::blendv(zero, val, s == L::splat(0)), nc);
+          L::store(p00 + C + c, Vec::blendv(zero, val, s == L::splat(1)), nc);
+          L::store(p10 + c, Vec::blendv(zero, val, s == L::splat(2)), nc);
+          L::store(p10 + C + c, Vec::blendv(zero, val, s == L::splat(3)), nc);
+        }
+      }
+      if (g.W > 2 * g.OW) {  // odd width: the last column of both rows
+        std::fill(o0 + 2 * g.OW * C, o0 + g.W * C, T(0));
+        std::fill(o1 + 2 * g.OW * C, o1 + g.W * C, T(0));
+      }
+    }
+  });
+  if (g.H > 2 * g.OH) {  // odd height: the last row of every image
+    for (int64_t n = 0; n < a.N; ++n) {
+      T* row = out + ((n * g.H + 2 * g.OH) * g.W) * C;
+      std::fill(row, row + (g.H - 2 * g.OH) * g.W * C, T(0));
+    }
+  }
+}
+
 template <typename T>
 void scatter_nhwc(const PoolKernelArgs& a, bool sum) {
+  if (is_2x2_stride2_inside(a.g)) return scatter_nhwc_2x2<T>(a);
   using L = Lanes<T>;
   using Vec = typename L::Vec;
   constexpr int64_t V = L::kSize;
@@ -248,8 +303,8 @@ void scatter_nhwc(const PoolKernelArgs& a, bool sum) {
       int64_t oh_lo, oh_hi, ow_lo, ow_hi;
       windows_covering(ih, g.kh, g.sh, g.ph, g.dh, g.OH, &oh_lo, &oh_hi);
       windows_covering(iw, g.kw, g.sw, g.pw, g.dw, g.OW, &ow_lo, &ow_hi);
-      int64_t c = 0;
-      for (; c + V <= C; c += V) {
+      for (int64_t c = 0; c < C; c += V) {
+        const int64_t nc = std::min<int64_t>(V, C - c);
         const Vec zero = L::splat(0);
         Vec acc = zero;
         for (int64_t oh = oh_lo; oh <= oh_hi; ++oh) {
@@ -260,16 +315,12 @@ void scatter_nhwc(const PoolKernelArgs& a, bool sum) {
             if (rx % g.dw != 0) continue;
             const int64_t pos = (oh * g.OW + ow) * C + c;
             const Vec k = L::splat((ry / g.dh) * g.kw + rx / g.dw);
-            const Vec hit = L::load_switches(sn + pos) == k;
-            const Vec val = L::load(vn + pos);
+            const Vec hit = L::load_switches(sn + pos, nc) == k;
+            const Vec val = L::load(vn + pos, nc);
             acc = sum ? acc + Vec::blendv(zero, val, hit) : Vec::blendv(acc, val, hit);
           }
         }
-        L::store(o + c, acc);
-      }
-      for (; c < C; ++c) {
-        o[c] = sum ? switch_scatter_at<T, true>(vn + c, g.OW * C, C, sn + c, g.OW * C, C, g, ih, iw)
-                   : switch_scatter_at<T, false>(vn + c, g.OW * C, C, sn + c, g.OW * C, C, g, ih, iw);
+        L::store(o + c, acc, nc);
       }
     }
   });
@@ -295,23 +346,24 @@ void gather_nchw(const PoolKernelArgs& a, bool only_if_last) {
       const uint8_t* swp = sw + plane * g.OH * g.OW;
       const uint8_t* sr = swp + oh * g.OW;
       T* orow = out + r * g.OW;
-      int64_t ow = 0;
       if (fast) {
         const T* r0 = sp + 2 * oh * g.W;
         const T* r1 = r0 + g.W;
         const Vec zero = L::splat(0);
-        for (; ow + V <= g.OW; ow += V) {
-          const Vec s = L::load_switches(sr + ow);
-          auto [a0, a1] = at::vec::deinterleave2(L::load(r0 + 2 * ow), L::load(r0 + 2 * ow + V));
-          auto [b0, b1] = at::vec::deinterleave2(L::load(r1 + 2 * ow), L::load(r1 + 2 * ow + V));
+        for (int64_t ow = 0; ow < g.OW; ow += V) {
+          const int64_t n = std::min<int64_t>(V, g.OW - ow);
+          const Vec s = L::load_switches(sr + ow, n);
+          auto [a0, a1] = L::load_pairs(r0 + 2 * ow, n);
+          auto [b0, b1] = L::load_pairs(r1 + 2 * ow, n);
           Vec res = Vec::blendv(zero, a0, s == L::splat(0));
           res = Vec::blendv(res, a1, s == L::splat(1));
           res = Vec::blendv(res, b0, s == L::splat(2));
           res = Vec::blendv(res, b1, s == L::splat(3));
-          L::store(orow + ow, res);
+          L::store(orow + ow, res, n);
         }
+        continue;
       }
-      for (; ow < g.OW; ++ow)
+      for (int64_t ow = 0; ow < g.OW; ++ow)
         orow[ow] = switch_gather_at<T>(sp, g.W, 1, swp, g.OW, 1, g, oh, ow, only_if_last);
     }
   });
@@ -328,7 +380,8 @@ void gather_nhwc(const PoolKernelArgs& a, bool only_if_last) {
   T* out = static_cast<T*>(a.out);
   const uint8_t* sw = a.switches;
   // With overlap, "is a later window pointing here?" differs per channel: scalar path.
-  const bool vector = !(only_if_last && (g.sh < (g.kh - 1) * g.dh + 1 || g.sw < (g.kw - 1) * g.dw + 1));
+  const bool vector =
+      !(only_if_last && (g.sh < (g.kh - 1) * g.dh + 1 || g.sw < (g.kw - 1) * g.dw + 1));
   const int64_t pixels = a.N * g.OH * g.OW;
   at::parallel_for(0, pixels, grain_for(C * g.kh * g.kw), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
@@ -340,8 +393,9 @@ void gather_nhwc(const PoolKernelArgs& a, bool only_if_last) {
       const int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
       int64_t c = 0;
       if (vector) {
-        for (; c + V <= C; c += V) {
-          const Vec sv = L::load_switches(s + c);
+        for (; c < C; c += V) {
+          const int64_t nc = std::min<int64_t>(V, C - c);
+          const Vec sv = L::load_switches(s + c, nc);
           Vec res = L::splat(0);
           for (int64_t ky = 0; ky < g.kh; ++ky) {
             const int64_t ih = h0 + ky * g.dh;
@@ -350,10 +404,10 @@ void gather_nhwc(const PoolKernelArgs& a, bool only_if_last) {
               const int64_t iw = w0 + kx * g.dw;
               if (iw < 0 || iw >= g.W) continue;
               const Vec k = L::splat(ky * g.kw + kx);
-              res = Vec::blendv(res, L::load(sn + (ih * g.W + iw) * C + c), sv == k);
+              res = Vec::blendv(res, L::load(sn + (ih * g.W + iw) * C + c, nc), sv == k);
             }
           }
-          L::store(o + c, res);
+          L::store(o + c, res, nc);
         }
       }
       for (; c < C; ++c) {

@@ -1,0 +1,345 @@
+"""Backend switch, environment variable, build info, CPU ISA selection, nn modules."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from dkutil import HAS_EXT, assert_identical, env_allows_no_extension, geometry
+
+import deconvkernels as dk
+from deconvkernels import nn as dknn
+
+
+def test_extension_is_built():
+    """CI always builds the extension: its absence is a failure, not a reason to skip."""
+    if env_allows_no_extension():
+        pytest.skip("DECONVKERNELS_ALLOW_NO_EXTENSION=1")
+    assert dk.extension_available(), (
+        f"the compiled extension deconvkernels._C is not loaded: {dk._ext.import_error()!r} "
+        "(set DECONVKERNELS_ALLOW_NO_EXTENSION=1 to run the suite on the reference backend)"
+    )
+
+
+# ----------------------------------------------------------------------------- use_backend
+
+
+class _Spy:
+    """Counts calls of the wrapped callables by name."""
+
+    def __init__(self):
+        self.calls: dict[str, int] = {}
+
+    def wrap(self, name, fn):
+        def wrapper(*args, **kwargs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+
+class _OpsSpy:
+    """Stands in for ``torch.ops.deconvkernels`` in deconvkernels.ops, counting op lookups."""
+
+    def __init__(self, real, spy):
+        self._real, self._spy = real, spy
+
+    def __getattr__(self, name):
+        return self._spy.wrap(name, getattr(self._real, name))
+
+
+PUBLIC = (
+    "max_pool2d_with_switches",
+    "max_unpool2d_with_switches",
+    "switches_to_indices",
+    "indices_to_switches",
+)
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    """(reference spy, extension spy): calls of each public op's implementation."""
+    ref, ext = _Spy(), _Spy()
+    for name in PUBLIC:
+        monkeypatch.setattr(dk.reference, name, ref.wrap(name, getattr(dk.reference, name)))
+    if HAS_EXT:
+        monkeypatch.setattr(dk.ops, "_ops", _OpsSpy(dk.ops._ops, ext))
+    return ref, ext
+
+
+def _call_every_op():
+    x = torch.randn(2, 3, 6, 6)
+    y, sw = dk.max_pool2d_with_switches(x, 2)
+    dk.max_unpool2d_with_switches(y, sw, 2)
+    idx = dk.switches_to_indices(sw, (6, 6), 2)
+    dk.indices_to_switches(idx, (6, 6), 2)
+    pool, unpool = dknn.MaxPool2dWithSwitches(2), dknn.MaxUnpool2dWithSwitches(2)
+    unpool(*pool(x))
+
+
+def test_use_backend_reference_takes_the_reference_path(spies):
+    ref, ext = spies
+    with dk.use_backend("reference"):
+        assert dk.get_backend() == "reference"
+        _call_every_op()
+    # (the reference ops also call each other, so only the entry points are counted exactly)
+    assert set(ref.calls) == set(PUBLIC)
+    assert ref.calls["max_pool2d_with_switches"] == 2
+    assert ref.calls["max_unpool2d_with_switches"] == 2
+    assert ext.calls == {}
+
+
+def test_use_backend_extension_takes_the_extension_path(spies):
+    ref, ext = spies
+    with dk.use_backend("extension"):
+        _call_every_op()
+        backend = dk.get_backend()
+    if HAS_EXT:
+        assert backend == "extension"
+        assert ref.calls == {}
+        assert ext.calls == {
+            "max_pool2d_with_switches": 2,
+            "max_unpool2d_with_switches": 2,
+            "switches_to_indices": 1,
+            "indices_to_switches": 1,
+        }
+    else:  # falls back to the reference
+        assert backend == "reference"
+        assert ref.calls["max_pool2d_with_switches"] == 2
+
+
+def test_use_backend_restores_and_nests():
+    before = dk.get_backend()
+    with dk.use_backend("reference"):
+        with dk.use_backend("extension"):
+            assert dk.get_backend() == ("extension" if HAS_EXT else "reference")
+        assert dk.get_backend() == "reference"
+    assert dk.get_backend() == before
+    with pytest.raises(KeyError):
+        with dk.use_backend("reference"):
+            raise KeyError("boom")
+    assert dk.get_backend() == before
+
+
+@pytest.mark.parametrize("name", ["cuda", "Reference", "", None, "extension "])
+def test_invalid_backend_name(name):
+    before = dk.get_backend()
+    with pytest.raises(ValueError, match="backend"):
+        with dk.use_backend(name):
+            pass
+    with pytest.raises(ValueError, match="backend"):
+        dk.set_backend(name)
+    assert dk.get_backend() == before
+
+
+def _run_python(code: str, backend_env: str | None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("DECONVKERNELS_BACKEND", None)
+    if backend_env is not None:
+        env["DECONVKERNELS_BACKEND"] = backend_env
+    root = str(Path(dk.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+_PROBE = """
+    import json, warnings
+    warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as caught:
+        import torch
+        import deconvkernels as dk
+        calls = []
+        real = dk.reference.max_pool2d_with_switches
+        dk.reference.max_pool2d_with_switches = lambda *a: calls.append(1) or real(*a)
+        x = torch.randn(1, 2, 4, 4)
+        dk.max_pool2d_with_switches(x, 2)
+        dk.max_pool2d_with_switches(x, 2)
+    print(json.dumps({
+        "backend": dk.get_backend(),
+        "reference_calls": len(calls),
+        "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)],
+    }))
+"""
+
+
+@pytest.mark.parametrize("value", ["reference", " Reference\\n"])
+def test_env_var_selects_reference(value):
+    proc = _run_python(_PROBE, value.replace("\\n", "\n"))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"backend": "reference", "reference_calls": 2, "warnings": []}
+
+
+@pytest.mark.parametrize("value", [None, "extension"])
+def test_env_var_default_is_extension(value):
+    proc = _run_python(_PROBE, value)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if HAS_EXT:
+        assert out == {"backend": "extension", "reference_calls": 0, "warnings": []}
+    else:  # the reference, with exactly one warning that says why
+        assert out["backend"] == "reference" and out["reference_calls"] == 2
+        assert len(out["warnings"]) == 1 and "extension" in out["warnings"][0]
+
+
+def test_env_var_invalid_is_a_clear_error():
+    proc = _run_python("import deconvkernels", "cuda")
+    assert proc.returncode != 0
+    assert "ValueError" in proc.stderr and "DECONVKERNELS_BACKEND" in proc.stderr, proc.stderr
+
+
+# ----------------------------------------------------------------------------- build info
+
+
+def test_build_info():
+    info = dk.build_info()
+    assert info["extension"] is dk.extension_available()
+    assert info["cuda_available"] is torch.cuda.is_available()
+    json.dumps(info)  # plain data, printable in CI logs
+    if not dk.extension_available():
+        assert info["torch_version"] == torch.__version__
+        assert "error" in info
+        return
+    assert info["cpu_isa_selected"] == dk.cpu_isa()
+    assert info["torch_version_runtime"] == torch.__version__
+    # what was compiled: CUDA or not, its archs, the CPU ISA variants, the torch built against
+    for key in ("cuda_compiled", "cuda_archs", "cpu_isas_compiled", "torch_version"):
+        assert key in info, f"build_info() lacks {key!r}: {info}"
+    assert info["torch_version"] == torch.__version__, "built against another torch"
+    compiled = info["cpu_isas_compiled"]
+    compiled = compiled.split(";") if isinstance(compiled, str) else list(compiled)
+    assert set(dk.available_cpu_isas()) <= set(compiled)
+    info["extension"] = "mutated"
+    assert dk.build_info()["extension"] is True  # a fresh dict every call
+
+
+# ----------------------------------------------------------------------------- CPU ISA
+
+_ISA_ORDER = ["DEFAULT", "AVX2", "AVX512"]
+
+
+@pytest.mark.requires_extension
+def test_cpu_isas_cover_this_cpu():
+    """Every variant up to what this CPU runs is compiled in, so the ISA-parametrised tests
+    really run the DEFAULT, AVX2 and AVX-512 kernels here."""
+    isas = dk.available_cpu_isas()
+    assert isas and isas[0] == "DEFAULT"
+    assert set(isas) <= set(_ISA_ORDER)
+    capability = torch.backends.cpu.get_cpu_capability()  # ATen's view of this CPU
+    if capability in _ISA_ORDER:
+        expected = _ISA_ORDER[: _ISA_ORDER.index(capability) + 1]
+        assert set(expected) <= set(isas), f"CPU supports {capability}, extension offers {isas}"
+
+
+@pytest.mark.requires_extension
+def test_set_cpu_isa():
+    best = dk.cpu_isa()
+    isas = dk.available_cpu_isas()
+    assert best == max(isas, key=_ISA_ORDER.index)
+    try:
+        for name in isas:
+            assert dk.set_cpu_isa(name) == name
+            assert dk.cpu_isa() == name
+            assert dk.build_info()["cpu_isa_selected"] == name
+        with pytest.raises(ValueError, match="DEFAULT") as info:
+            dk.set_cpu_isa("NEON")
+        assert "Exception raised from" not in str(info.value), "C++ backtrace in the message"
+        assert dk.cpu_isa() == isas[-1]  # a failed call changes nothing
+    finally:
+        assert dk.set_cpu_isa(None) == best
+    assert dk.cpu_isa() == best
+
+
+def test_cpu_isa_functions_without_extension():
+    if HAS_EXT:
+        assert dk.available_cpu_isas()
+        return
+    assert dk.available_cpu_isas() == []
+    with pytest.raises(RuntimeError, match="extension"):
+        dk.cpu_isa()
+    with pytest.raises(RuntimeError, match="extension"):
+        dk.set_cpu_isa("DEFAULT")
+
+
+# ----------------------------------------------------------------------------- nn modules
+
+
+def test_pool_module_conventions():
+    m = dknn.MaxPool2dWithSwitches(3, padding=1)
+    assert isinstance(m, torch.nn.Module)
+    assert (m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode) == (
+        (3, 3), (3, 3), (1, 1), (1, 1), False,
+    )
+    assert m.extra_repr() == (
+        "kernel_size=(3, 3), stride=(3, 3), padding=(1, 1), dilation=(1, 1), ceil_mode=False"
+    )
+    assert repr(m) == f"MaxPool2dWithSwitches({m.extra_repr()})"
+    m2 = dknn.MaxPool2dWithSwitches((2, 3), stride=(1, 2), padding=(1, 0), dilation=2,
+                                    ceil_mode=1)
+    assert m2.ceil_mode is True
+    assert "kernel_size=(2, 3), stride=(1, 2), padding=(1, 0), dilation=(2, 2)" in repr(m2)
+    assert list(m.parameters()) == [] and list(m.buffers()) == [] and m.state_dict() == {}
+
+
+def test_unpool_module_conventions():
+    m = dknn.MaxUnpool2dWithSwitches(2)
+    assert (m.kernel_size, m.stride, m.padding, m.dilation) == ((2, 2), (2, 2), (0, 0), (1, 1))
+    assert repr(m) == (
+        "MaxUnpool2dWithSwitches(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0), "
+        "dilation=(1, 1))"
+    )
+    assert list(m.parameters()) == [] and m.state_dict() == {}
+
+
+@pytest.mark.parametrize("args, name", [
+    (dict(kernel_size=0), "kernel_size"),
+    (dict(kernel_size=16), "kernel_size"),
+    (dict(kernel_size=2, stride=0), "stride"),
+    (dict(kernel_size=2, padding=2), "padding"),
+    (dict(kernel_size=2, padding=-1), "padding"),
+    (dict(kernel_size=2, dilation=0), "dilation"),
+    (dict(kernel_size=(2, 2, 2)), "kernel_size"),
+])
+def test_modules_validate_at_construction(args, name):
+    with pytest.raises(ValueError, match=name):
+        dknn.MaxPool2dWithSwitches(**args)
+    with pytest.raises(ValueError, match=name):
+        dknn.MaxUnpool2dWithSwitches(**args)
+
+
+def test_modules_match_functional():
+    geo = geometry(3, 2, 1)
+    pool = dknn.MaxPool2dWithSwitches(3, 2, 1, ceil_mode=True)
+    unpool = dknn.MaxUnpool2dWithSwitches(3, 2, 1)
+    x = torch.randn(2, 3, 9, 8).contiguous(memory_format=torch.channels_last)
+    y, sw = pool(x)
+    ey, esw = dk.max_pool2d_with_switches(x, *geo, True)
+    assert_identical(y, ey, "y")
+    assert_identical(sw, esw, "switches")
+    out = unpool(y, sw, output_size=x.shape)
+    assert_identical(out, dk.max_unpool2d_with_switches(y, sw, *geo, output_size=(9, 8)), "out")
+    assert out.shape == x.shape and out.is_contiguous(memory_format=torch.channels_last)
+    pool.eval()
+    assert_identical(pool(x)[0], y, "eval mode")
+
+
+def test_modules_copy_and_pickle():
+    for m in (dknn.MaxPool2dWithSwitches((2, 3), 1, (1, 0), 2, True),
+              dknn.MaxUnpool2dWithSwitches((2, 3), 1, (1, 0), 2)):
+        for clone in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+            assert type(clone) is type(m) and repr(clone) == repr(m)
+    x = torch.randn(1, 2, 5, 6)
+    m = dknn.MaxPool2dWithSwitches(2)
+    assert_identical(pickle.loads(pickle.dumps(m))(x)[1], m(x)[1], "pickled module")

@@ -1,0 +1,553 @@
+"""Parity of pool, unpool, their backwards and the switch/index conversions, on every target.
+
+Oracles: ``F.max_pool2d`` / ``F.max_unpool2d`` on the CPU (bit-exact), the independent loop
+oracle in ``dkutil.oracle_pool`` (switches), and ``deconvkernels.reference`` for the unpool
+where windows overlap (the contract's "last window in raster order wins").
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from dkutil import (
+    FLOAT_DTYPES,
+    LAYOUTS_4D,
+    arrange,
+    assert_equal_values,
+    assert_identical,
+    default_unpooled_hw,
+    effective,
+    geo_id,
+    geometry,
+    has_empty_window,
+    is_channels_last,
+    make_values,
+    oracle_pool,
+    overlapping,
+    pair,
+    pooled_hw,
+    random_valid_switches,
+    torch_pool,
+    torch_unpool,
+)
+
+import deconvkernels as dk
+from deconvkernels._geometry import PoolParams
+
+KINDS = ("randn", "ties", "special")
+# One input size per data kind, so odd and even extents both appear in every geometry.
+SIZES = {"randn": (2, 3, 9, 11), "ties": (1, 2, 10, 8), "special": (2, 2, 7, 12)}
+
+
+def _geometries():
+    cases = []
+    for k, s, d in itertools.product(
+        [1, 2, 3, 4, (2, 3), (3, 1)], [1, 2, 3, (1, 2)], [1, 2]
+    ):
+        kp = pair(k)
+        pads = sorted({(0, 0), (min(1, kp[0] // 2), min(1, kp[1] // 2)), (kp[0] // 2, kp[1] // 2)})
+        for p in pads:
+            for ceil in (False, True):
+                cases.append((geometry(k, s, p, d), ceil))
+    # a few anisotropic dilations
+    for k, s, p, d in [((2, 3), 1, (1, 1), (2, 1)), (3, (2, 1), (1, 0), (1, 2)), (2, 2, 0, (1, 3))]:
+        for ceil in (False, True):
+            cases.append((geometry(k, s, p, d), ceil))
+    return cases
+
+
+GEOMETRIES = _geometries()
+# Subsets for the costlier checks (odd steps: ceil_mode alternates in GEOMETRIES).
+GEOMETRIES_SMALL = GEOMETRIES[::5]
+
+
+def _params(geo) -> PoolParams:
+    return PoolParams(*map(tuple, geo))
+
+
+def _reference_unpool(y, sw, geo, hw):
+    return dk.reference.max_unpool2d_with_switches(y.cpu(), sw.cpu(), _params(geo), tuple(hw))
+
+
+def check_pool(target, x, geo, ceil, what):
+    """Pool ``x`` on ``target``; compare y with F bit for bit, switches with the oracle and F's
+    indices (through this target's switches_to_indices and back)."""
+    x_before = x.clone()
+    y, sw = target.pool(x, *geo, ceil)
+    ey, ei = torch_pool(x, geo, ceil)
+    _, osw, oidx = oracle_pool(x, geo, ceil)
+    assert torch.equal(oidx, ei), f"{what}: oracle disagrees with F.max_pool2d indices (test bug?)"
+    assert y.device == target.device and sw.device == target.device, what
+    assert sw.dtype == torch.uint8, f"{what}: switches dtype {sw.dtype}"
+    assert sw.shape == y.shape, what
+    assert_identical(y, ey, f"{what}: y")
+    assert_identical(sw, osw, f"{what}: switches")
+    idx = target.switches_to_indices(sw, x.shape[-2:], *geo)
+    assert idx.dtype == torch.int64, what
+    assert_identical(idx, ei, f"{what}: switches_to_indices")
+    back = target.indices_to_switches(target.put(ei), x.shape[-2:], *geo)
+    assert_identical(back, osw, f"{what}: indices_to_switches")
+    assert_identical(x, x_before, f"{what}: input modified")
+    return y, sw
+
+
+# ----------------------------------------------------------------------------- pool forward
+
+
+@pytest.mark.parametrize("case", GEOMETRIES, ids=geo_id)
+def test_pool_matches_torch(target, case):
+    geo, ceil = case
+    for dtype, kind in itertools.product(FLOAT_DTYPES, KINDS):
+        x = make_values(SIZES[kind], dtype, kind)
+        check_pool(target, x, geo, ceil, f"{dtype} {kind} {tuple(x.shape)}")
+
+
+@pytest.mark.parametrize("layout", (*LAYOUTS_4D, "3d", "3d_channels_last"))
+@pytest.mark.parametrize(
+    "case",
+    [(geometry(3, 1, 1), False), (geometry(2, 2), True), (geometry((2, 3), (1, 2), 1, 2), True)],
+    ids=geo_id,
+)
+def test_pool_layouts(target, layout, case):
+    geo, ceil = case
+    for dtype, kind in itertools.product(FLOAT_DTYPES, ("randn", "ties", "special")):
+        base = (2, 5, 9, 11) if kind != "ties" else (3, 4, 8, 8)
+        if layout.startswith("3d"):
+            v = make_values(base[1:], dtype, kind)
+            x = arrange(v, "channels_last" if layout == "3d_channels_last" else "contiguous")
+        else:
+            x = arrange(make_values(base, dtype, kind), layout)
+        what = f"{layout} {dtype} {kind}"
+        y, sw = check_pool(target, x, geo, ceil, what)
+        if layout == "channels_last":
+            assert is_channels_last(y), f"{what}: y lost channels_last, strides {y.stride()}"
+            assert is_channels_last(sw), f"{what}: switches not channels_last, {sw.stride()}"
+        elif layout in ("contiguous", "3d"):
+            assert y.is_contiguous() and sw.is_contiguous(), what
+
+
+def test_pool_unbatched_equals_batched(target):
+    geo = geometry(3, 2, 1)
+    for dtype in FLOAT_DTYPES:
+        x = make_values((4, 9, 10), dtype, "special")
+        y3, sw3 = target.pool(x, *geo, True)
+        y4, sw4 = target.pool(x.unsqueeze(0), *geo, True)
+        assert y3.dim() == 3 and sw3.dim() == 3
+        assert_identical(y3, y4.squeeze(0), f"{dtype}: y")
+        assert_identical(sw3, sw4.squeeze(0), f"{dtype}: switches")
+
+
+@pytest.mark.parametrize("width", [16, 17, 18, 31, 32, 33, 34, 47, 48, 64, 65])
+def test_pool_2x2_fast_path(target, width):
+    """The DeconvNet pool (2x2, stride 2) at widths that are and are not multiples of 16/32."""
+    geo = geometry(2)
+    for dtype, layout, ceil in itertools.product(
+        FLOAT_DTYPES, ("contiguous", "channels_last"), (False, True)
+    ):
+        for n, c, h in [(1, 3, 6), (2, 17, 5)]:
+            x = arrange(make_values((n, c, h, width), dtype, "ties" if c == 3 else "randn"), layout)
+            y, sw = check_pool(target, x, geo, ceil, f"{dtype} {layout} {tuple(x.shape)}")
+            if layout == "channels_last":
+                assert is_channels_last(y) and is_channels_last(sw)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 7, 8, 15, 16, 17, 31, 32, 33, 64, 65])
+def test_pool_channels_last_channel_counts(target, channels):
+    """Channels-last kernels vectorise over C: counts around the vector widths."""
+    for (geo, ceil), dtype in itertools.product(
+        [(geometry(2), False), (geometry(3, 1, 1), False), (geometry(3, 2, 1, 2), True)],
+        FLOAT_DTYPES,
+    ):
+        x = arrange(make_values((2, channels, 5, 6), dtype, "special"), "channels_last")
+        check_pool(target, x, geo, ceil, f"{dtype} C={channels} {geo}")
+
+
+def test_pool_tiny_inputs(target):
+    """Inputs barely larger than one window (incl. 1x1), all valid geometries F accepts."""
+    n = 0
+    for h, w, k, s, p, d, ceil in itertools.product(
+        [1, 2, 3], [1, 2, 3], [1, 2, 3], [1, 2], [0, 1], [1, 2], [False, True]
+    ):
+        geo = geometry(k, s, p, d)
+        if p > k // 2 or min(pooled_hw((h, w), geo, ceil)) < 1:
+            continue
+        if has_empty_window((h, w), geo, ceil):
+            continue  # see test_pool_windows_without_inbounds_tap
+        x = make_values((1, 2, h, w), torch.float32, "ties")
+        check_pool(target, x, geo, ceil, f"{h}x{w} {geo} ceil={ceil}")
+        n += 1
+    assert n > 50
+
+
+EMPTY_WINDOW_CASES = [
+    ((1, 1), geometry(2, 1, 1, 2), False),  # taps at -1 and +1 around a 1x1 input
+    ((2, 1), geometry(2, 1, 1, 2), False),  # rows fine, every column window empty
+    ((3, 2), geometry((1, 2), 1, (0, 1), (1, 3)), True),  # column taps at -1 and 2
+]
+
+
+@pytest.mark.parametrize(
+    "hw, geo, ceil", EMPTY_WINDOW_CASES, ids=[f"{c[0]}-{geo_id(c[1:])}" for c in EMPTY_WINDOW_CASES]
+)
+def test_pool_windows_without_inbounds_tap(target, hw, geo, ceil):
+    """Geometries PyTorch accepts although some window holds no input element at all (dilation
+    with padding on a tiny input). F.max_pool2d gives -inf there (and an index outside that
+    window). Contract: y bit-identical to F.max_pool2d, or a clear error about the geometry; the
+    same on both backends."""
+    assert has_empty_window(hw, geo, ceil)
+    x = make_values((1, 2, *hw), torch.float32, "randn")
+    ey, _ = torch_pool(x, geo, ceil)
+    backends = ("extension", "reference") if target.public else ("emulated",)
+    outcomes = {}
+    for backend in backends:
+        try:
+            if target.public:
+                with dk.use_backend(backend):
+                    outcomes[backend] = target.pool(x, *geo, ceil)
+            else:
+                outcomes[backend] = target.pool(x, *geo, ceil)
+        except (ValueError, RuntimeError) as exc:
+            assert any(w in str(exc) for w in ("padding", "dilation", "window")) and (
+                "indices" not in str(exc)  # the user passed no indices
+            ), f"{backend}: unclear error: {exc}"
+            outcomes[backend] = None
+    assert len({r is None for r in outcomes.values()}) == 1, f"backends disagree: {outcomes}"
+    for backend, result in outcomes.items():
+        if result is not None:
+            y, sw = result
+            assert_identical(y, ey, f"{backend}: y")
+            assert int(sw.max()) < geo[0][0] * geo[0][1], f"{backend}: switch outside the window"
+
+
+@pytest.mark.parametrize("kernel", [(15, 17), (1, 255), (255, 1)], ids=str)
+def test_pool_largest_window(target, kernel):
+    """255-element windows: the largest switch (254) must round-trip."""
+    geo = geometry(kernel, 1)
+    size = (1, 2, kernel[0] + 1, kernel[1] + 2)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = make_values(size, dtype, "randn")
+        x.view(-1)[-1] = 1e4  # the far corner: switch 254 in the last window
+        _, sw = check_pool(target, x, geo, False, f"{dtype} {kernel}")
+        assert int(sw.max()) == 254
+
+
+def _empty_cases():
+    # (shape, expected pooled shape) for kernel 2, stride 2
+    return [((0, 3, 6, 7), (0, 3, 3, 3)), ((2, 0, 6, 7), (2, 0, 3, 3)), ((0, 6, 7), (0, 3, 3))]
+
+
+@pytest.mark.parametrize("shape, pooled", _empty_cases(), ids=str)
+def test_empty_tensors(target, shape, pooled):
+    """N=0 or C=0: every op returns empty results of the right shapes, backwards included."""
+    geo = geometry(2)
+    hw = shape[-2:]
+    for dtype, layout in itertools.product(FLOAT_DTYPES, ("contiguous", "channels_last")):
+        x = torch.empty(shape, dtype=dtype)
+        if layout == "channels_last":
+            if x.dim() == 3:
+                continue
+            x = x.contiguous(memory_format=torch.channels_last)
+        what = f"{dtype} {layout} {shape}"
+        y, sw = target.pool(x, *geo)
+        assert y.shape == pooled and sw.shape == pooled, what
+        assert y.dtype == dtype and sw.dtype == torch.uint8, what
+        idx = target.switches_to_indices(sw, hw, *geo)
+        assert idx.shape == pooled and idx.dtype == torch.int64, what
+        sw2 = target.indices_to_switches(idx, hw, *geo)
+        assert sw2.shape == pooled and sw2.dtype == torch.uint8, what
+        out = target.unpool(y, sw, *geo, output_size=hw)
+        assert out.shape == shape and out.dtype == dtype, what
+        _, _, gx = target.pool_grad(x, torch.empty(pooled, dtype=dtype), geo)
+        assert gx.shape == shape, what
+        _, gy = target.unpool_grad(y, sw, torch.empty(shape, dtype=dtype), geo, hw)
+        assert gy.shape == pooled, what
+
+
+# Hand-checked cases: 2x2 windows of a 1x1x2x2 input (the window's raster order = offsets 0..3).
+NAN, INF = float("nan"), float("inf")
+HAND_2X2 = [
+    ([[1.0, 1.0], [1.0, 1.0]], 1.0, 0),  # all tied: first wins
+    ([[0.0, 2.0], [2.0, 1.0]], 2.0, 1),  # tie between offsets 1 and 2: first wins
+    ([[NAN, 1.0], [NAN, 2.0]], NAN, 2),  # two NaNs: the last NaN wins
+    ([[1.0, NAN], [3.0, 2.0]], NAN, 1),  # NaN beats a larger number
+    ([[NAN, 5.0], [INF, 4.0]], NAN, 0),  # NaN beats +inf
+    ([[1.0, INF], [INF, NAN]], NAN, 3),
+    ([[-INF, -INF], [-INF, -INF]], -INF, 0),  # nothing beats the initial -inf: first tap
+    ([[-INF, -INF], [-INF, 5.0]], 5.0, 3),
+    ([[2.0, INF], [INF, 1.0]], INF, 1),
+    ([[-0.0, 0.0], [0.0, -0.0]], -0.0, 0),  # signed zeros tie: the first (and its sign) wins
+    ([[0.0, -0.0], [-0.0, 0.0]], 0.0, 0),
+    ([[-1.0, -0.0], [0.0, -0.0]], -0.0, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("values, expected, switch", HAND_2X2, ids=lambda v: str(v))
+def test_pool_hand_cases(target, dtype, values, expected, switch):
+    x = torch.tensor(values, dtype=dtype).view(1, 1, 2, 2)
+    for layout in ("contiguous", "channels_last"):
+        # two channels, the second a copy, to exercise the vectorised channels-last path too
+        xx = arrange(x.expand(1, 2, 2, 2).contiguous(), layout)
+        y, sw = target.pool(xx, 2)
+        assert sw.flatten().tolist() == [switch, switch], layout
+        exp = torch.tensor(expected, dtype=dtype).expand(1, 2, 1, 1)
+        assert_identical(y, exp, f"{layout} y")
+
+
+def test_pool_hand_padding_and_dilation(target):
+    # arange(9) as 3x3, kernel 3, stride 2, padding 1: windows at rows/cols -1 and 1.
+    x = torch.arange(9.0).view(1, 1, 3, 3)
+    y, sw = target.pool(x, 3, 2, 1)
+    assert y.cpu().flatten().tolist() == [4.0, 5.0, 7.0, 8.0]
+    assert sw.cpu().flatten().tolist() == [8, 7, 5, 4]
+    idx = target.switches_to_indices(sw, (3, 3), 3, 2, 1)
+    assert idx.cpu().flatten().tolist() == [4, 5, 7, 8]
+    # dilation: a 1x3 kernel with dilation 2 over one row taps columns 0, 2, 4.
+    x = torch.tensor([1.0, 9.0, 5.0, 9.0, 5.0]).view(1, 1, 1, 5)
+    y, sw = target.pool(x, (1, 3), 1, 0, (1, 2))
+    assert y.cpu().flatten().tolist() == [5.0]
+    assert sw.cpu().flatten().tolist() == [1]  # the tie at taps 1 and 2 (columns 2, 4): first
+    idx = target.switches_to_indices(sw, (1, 5), (1, 3), 1, 0, (1, 2))
+    assert idx.cpu().flatten().tolist() == [2]
+
+
+PAST_TORCH_PADDING = [
+    (geometry(3, 1, 2, 2), False),  # effective 5: padding 2 <= 5 // 2, but > 3 // 2
+    (geometry(2, 2, 2, 3), True),  # effective 4
+    (geometry((3, 2), 1, (2, 1), (2, 2)), False),
+]
+
+
+@pytest.mark.parametrize("case", PAST_TORCH_PADDING, ids=geo_id)
+def test_pool_padding_past_torch_limit(target, case):
+    """Padding within half the *dilated* window but over ``kernel_size // 2``: F.max_pool2d
+    refuses it, deconvkernels' geometry check accepts it. Either a correct result (the loop
+    oracle) or a clear error naming padding; and both backends must behave the same."""
+    geo, ceil = case
+    x = make_values((2, 3, 9, 10), torch.float32, "special")
+    outcomes = {}
+    backends = ("extension", "reference") if target.public else ("emulated",)
+    for backend in backends:
+        try:
+            if target.public:
+                with dk.use_backend(backend):
+                    outcomes[backend] = target.pool(x, *geo, ceil)
+            else:
+                outcomes[backend] = target.pool(x, *geo, ceil)
+        except (ValueError, RuntimeError) as exc:
+            assert "padding" in str(exc), f"{backend}: error does not name padding: {exc}"
+            outcomes[backend] = None
+    results = list(outcomes.values())
+    assert all(r is None for r in results) or all(r is not None for r in results), (
+        f"backends disagree on whether this geometry is valid: {outcomes.keys()} -> "
+        f"{[r is not None for r in results]}"
+    )
+    if results[0] is not None:
+        oy, osw, _ = oracle_pool(x, geo, ceil)
+        for backend, (y, sw) in outcomes.items():
+            assert_identical(sw, osw, f"{backend}: switches")
+            assert_identical(y, oy, f"{backend}: y")
+
+
+@pytest.mark.parametrize("shape, layout", [
+    ((2, 3, 33, 35), "contiguous"),
+    ((2, 40, 17, 19), "channels_last"),
+    ((1, 1, 64, 66), "contiguous"),
+], ids=str)
+def test_larger_shapes_two_threads_deterministic(target, shape, layout):
+    """Enough work for the CPU kernels to split it across threads: still exact, and the same
+    bits on every run (no races between chunks)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for (geo, ceil), dtype in itertools.product(
+            [(geometry(2), False), (geometry(3, 1, 1), True)], (torch.float32, torch.bfloat16)
+        ):
+            x = arrange(make_values(shape, dtype, "ties"), layout)
+            what = f"{dtype} {geo} {ceil}"
+            y, sw = check_pool(target, x, geo, ceil, what)
+            gy = _small_int_grad(y.shape, dtype)
+            runs = [target.pool_grad(x, gy, geo, ceil) for _ in range(2)]
+            for a, b in zip(runs[0], runs[1], strict=True):
+                assert_identical(a, b, f"{what}: rerun")
+            xr = x.clone().requires_grad_(True)
+            k, s, p, d = geo
+            (egx,) = torch.autograd.grad(F.max_pool2d(xr, k, s, p, d, ceil_mode=ceil), xr, gy)
+            assert_equal_values(runs[0][2], egx, f"{what}: grad_x")
+            g = make_values(shape, dtype, "randn")
+            outs = [target.unpool_grad(y, sw, g, geo, shape[-2:]) for _ in range(2)]
+            for a, b in zip(outs[0], outs[1], strict=True):
+                assert_identical(a, b, f"{what}: unpool rerun")
+            assert_equal_values(outs[0][0], _reference_unpool(y, sw, geo, shape[-2:]), what)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_outputs_are_fresh_tensors(target):
+    """Even where an op is an identity (1x1 windows), the result never aliases its input."""
+    x = target.put(make_values((2, 3, 5, 6), torch.float32, "randn"))
+    y, sw = target.pool(x, 1)
+    assert_identical(y, x, "1x1 pool")
+    assert y.data_ptr() != x.data_ptr()
+    out = target.unpool(y, sw, 1)
+    assert_identical(out, x, "1x1 unpool")
+    assert out.data_ptr() != y.data_ptr()
+
+
+# ----------------------------------------------------------------------------- conversions
+
+
+@pytest.mark.parametrize("case", GEOMETRIES_SMALL, ids=geo_id)
+def test_switch_index_round_trip(target, case):
+    geo, ceil = case
+    for hw, layout in itertools.product([(9, 11), (10, 8)], ("contiguous", "channels_last", "3d")):
+        lead = (4,) if layout == "3d" else (2, 3)
+        sw, idx = random_valid_switches(lead, hw, geo, ceil)
+        if layout == "channels_last":
+            sw = sw.contiguous(memory_format=torch.channels_last)
+            idx = idx.contiguous(memory_format=torch.channels_last)
+        got_idx = target.switches_to_indices(sw, hw, *geo)
+        assert_identical(got_idx, idx, f"{layout} {hw}: switches_to_indices")
+        got_sw = target.indices_to_switches(idx, hw, *geo)
+        assert_identical(got_sw, sw, f"{layout} {hw}: indices_to_switches")
+        # input_size may carry leading sizes
+        lead_size = (*lead, *hw)
+        assert_identical(target.switches_to_indices(sw, lead_size, *geo), idx, "leading dims")
+        if layout == "channels_last":
+            assert is_channels_last(got_idx) and is_channels_last(got_sw), layout
+
+
+# ----------------------------------------------------------------------------- unpool
+
+
+@pytest.mark.parametrize("case", GEOMETRIES[::3], ids=geo_id)
+def test_unpool_matches_torch_and_reference(target, case):
+    geo, ceil = case
+    for dtype, kind in itertools.product(FLOAT_DTYPES, ("randn", "special")):
+        lead, hw = SIZES[kind][:2], SIZES[kind][2:]
+        sw, idx = random_valid_switches(lead, hw, geo, ceil)
+        y = make_values(sw.shape, dtype, kind)
+        what = f"{dtype} {kind}"
+        out = target.unpool(y, sw, *geo, output_size=hw)
+        assert out.device == target.device and out.dtype == dtype, what
+        assert_equal_values(out, _reference_unpool(y, sw, geo, hw), f"{what}: vs reference")
+        # F's CPU unpool on contiguous input: the last write wins, as in the contract
+        assert_equal_values(out, torch_unpool(y, idx, geo, hw), f"{what}: vs F.max_unpool2d")
+        # default output_size: the smallest input size that pools to y's extent
+        default = default_unpooled_hw(sw.shape[-2:], geo)
+        if min(default) >= 1:
+            sw_d, idx_d = random_valid_switches(lead, default, geo, False)
+            out_d = target.unpool(y, sw_d, *geo)
+            assert out_d.shape[-2:] == default, what
+            assert_equal_values(out_d, torch_unpool(y, idx_d, geo, default), f"{what}: default")
+
+
+def test_unpool_keeps_negative_zero(target):
+    """F.max_unpool2d copies each value: a -0.0 stays -0.0 (bit-exact parity)."""
+    for dtype in FLOAT_DTYPES:
+        geo = geometry(2)
+        sw, idx = random_valid_switches((1, 2), (4, 4), geo, False)
+        y = torch.tensor([-0.0, 1.0, -0.0, -2.0], dtype=dtype).repeat(2).view(sw.shape)
+        out = target.unpool(y, sw, *geo, output_size=(4, 4))
+        assert_identical(out, torch_unpool(y, idx, geo, (4, 4)), f"{dtype}")
+
+
+@pytest.mark.parametrize("layout", ("channels_last", "transposed", "sliced", "mixed", "3d"))
+def test_unpool_layouts(target, layout):
+    for (geo, ceil), dtype in itertools.product(
+        [(geometry(2), True), (geometry(3, 1, 1), False), (geometry(3, 2, 1, 2), True)],
+        FLOAT_DTYPES,
+    ):
+        hw = (9, 8)
+        lead = (5,) if layout == "3d" else (2, 5)
+        sw, idx = random_valid_switches(lead, hw, geo, ceil)
+        y = make_values(sw.shape, dtype, "special")
+        if layout in ("channels_last", "transposed", "sliced"):
+            y_in, sw_in = arrange(y, layout), arrange(sw, layout)
+        elif layout == "mixed":  # y channels_last, switches contiguous
+            y_in, sw_in = arrange(y, "channels_last"), sw
+        else:
+            y_in, sw_in = y, sw
+        what = f"{layout} {dtype} {geo}"
+        out = target.unpool(y_in, sw_in, *geo, output_size=hw)
+        assert_equal_values(out, _reference_unpool(y, sw, geo, hw), what)
+        if not overlapping(geo):
+            assert_equal_values(out, torch_unpool(y, idx, geo, hw), what)
+        if layout in ("channels_last", "mixed"):
+            assert is_channels_last(out), f"{what}: out strides {out.stride()}"
+
+
+def test_unpool_hand_overlap(target):
+    """1x3 input, 1x2 windows at stride 1: both windows point at column 1; the last one wins,
+    and the backward gives the overwritten window a zero gradient."""
+    geo = geometry((1, 2), 1)
+    y = torch.tensor([5.0, 7.0]).view(1, 1, 1, 2)
+    sw = torch.tensor([1, 0], dtype=torch.uint8).view(1, 1, 1, 2)
+    g = torch.tensor([10.0, 20.0, 30.0]).view(1, 1, 1, 3)
+    out, gy = target.unpool_grad(y, sw, g, geo, (1, 3))
+    assert out.cpu().flatten().tolist() == [0.0, 7.0, 0.0]
+    assert gy.cpu().flatten().tolist() == [0.0, 20.0]
+
+
+# ----------------------------------------------------------------------------- backwards
+
+
+def _small_int_grad(shape, dtype):
+    # small integers: every sum of overlapping windows is exact in every dtype
+    return torch.randint(-4, 5, shape).to(dtype)
+
+
+@pytest.mark.parametrize("case", GEOMETRIES[1::3], ids=geo_id)
+def test_pool_backward_matches_torch(target, case):
+    geo, ceil = case
+    k, s, p, d = geo
+    for dtype, kind, layout in itertools.product(
+        FLOAT_DTYPES, ("randn", "ties", "special"), ("contiguous", "channels_last")
+    ):
+        x = arrange(make_values(SIZES[kind], dtype, kind), layout)
+        oh, ow = pooled_hw(x.shape[-2:], geo, ceil)
+        gy = _small_int_grad((*x.shape[:2], oh, ow), dtype)
+        y, sw, gx = target.pool_grad(x, gy, geo, ceil)
+        xr = x.clone().requires_grad_(True)
+        ey = F.max_pool2d(xr, k, s, p, d, ceil_mode=ceil)
+        (egx,) = torch.autograd.grad(ey, xr, gy)
+        what = f"{dtype} {kind} {layout}"
+        assert gx.device == target.device and gx.dtype == dtype, what
+        assert_identical(y, ey, f"{what}: y")
+        assert_equal_values(gx, egx, f"{what}: grad_x")
+
+
+def test_pool_backward_hand_overlap(target):
+    # [1, 3, 2], 1x2 windows at stride 1: both maxima are column 1; its gradient is the sum.
+    x = torch.tensor([1.0, 3.0, 2.0]).view(1, 1, 1, 3)
+    gy = torch.tensor([10.0, 20.0]).view(1, 1, 1, 2)
+    y, sw, gx = target.pool_grad(x, gy, geometry((1, 2), 1))
+    assert sw.cpu().flatten().tolist() == [1, 0]
+    assert gx.cpu().flatten().tolist() == [0.0, 30.0, 0.0]
+
+
+@pytest.mark.parametrize("case", GEOMETRIES[2::3], ids=geo_id)
+def test_unpool_backward_matches_reference(target, case):
+    geo, ceil = case
+    for dtype, layout in itertools.product(FLOAT_DTYPES, ("contiguous", "channels_last")):
+        lead, hw = (2, 3), (9, 10)
+        sw, idx = random_valid_switches(lead, hw, geo, ceil)
+        y = make_values(sw.shape, dtype, "randn")
+        g = make_values((*lead, *hw), dtype, "randn")
+        y_in, sw_in, g_in = (arrange(t, layout) for t in (y, sw, g))
+        out, gy = target.unpool_grad(y_in, sw_in, g_in, geo, hw)
+        yr = y.clone().requires_grad_(True)
+        eout = _reference_unpool(yr, sw, geo, hw)
+        (egy,) = torch.autograd.grad(eout, yr, g)
+        what = f"{dtype} {layout}"
+        assert gy.device == target.device and gy.dtype == dtype, what
+        assert_equal_values(out, eout, f"{what}: out")
+        assert_equal_values(gy, egy, f"{what}: grad_y")
+        if not overlapping(geo):  # then F's gather-everything backward agrees
+            yr = y.clone().requires_grad_(True)
+            fout = F.max_unpool2d(yr, idx, effective(geo), geo[1], geo[2], output_size=hw)
+            (fgy,) = torch.autograd.grad(fout, yr, g)
+            assert_equal_values(gy, fgy, f"{what}: grad_y vs F")
