@@ -145,6 +145,7 @@ void max_pool_nhwc(const PoolKernelArgs& a) {
   using L = Lanes<T>;
   using Vec = typename L::Vec;
   constexpr int64_t V = L::kSize;
+  constexpr int kBlock = 4;
   const PoolGeom g = a.g;
   const int64_t C = a.C;
   const T* x = static_cast<const T*>(a.in);
@@ -158,9 +159,14 @@ void max_pool_nhwc(const PoolKernelArgs& a) {
       T* yo = y + i * C;
       uint8_t* so = sw + i * C;
       const int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
-      for (int64_t c = 0; c < C; c += V) {
-        const int64_t nc = std::min<int64_t>(V, C - c);
-        Vec best, best_k;
+      // Channels in blocks of kBlock vectors, the window outermost: each tap is one
+      // contiguous run of kBlock * V channels (long bursts for the prefetcher), and the
+      // running max of the block stays in registers.
+      for (int64_t c0 = 0; c0 < C; c0 += kBlock * V) {
+        int64_t count[kBlock];
+        for (int b = 0; b < kBlock; ++b)
+          count[b] = std::clamp<int64_t>(C - c0 - b * V, 0, V);
+        Vec best[kBlock], best_k[kBlock];
         bool first = true;
         for (int64_t ky = 0; ky < g.kh; ++ky) {
           const int64_t ih = h0 + ky * g.dh;
@@ -168,19 +174,26 @@ void max_pool_nhwc(const PoolKernelArgs& a) {
           for (int64_t kx = 0; kx < g.kw; ++kx) {
             const int64_t iw = w0 + kx * g.dw;
             if (iw < 0 || iw >= g.W) continue;
-            const Vec v = L::load(xn + (ih * g.W + iw) * C + c, nc);
+            const T* tap = xn + (ih * g.W + iw) * C + c0;
             const Vec k = L::splat(ky * g.kw + kx);
-            if (first) {  // the first valid element starts the max (PyTorch: -inf, index)
-              best = v;
-              best_k = k;
-              first = false;
-            } else {
-              max_update(best, best_k, v, k);
+            for (int b = 0; b < kBlock; ++b) {
+              if (count[b] == 0) break;
+              const Vec v = L::load(tap + b * V, count[b]);
+              if (first) {  // the first valid tap starts the max (PyTorch: -inf, its index)
+                best[b] = v;
+                best_k[b] = k;
+              } else {
+                max_update(best[b], best_k[b], v, k);
+              }
             }
+            first = false;
           }
         }
-        L::store(yo + c, best, nc);
-        L::store_switches(so + c, best_k, nc);
+        for (int b = 0; b < kBlock; ++b) {
+          if (count[b] == 0) break;
+          L::store(yo + c0 + b * V, best[b], count[b]);
+          L::store_switches(so + c0 + b * V, best_k[b], count[b]);
+        }
       }
     }
   });
