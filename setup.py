@@ -166,12 +166,14 @@ def extension():
     sources = [
         "csrc/ops.cpp",
         "csrc/pool_args.cpp",
+        "csrc/unpool_deconv_args.cpp",
         "csrc/cpu/cpu_isa.cpp",
         "csrc/cpu/pool_cpu.cpp",
-        "csrc/cpu/pool_emulated.cpp",
+        "csrc/cpu/unpool_deconv_cpu.cpp",
+        "csrc/cpu/emulated_ops.cpp",
     ]
     if WITH_CUDA:
-        sources += ["csrc/cuda/pool_cuda.cu"]
+        sources += ["csrc/cuda/cuda_ops.cu"]
     sources += [f"csrc/cpu/isa/pool_kernels_{isa}.cpp" for isa in ISAS]
 
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if WITH_CUDA else ""

@@ -57,12 +57,33 @@ void define_pool_ops(torch::Library& m, const std::string& prefix) {
           .c_str());
 }
 
+// The fused unpool + transposed convolution: unpool geometry, then the deconvolution's.
+#define DK_UD_ARGS                                                                        \
+  "SymInt[2] output_size, int[2] pool_kernel_size, int[2] pool_stride, "                  \
+  "int[2] pool_padding, int[2] pool_dilation, int[2] stride, int[2] padding, "             \
+  "int[2] output_padding, int groups, int[2] dilation"
+
+void define_unpool_deconv_ops(torch::Library& m, const std::string& prefix) {
+  m.def((prefix + "unpool_deconv2d(Tensor y, Tensor switches, Tensor weight, Tensor? bias, "
+                  DK_UD_ARGS ") -> Tensor")
+            .c_str());
+  m.def((prefix + "unpool_deconv2d_backward_y(Tensor grad_output, Tensor switches, "
+                  "Tensor weight, " DK_UD_ARGS ") -> Tensor")
+            .c_str());
+  m.def((prefix + "unpool_deconv2d_backward_weight(Tensor grad_output, Tensor y, "
+                  "Tensor switches, int[2] kernel_size, " DK_UD_ARGS ") -> Tensor")
+            .c_str());
+  m.def((prefix + "unpool_deconv2d_backward_bias(Tensor grad_output) -> Tensor").c_str());
+}
+
 }  // namespace
 
 TORCH_LIBRARY(deconvkernels, m) {
   define_pool_ops(m, "");
-  // Test-only: the CUDA kernels run on CPU tensors by the emulator (cpu/pool_emulated.cpp).
+  define_unpool_deconv_ops(m, "");
+  // Test-only: the CUDA kernels run on CPU tensors by the emulator (cpu/emulated_ops.cpp).
   define_pool_ops(m, "_emulated_");
+  define_unpool_deconv_ops(m, "_emulated_");
 }
 
 // ------------------------------------------------------------------ Python module

@@ -55,20 +55,6 @@ std::pair<int64_t, int64_t> spatial(c10::SymIntArrayRef size, const char* name) 
   return {h, w};
 }
 
-// (H, W) must be a size some pool with this geometry (floor or ceil mode) maps to (OH, OW).
-void check_unpooled(const PoolGeom& g, const char* name) {
-  const bool ok_h = pooled_size(g.H, g.kh, g.sh, g.ph, g.dh, false) == g.OH ||
-      pooled_size(g.H, g.kh, g.sh, g.ph, g.dh, true) == g.OH;
-  const bool ok_w = pooled_size(g.W, g.kw, g.sw, g.pw, g.dw, false) == g.OW ||
-      pooled_size(g.W, g.kw, g.sw, g.pw, g.dw, true) == g.OW;
-  TORCH_CHECK_VALUE(
-      ok_h && ok_w, name, " (", g.H, ", ", g.W, ") cannot have been pooled to (", g.OH, ", ",
-      g.OW, ") with kernel_size (", g.kh, ", ", g.kw, "), stride (", g.sh, ", ", g.sw,
-      "), padding (", g.ph, ", ", g.pw, "), dilation (", g.dh, ", ", g.dw, ")");
-}
-
-// Outputs are allocated contiguous in NCHW or in NHWC; when both describe the memory
-// (C == 1, or H == W == 1) the NCHW walk is used.
 // Some window along one dimension covers only padding (dilation skipping the input).
 bool window_without_input(int64_t size, int64_t out, int64_t k, int64_t s, int64_t p, int64_t d) {
   for (int64_t o = 0; o < out; ++o) {
@@ -88,6 +74,20 @@ bool is_channels_last(const at::Tensor& out4) {
 
 }  // namespace
 
+// (H, W) must be a size some pool with this geometry (floor or ceil mode) maps to (OH, OW).
+void check_unpooled_size(const PoolGeom& g, const char* name) {
+  const bool ok_h = pooled_size(g.H, g.kh, g.sh, g.ph, g.dh, false) == g.OH ||
+      pooled_size(g.H, g.kh, g.sh, g.ph, g.dh, true) == g.OH;
+  const bool ok_w = pooled_size(g.W, g.kw, g.sw, g.pw, g.dw, false) == g.OW ||
+      pooled_size(g.W, g.kw, g.sw, g.pw, g.dw, true) == g.OW;
+  TORCH_CHECK_VALUE(
+      ok_h && ok_w, name, " (", g.H, ", ", g.W, ") cannot have been pooled to (", g.OH, ", ",
+      g.OW, ") with kernel_size (", g.kh, ", ", g.kw, "), stride (", g.sh, ", ", g.sw,
+      "), padding (", g.ph, ", ", g.pw, "), dilation (", g.dh, ", ", g.dw, ")");
+}
+
+// Outputs are allocated contiguous in NCHW or in NHWC; when both describe the memory
+// (C == 1, or H == W == 1) the NCHW walk is used.
 PoolGeom pool_geometry(
     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation) {
@@ -170,12 +170,17 @@ void advise_huge_pages(const at::Tensor& t) {
 }
 
 at::Tensor empty_like_format(
-    const at::Tensor& ref4, int64_t h, int64_t w, at::ScalarType dtype) {
+    const at::Tensor& ref4, int64_t c, int64_t h, int64_t w, at::ScalarType dtype) {
   at::Tensor out = at::empty(
-      {ref4.size(0), ref4.size(1), h, w},
+      {ref4.size(0), c, h, w},
       ref4.options().dtype(dtype).memory_format(ref4.suggest_memory_format()));
   advise_huge_pages(out);
   return out;
+}
+
+at::Tensor empty_like_format(
+    const at::Tensor& ref4, int64_t h, int64_t w, at::ScalarType dtype) {
+  return empty_like_format(ref4, ref4.size(1), h, w, dtype);
 }
 
 PoolPlan plan_max_pool(
@@ -222,7 +227,7 @@ PoolPlan plan_scatter(
   std::tie(g.H, g.W) = spatial(size, size_name);
   g.OH = plan.in.size(2);
   g.OW = plan.in.size(3);
-  check_unpooled(g, size_name);
+  check_unpooled_size(g, size_name);
   plan.out = empty_like_format(plan.in, g.H, g.W, values.scalar_type());
   plan.channels_last = is_channels_last(plan.out);
   return plan;
@@ -253,7 +258,7 @@ PoolPlan plan_gather(
   g.W = plan.in.size(3);
   g.OH = plan.switches.size(2);
   g.OW = plan.switches.size(3);
-  check_unpooled(g, "grad_output's spatial size");
+  check_unpooled_size(g, "grad_output's spatial size");
   plan.out = empty_like_format(plan.in, g.OH, g.OW, grad_out.scalar_type());
   plan.channels_last = is_channels_last(plan.out);
   return plan;
@@ -277,7 +282,7 @@ PoolPlan plan_convert(
   std::tie(g.H, g.W) = spatial(input_size, "input_size");
   g.OH = plan.in.size(2);
   g.OW = plan.in.size(3);
-  check_unpooled(g, "input_size");
+  check_unpooled_size(g, "input_size");
   plan.out = empty_like_format(plan.in, g.OH, g.OW, to_indices ? at::kLong : at::kByte);
   plan.channels_last = is_channels_last(plan.out);
   return plan;

@@ -15,6 +15,9 @@ PoolGeom pool_geometry(
     at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation);
 
+// (H, W) must be a size some pool with g's geometry (floor or ceil mode) maps to (OH, OW).
+void check_unpooled_size(const PoolGeom& g, const char* name);
+
 // PyTorch's pooling_output_shape for one dimension.
 int64_t pooled_size(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil_mode);
 
@@ -39,6 +42,9 @@ void advise_huge_pages(const at::Tensor& t);
 // on huge pages, see advise_huge_pages).
 at::Tensor empty_like_format(
     const at::Tensor& ref4, int64_t h, int64_t w, at::ScalarType dtype);
+// The same with c channels.
+at::Tensor empty_like_format(
+    const at::Tensor& ref4, int64_t c, int64_t h, int64_t w, at::ScalarType dtype);
 
 // The plan of one launch: batched inputs, allocated outputs, checked geometry.
 struct PoolPlan {

@@ -20,6 +20,7 @@ from .ops import (
     max_pool2d_with_switches,
     max_unpool2d_with_switches,
     switches_to_indices,
+    unpool_deconv2d,
 )
 
 __version__ = "0.1.0"
@@ -38,5 +39,6 @@ __all__ = [
     "set_backend",
     "set_cpu_isa",
     "switches_to_indices",
+    "unpool_deconv2d",
     "use_backend",
 ]

@@ -232,3 +232,74 @@ def spatial_size(size: Sequence[int], name: str) -> tuple[int, int]:
     if h < 1 or w < 1:
         raise ValueError(f"{name} must be positive, got {(h, w)}")
     return (h, w)
+
+
+class DeconvParams(NamedTuple):
+    """A transposed convolution's geometry (``nn.ConvTranspose2d`` conventions)."""
+
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    output_padding: tuple[int, int]
+    groups: int
+    dilation: tuple[int, int]
+
+    def output_shape(self, size: Sequence[int], kernel: Sequence[int]) -> tuple[int, int]:
+        return tuple(  # type: ignore[return-value]
+            (n - 1) * s - 2 * p + d * (k - 1) + op + 1
+            for n, k, s, p, op, d in zip(
+                size, kernel, self.stride, self.padding, self.output_padding, self.dilation,
+                strict=True,
+            )
+        )
+
+
+def deconv_params(
+    stride: IntOrPair,
+    padding: IntOrPair,
+    output_padding: IntOrPair,
+    groups: int,
+    dilation: IntOrPair,
+) -> DeconvParams:
+    """Normalise and validate a transposed convolution's geometry (PyTorch's rules)."""
+    s, p = pair(stride, "stride"), pair(padding, "padding")
+    op, d = pair(output_padding, "output_padding"), pair(dilation, "dilation")
+    if min(s) <= 0:
+        raise ValueError(f"stride must be positive, got {s}")
+    if min(d) <= 0:
+        raise ValueError(f"dilation must be positive, got {d}")
+    if min(p) < 0:
+        raise ValueError(f"padding must be non-negative, got {p}")
+    if min(op) < 0 or any(o >= max(si, di) for o, si, di in zip(op, s, d, strict=True)):
+        raise ValueError(
+            "output_padding must be non-negative and smaller than either stride or dilation, "
+            f"got output_padding={op}, stride={s}, dilation={d}"
+        )
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    return DeconvParams(s, p, op, groups, d)
+
+
+def check_deconv_weight(
+    weight: object, bias: object, y: torch.Tensor, groups: int
+) -> None:
+    """weight (C_in, C_out / groups, kh, kw) of y's dtype and device; bias (C_out,) or None."""
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+        raise ValueError("weight must be a 4-D tensor (C_in, C_out / groups, kh, kw)")
+    if weight.dtype != y.dtype:
+        raise ValueError(f"weight must have y's dtype {y.dtype}, got {weight.dtype}")
+    if weight.device != y.device:
+        raise ValueError(f"weight is on {weight.device} but y is on {y.device}")
+    cin = y.shape[-3]
+    if weight.shape[0] != cin:
+        raise ValueError(
+            f"weight must have C_in = {cin} (y's channels) in dimension 0, got shape "
+            f"{tuple(weight.shape)}"
+        )
+    if cin % groups != 0:
+        raise ValueError(f"groups ({groups}) must divide y's channels ({cin})")
+    if bias is not None:
+        cout = weight.shape[1] * groups
+        if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (cout,):
+            raise ValueError(f"bias must be a tensor of shape ({cout},)")
+        if bias.dtype != y.dtype or bias.device != y.device:
+            raise ValueError(f"bias must have y's dtype {y.dtype} and device {y.device}")

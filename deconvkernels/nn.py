@@ -10,7 +10,7 @@ from torch import nn
 from . import ops
 from ._geometry import IntOrPair, pool_params
 
-__all__ = ["MaxPool2dWithSwitches", "MaxUnpool2dWithSwitches"]
+__all__ = ["MaxPool2dWithSwitches", "MaxUnpool2dWithSwitches", "UnpoolConvTranspose2d"]
 
 
 class MaxPool2dWithSwitches(nn.Module):
@@ -77,4 +77,65 @@ class MaxUnpool2dWithSwitches(nn.Module):
         return (
             f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
             f"dilation={self.dilation}"
+        )
+
+
+class UnpoolConvTranspose2d(nn.ConvTranspose2d):
+    """Unpooling fused with the transposed convolution that follows it (DeconvNet's decoder).
+
+    An :class:`torch.nn.ConvTranspose2d` (same arguments, parameters and ``state_dict``, so
+    weights load from and into one of the same shape) whose forward first unpools its input
+    with the switches of a :class:`MaxPool2dWithSwitches` of geometry ``pool_kernel_size``,
+    ``pool_stride``, ``pool_padding``, ``pool_dilation``. The unpooled map is never built.
+
+    ``forward(y, switches, output_size=None)``: ``output_size`` is the unpooled ``(H, W)``
+    (the size of the pool's input; needed when it was odd).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrPair,
+        stride: IntOrPair = 1,
+        padding: IntOrPair = 0,
+        output_padding: IntOrPair = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: IntOrPair = 1,
+        *,
+        pool_kernel_size: IntOrPair = 2,
+        pool_stride: IntOrPair | None = None,
+        pool_padding: IntOrPair = 0,
+        pool_dilation: IntOrPair = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, output_padding, groups,
+            bias, dilation, device=device, dtype=dtype,
+        )
+        params = pool_params(pool_kernel_size, pool_stride, pool_padding, pool_dilation)
+        (self.pool_kernel_size, self.pool_stride, self.pool_padding,
+         self.pool_dilation) = params
+
+    def forward(  # type: ignore[override]
+        self,
+        y: torch.Tensor,
+        switches: torch.Tensor,
+        output_size: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        return ops.unpool_deconv2d(
+            y, switches, self.weight, self.bias, output_size=output_size,
+            pool_kernel_size=self.pool_kernel_size, pool_stride=self.pool_stride,
+            pool_padding=self.pool_padding, pool_dilation=self.pool_dilation,
+            stride=self.stride, padding=self.padding, output_padding=self.output_padding,
+            groups=self.groups, dilation=self.dilation,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            super().extra_repr()
+            + f", pool_kernel_size={self.pool_kernel_size}, pool_stride={self.pool_stride}"
+            + f", pool_padding={self.pool_padding}, pool_dilation={self.pool_dilation}"
         )

@@ -21,10 +21,13 @@ from . import reference
 from ._backend import use_extension
 from ._ext import extension_available
 from ._geometry import (
+    DeconvParams,
     IntOrPair,
     PoolParams,
+    check_deconv_weight,
     check_float_tensor,
     check_switches,
+    deconv_params,
     pool_params,
     pooled_shape,
     spatial_size,
@@ -36,6 +39,7 @@ __all__ = [
     "max_unpool2d_with_switches",
     "switches_to_indices",
     "indices_to_switches",
+    "unpool_deconv2d",
 ]
 
 _ops = torch.ops.deconvkernels if extension_available() else None
@@ -150,6 +154,62 @@ def indices_to_switches(
     return reference.indices_to_switches(indices, size, params)
 
 
+def unpool_deconv2d(
+    y: torch.Tensor,
+    switches: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    output_size: Sequence[int] | None,
+    pool_kernel_size: IntOrPair = 2,
+    pool_stride: IntOrPair | None = None,
+    pool_padding: IntOrPair = 0,
+    pool_dilation: IntOrPair = 1,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    output_padding: IntOrPair = 0,
+    groups: int = 1,
+    dilation: IntOrPair = 1,
+) -> torch.Tensor:
+    """Unpooling followed by a transposed convolution, without ever building the unpooled map.
+
+    Equals ``F.conv_transpose2d(F.max_unpool2d(y, indices, pool_kernel_size, pool_stride,
+    pool_padding, output_size=output_size), weight, bias, stride, padding, output_padding,
+    groups, dilation)`` with the indices matching ``switches`` (overlapping pool windows: the
+    last window in raster order wins, as in :func:`max_unpool2d_with_switches`). Only ``y``,
+    ``switches`` and ``weight`` are kept for the backward.
+
+    Args:
+        y: pooled ``(N, C_in, H_out, W_out)`` or ``(C_in, H_out, W_out)`` float tensor.
+        switches: uint8 switches of ``y``'s shape from :func:`max_pool2d_with_switches`.
+        weight: ``(C_in, C_out / groups, kh, kw)``, the ``nn.ConvTranspose2d`` layout.
+        bias: ``(C_out,)`` or None.
+        output_size: the unpooled ``(H, W)`` (None: the smallest the pool allows).
+        pool_*: the geometry of the pool that made ``switches``.
+        stride, padding, output_padding, groups, dilation: the transposed convolution's.
+    """
+    params = pool_params(pool_kernel_size, pool_stride, pool_padding, pool_dilation)
+    dc = deconv_params(stride, padding, output_padding, groups, dilation)
+    check_float_tensor(y, "y")
+    check_switches(switches, y)
+    check_deconv_weight(weight, bias, y, dc.groups)
+    size = unpooled_shape(y.shape[-2:], params, output_size)
+    if min(dc.output_shape(size, weight.shape[-2:])) < 1:
+        raise ValueError(
+            f"padding {dc.padding} is too large: the deconvolution of a {size} map would be "
+            f"{dc.output_shape(size, weight.shape[-2:])}"
+        )
+    if use_extension():
+        return _ops.unpool_deconv2d(
+            y, switches, weight, bias, list(size), *params.as_lists(), list(dc.stride),
+            list(dc.padding), list(dc.output_padding), dc.groups, list(dc.dilation),
+        )
+    return reference.unpool_deconv2d(
+        y, switches, weight, bias, size, params, dc.stride, dc.padding, dc.output_padding,
+        dc.groups, dc.dilation,
+    )
+
+
 def _check_pooled_from(
     pooled: torch.Tensor, size: tuple[int, int], params: PoolParams, name: str
 ) -> None:
@@ -161,18 +221,21 @@ def _check_pooled_from(
 
 
 def _empty_in_format_of(
-    ref: torch.Tensor, spatial: Sequence[int], dtype: torch.dtype
+    ref: torch.Tensor,
+    spatial: Sequence[int],
+    dtype: torch.dtype,
+    channels: int | None = None,
 ) -> torch.Tensor:
-    """Allocate ``ref``'s batch/channel dims with new spatial dims, in ``ref``'s memory format.
+    """Allocate ``ref``'s batch (and channel) dims with new spatial dims, in ``ref``'s format.
 
-    Mirrors ``empty_like_format`` in csrc/common/tensor_utils.h exactly (opcheck compares strides):
-    a 3-D tensor is treated as a batch of one.
+    Mirrors ``empty_like_format`` in csrc/pool_args.cpp exactly (opcheck compares strides): a
+    3-D tensor is treated as a batch of one.
     """
     batched = ref if ref.dim() == 4 else ref.unsqueeze(0)
     fmt = suggest_memory_format(batched)
+    c = batched.shape[1] if channels is None else channels
     out = torch.empty(
-        (batched.shape[0], batched.shape[1], *spatial),
-        dtype=dtype, device=ref.device, memory_format=fmt,
+        (batched.shape[0], c, *spatial), dtype=dtype, device=ref.device, memory_format=fmt
     )
     return out if ref.dim() == 4 else out.squeeze(0)
 
@@ -278,5 +341,56 @@ def _register() -> None:
     )
 
 
+def _register_unpool_deconv() -> None:
+    lib = "deconvkernels::"
+
+    def out_hw(size, weight_hw, stride, padding, output_padding, dilation):
+        return DeconvParams(stride, padding, output_padding, 1, dilation).output_shape(
+            size, weight_hw
+        )
+
+    @torch.library.register_fake(lib + "unpool_deconv2d")
+    def _(y, switches, weight, bias, output_size, pool_kernel_size, pool_stride, pool_padding,
+          pool_dilation, stride, padding, output_padding, groups, dilation):
+        hw = out_hw(output_size, weight.shape[-2:], stride, padding, output_padding, dilation)
+        return _empty_in_format_of(y, hw, y.dtype, channels=weight.shape[1] * groups)
+
+    @torch.library.register_fake(lib + "unpool_deconv2d_backward_y")
+    def _(grad_output, switches, weight, *args):
+        return _empty_in_format_of(switches, switches.shape[-2:], grad_output.dtype)
+
+    @torch.library.register_fake(lib + "unpool_deconv2d_backward_weight")
+    def _(grad_output, y, switches, kernel_size, output_size, pool_kernel_size, pool_stride,
+          pool_padding, pool_dilation, stride, padding, output_padding, groups, dilation):
+        cout = grad_output.shape[-3]
+        return y.new_empty((y.shape[-3], cout // groups, *kernel_size))
+
+    @torch.library.register_fake(lib + "unpool_deconv2d_backward_bias")
+    def _(grad_output):
+        return grad_output.new_empty((grad_output.shape[-3],))
+
+    def setup(ctx, inputs, output):
+        y, switches, weight, bias, *geometry = inputs
+        ctx.geometry = geometry
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(y, switches, weight)  # never the unpooled map
+
+    def backward(ctx, grad):
+        y, switches, weight = ctx.saved_tensors
+        grad_y = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_y = _ops.unpool_deconv2d_backward_y(grad, switches, weight, *ctx.geometry)
+        if ctx.needs_input_grad[2]:
+            grad_w = _ops.unpool_deconv2d_backward_weight(
+                grad, y, switches, list(weight.shape[-2:]), *ctx.geometry
+            )
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            grad_b = _ops.unpool_deconv2d_backward_bias(grad)
+        return (grad_y, None, grad_w, grad_b) + (None,) * len(ctx.geometry)
+
+    torch.library.register_autograd(lib + "unpool_deconv2d", backward, setup_context=setup)
+
+
 if _ops is not None:
     _register()
+    _register_unpool_deconv()

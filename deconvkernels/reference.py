@@ -107,3 +107,23 @@ def max_unpool2d_with_switches(
     if channels_last and y.is_contiguous(memory_format=torch.channels_last):
         out = out.contiguous(memory_format=torch.channels_last)
     return out
+
+
+def unpool_deconv2d(
+    y: torch.Tensor,
+    switches: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    output_size: Sequence[int],
+    params: PoolParams,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    output_padding: tuple[int, int],
+    groups: int,
+    dilation: tuple[int, int],
+) -> torch.Tensor:
+    """The chain the fused op replaces: unpool (materialised), then ``F.conv_transpose2d``."""
+    unpooled = max_unpool2d_with_switches(y, switches, params, output_size)
+    return F.conv_transpose2d(
+        unpooled, weight, bias, stride, padding, output_padding, groups, dilation
+    )

@@ -79,31 +79,39 @@ DK_HD_INLINE T switch_scatter_at(
   return kSum ? static_cast<T>(sum) : last;
 }
 
+// The input position the pooled value (oh, ow) went to, if it survived the unpool: with
+// `only_if_last` (overlapping windows), a position that a later window (raster order)
+// also names belongs to that later window. False for an invalid switch as well (the
+// launchers reject those before).
+DK_HD_INLINE bool unpooled_position(
+    const uint8_t* switches, int64_t s_sh, int64_t s_sw, const PoolGeom& g, int64_t oh,
+    int64_t ow, bool only_if_last, int64_t* ih, int64_t* iw) {
+  if (!switch_position(g, oh, ow, switches[oh * s_sh + ow * s_sw], ih, iw)) return false;
+  if (!only_if_last) return true;
+  int64_t oh_lo, oh_hi, ow_lo, ow_hi;
+  windows_covering(*ih, g.kh, g.sh, g.ph, g.dh, g.OH, &oh_lo, &oh_hi);
+  windows_covering(*iw, g.kw, g.sw, g.pw, g.dw, g.OW, &ow_lo, &ow_hi);
+  for (int64_t oh2 = oh; oh2 <= oh_hi; ++oh2) {
+    const int64_t ry = *ih + g.ph - oh2 * g.sh;
+    if (ry % g.dh != 0) continue;
+    for (int64_t ow2 = (oh2 == oh ? ow + 1 : ow_lo); ow2 <= ow_hi; ++ow2) {
+      const int64_t rx = *iw + g.pw - ow2 * g.sw;
+      if (rx % g.dw != 0) continue;
+      if (switches[oh2 * s_sh + ow2 * s_sw] == (ry / g.dh) * g.kw + rx / g.dw) return false;
+    }
+  }
+  return true;
+}
+
 // Pooled position (oh, ow): the unpooled tensor's value at the position its switch names
-// (the unpool backward, and the adjoint of the max-pool backward). With
-// `only_if_last`, a window whose position a later window (raster order) also names gets
-// zero: the unpool forward gave that position to the later window. Invalid switches give
-// zero here; the launchers reject them before.
+// (the unpool backward, and the adjoint of the max-pool backward); zero where the value
+// did not survive the unpool (see unpooled_position).
 template <typename T>
 DK_HD_INLINE T switch_gather_at(
     const T* src, int64_t src_sh, int64_t src_sw, const uint8_t* switches, int64_t s_sh,
     int64_t s_sw, const PoolGeom& g, int64_t oh, int64_t ow, bool only_if_last) {
   int64_t ih, iw;
-  if (!switch_position(g, oh, ow, switches[oh * s_sh + ow * s_sw], &ih, &iw)) return T(0);
-  if (only_if_last) {
-    int64_t oh_lo, oh_hi, ow_lo, ow_hi;
-    windows_covering(ih, g.kh, g.sh, g.ph, g.dh, g.OH, &oh_lo, &oh_hi);
-    windows_covering(iw, g.kw, g.sw, g.pw, g.dw, g.OW, &ow_lo, &ow_hi);
-    for (int64_t oh2 = oh; oh2 <= oh_hi; ++oh2) {
-      const int64_t ry = ih + g.ph - oh2 * g.sh;
-      if (ry % g.dh != 0) continue;
-      for (int64_t ow2 = (oh2 == oh ? ow + 1 : ow_lo); ow2 <= ow_hi; ++ow2) {
-        const int64_t rx = iw + g.pw - ow2 * g.sw;
-        if (rx % g.dw != 0) continue;
-        if (switches[oh2 * s_sh + ow2 * s_sw] == (ry / g.dh) * g.kw + rx / g.dw) return T(0);
-      }
-    }
-  }
+  if (!unpooled_position(switches, s_sh, s_sw, g, oh, ow, only_if_last, &ih, &iw)) return T(0);
   return src[ih * src_sh + iw * src_sw];
 }
 

@@ -1,5 +1,6 @@
-// CUDA registrations of the pooling ops: the shared launchers (pool_launchers.h) over a
-// real launch of the host-device kernels in csrc/kernels/pool_kernels.h.
+// CUDA registrations of every op: the shared launchers (pool_launchers.h,
+// unpool_deconv_launchers.h) over a real launch of the host-device kernels in
+// csrc/kernels/. One .cu file on purpose: each costs minutes of nvcc per arch.
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGraphsUtils.cuh>
 #include <ATen/ops/_assert_async.h>
@@ -11,6 +12,7 @@
 #include <cstring>
 
 #include "pool_launchers.h"
+#include "unpool_deconv_launchers.h"
 
 namespace deconvkernels {
 namespace {
@@ -78,6 +80,10 @@ TORCH_LIBRARY_IMPL(deconvkernels, CUDA, m) {
       &launch::max_unpool2d_with_switches_backward<CudaExec>);
   m.impl("switches_to_indices", &launch::switches_to_indices<CudaExec>);
   m.impl("indices_to_switches", &launch::indices_to_switches<CudaExec>);
+  m.impl("unpool_deconv2d", &launch::unpool_deconv2d<CudaExec>);
+  m.impl("unpool_deconv2d_backward_y", &launch::unpool_deconv2d_backward_y<CudaExec>);
+  m.impl("unpool_deconv2d_backward_weight", &launch::unpool_deconv2d_backward_weight<CudaExec>);
+  m.impl("unpool_deconv2d_backward_bias", &launch::unpool_deconv2d_backward_bias<CudaExec>);
 }
 
 }  // namespace deconvkernels

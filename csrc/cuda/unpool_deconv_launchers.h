@@ -1,0 +1,166 @@
+// Launchers of the fused unpool + transposed convolution, written once over an executor
+// (see pool_launchers.h): CudaExec on the GPU, EmulatedExec in the tests, and
+// ParallelCpuExec for the CPU's general path (every geometry the fast CPU kernels do not
+// cover runs these same gather kernels on the CPU's threads).
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+
+#include <optional>
+
+#include "../kernels/unpool_deconv_kernels.h"
+#include "../pool_args.h"
+#include "../unpool_deconv_args.h"
+#include "pool_launchers.h"
+
+namespace deconvkernels::launch {
+
+inline UnpoolDeconvArgs ud_args(
+    c10::SymIntArrayRef output_size, at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride,
+    at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef output_padding, int64_t groups,
+    at::IntArrayRef dilation) {
+  return UnpoolDeconvArgs{output_size, pool_kernel_size, pool_stride, pool_padding,
+                          pool_dilation, stride, padding, output_padding, groups, dilation};
+}
+
+#define DK_UD_PARAMS                                                                        \
+  c10::SymIntArrayRef output_size, at::IntArrayRef pool_kernel_size,                       \
+      at::IntArrayRef pool_stride, at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation, \
+      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,     \
+      int64_t groups, at::IntArrayRef dilation
+#define DK_UD_FORWARD_ARGS                                                                   \
+  ud_args(output_size, pool_kernel_size, pool_stride, pool_padding, pool_dilation, stride,    \
+          padding, output_padding, groups, dilation)
+
+template <class Exec>
+Tensor unpool_deconv2d(
+    const Tensor& y, const Tensor& switches, const Tensor& weight,
+    const std::optional<Tensor>& bias, DK_UD_PARAMS) {
+  Exec::check_device(y, "y");
+  check_pooled_values(y, switches);
+  check_weight(weight, y, "weight");
+  const UnpoolDeconvPlan plan = plan_unpool_deconv(
+      switches, {weight.size(2), weight.size(3)}, weight.size(0), weight.size(1),
+      DK_UD_FORWARD_ARGS);
+  const DeconvGeom& d = plan.geo.dc;
+  if (bias.has_value()) check_bias(*bias, y, d.cout);
+  const Tensor y4 = as_batched(y);
+  Tensor out = empty_like_format(y4, d.cout, d.Ho, d.Wo, y.scalar_type());
+  if (out.numel() > 0) {
+    typename Exec::Guard guard(y.device());
+    validate_switches<Exec>(plan.switches, plan.geo.pool);
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, y.scalar_type(), "unpool_deconv2d", [&] {
+          using K = UnpoolDeconvForwardKernel<scalar_t>;
+          typename K::Args a{
+              y4.const_data_ptr<scalar_t>(), plan.switches.const_data_ptr<uint8_t>(),
+              weight.const_data_ptr<scalar_t>(),
+              bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr,
+              out.mutable_data_ptr<scalar_t>(), strides_of(y4), strides_of(plan.switches),
+              strides_of(out), weight_strides(weight), plan.geo.pool, d, !out.is_contiguous(),
+              out.numel()};
+          launch_elementwise<Exec, K>(a.total, a);
+        });
+  }
+  return plan.batched ? out : out.squeeze(0);
+}
+
+template <class Exec>
+Tensor unpool_deconv2d_backward_y(
+    const Tensor& grad_output, const Tensor& switches, const Tensor& weight, DK_UD_PARAMS) {
+  Exec::check_device(grad_output, "grad_output");
+  check_weight(weight, grad_output, "weight");
+  const UnpoolDeconvPlan plan = plan_unpool_deconv(
+      switches, {weight.size(2), weight.size(3)}, weight.size(0), weight.size(1),
+      DK_UD_FORWARD_ARGS);
+  const Tensor g = check_grad_output(grad_output, plan);
+  Tensor grad_y = empty_like_format(plan.switches, plan.geo.pool.OH, plan.geo.pool.OW,
+                                    grad_output.scalar_type());
+  if (grad_y.numel() > 0) {
+    typename Exec::Guard guard(grad_output.device());
+    validate_switches<Exec>(plan.switches, plan.geo.pool);
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, grad_output.scalar_type(), "unpool_deconv2d_backward_y", [&] {
+          using K = UnpoolDeconvGradYKernel<scalar_t>;
+          typename K::Args a{
+              g.const_data_ptr<scalar_t>(), plan.switches.const_data_ptr<uint8_t>(),
+              weight.const_data_ptr<scalar_t>(), grad_y.mutable_data_ptr<scalar_t>(),
+              strides_of(g), strides_of(plan.switches), strides_of(grad_y),
+              weight_strides(weight), plan.geo.pool, plan.geo.dc,
+              windows_overlap(plan.geo.pool), !grad_y.is_contiguous(), grad_y.numel()};
+          launch_elementwise<Exec, K>(a.total, a);
+        });
+  }
+  return plan.batched ? grad_y : grad_y.squeeze(0);
+}
+
+template <class Exec>
+Tensor unpool_deconv2d_backward_weight(
+    const Tensor& grad_output, const Tensor& y, const Tensor& switches,
+    at::IntArrayRef kernel_size, DK_UD_PARAMS) {
+  Exec::check_device(grad_output, "grad_output");
+  check_pooled_values(y, switches);
+  TORCH_CHECK_VALUE(
+      kernel_size.size() == 2 && kernel_size[0] > 0 && kernel_size[1] > 0,
+      "kernel_size must hold 2 positive sizes, got ", kernel_size);
+  TORCH_CHECK_VALUE(groups > 0, "groups must be positive, got ", groups);
+  const int64_t cin = switches.size(switches.dim() - 3);
+  const int64_t cout = grad_output.size(grad_output.dim() - 3);
+  TORCH_CHECK_VALUE(
+      cout % groups == 0, "groups (", groups, ") must divide grad_output's channels (", cout,
+      ")");
+  const UnpoolDeconvPlan plan =
+      plan_unpool_deconv(switches, kernel_size, cin, cout / groups, DK_UD_FORWARD_ARGS);
+  const Tensor g = check_grad_output(grad_output, plan);
+  TORCH_CHECK_VALUE(
+      y.scalar_type() == g.scalar_type(), "y must have grad_output's dtype ", g.scalar_type(),
+      ", got ", y.scalar_type());
+  const Tensor y4 = as_batched(y);
+  const DeconvGeom& d = plan.geo.dc;
+  Tensor grad_w = at::empty({d.cin, d.cout_group, d.kh, d.kw}, y.options());
+  if (grad_w.numel() > 0) {
+    typename Exec::Guard guard(y.device());
+    validate_switches<Exec>(plan.switches, plan.geo.pool);
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, y.scalar_type(), "unpool_deconv2d_backward_weight", [&] {
+          using K = UnpoolDeconvGradWeightKernel<scalar_t>;
+          typename K::Args a{
+              g.const_data_ptr<scalar_t>(), y4.const_data_ptr<scalar_t>(),
+              plan.switches.const_data_ptr<uint8_t>(), grad_w.mutable_data_ptr<scalar_t>(),
+              strides_of(g), strides_of(y4), strides_of(plan.switches), plan.geo.pool, d,
+              y4.size(0), windows_overlap(plan.geo.pool), grad_w.numel()};
+          launch_elementwise<Exec, K>(a.total, a);
+        });
+  }
+  return grad_w;
+}
+
+template <class Exec>
+Tensor unpool_deconv2d_backward_bias(const Tensor& grad_output) {
+  Exec::check_device(grad_output, "grad_output");
+  TORCH_CHECK_VALUE(
+      grad_output.dim() == 3 || grad_output.dim() == 4, "grad_output must be 3-D or 4-D, got ",
+      grad_output.dim(), "-D");
+  const Tensor g = as_batched(grad_output);
+  Tensor grad_b = at::empty({g.size(1)}, g.options());
+  if (grad_b.numel() > 0) {
+    typename Exec::Guard guard(g.device());
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, g.scalar_type(), "unpool_deconv2d_backward_bias", [&] {
+          using K = DeconvGradBiasKernel<scalar_t>;
+          typename K::Args a{
+              g.const_data_ptr<scalar_t>(), grad_b.mutable_data_ptr<scalar_t>(), strides_of(g),
+              g.size(0), g.size(2), g.size(3), grad_b.numel()};
+          launch_elementwise<Exec, K>(a.total, a);
+        });
+  }
+  return grad_b;
+}
+
+#undef DK_UD_PARAMS
+#undef DK_UD_FORWARD_ARGS
+
+}  // namespace deconvkernels::launch
