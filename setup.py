@@ -174,7 +174,8 @@ def extension():
     ]
     if WITH_CUDA:
         sources += ["csrc/cuda/cuda_ops.cu"]
-    sources += [f"csrc/cpu/isa/pool_kernels_{isa}.cpp" for isa in ISAS]
+    sources += [f"csrc/cpu/isa/{kernels}_{isa}.cpp"
+                for isa in ISAS for kernels in ("pool_kernels", "unpool_deconv_kernels")]
 
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if WITH_CUDA else ""
     defines = {

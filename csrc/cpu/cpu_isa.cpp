@@ -7,6 +7,7 @@
 #include <atomic>
 
 #include "pool_kernels.h"
+#include "unpool_deconv_fast.h"
 
 namespace deconvkernels::cpu {
 namespace {
@@ -129,6 +130,25 @@ const PoolKernelTable& pool_kernels() {
 #endif
     default:
       return DEFAULT::pool_kernel_table();
+  }
+}
+
+}  // namespace deconvkernels::cpu
+
+namespace deconvkernels::cpu {
+
+const UnpoolDeconvKernelTable& unpool_deconv_kernels() {
+  switch (current_isa()) {
+#if defined(DK_HAVE_AVX512)
+    case CpuIsa::kAvx512:
+      return AVX512::unpool_deconv_kernel_table();
+#endif
+#if defined(DK_HAVE_AVX2)
+    case CpuIsa::kAvx2:
+      return AVX2::unpool_deconv_kernel_table();
+#endif
+    default:
+      return DEFAULT::unpool_deconv_kernel_table();
   }
 }
 

@@ -1,19 +1,194 @@
-// CPU registrations of the fused unpool + transposed convolution. For now every geometry
-// runs the general gather kernels (csrc/kernels/unpool_deconv_kernels.h) on the CPU's
-// threads; the vectorised kernels for DeconvNet's case (2x2/2 pool, stride-1 odd kernels,
-// walking pooled values only) are the next step (issue 3).
+// CPU registrations of the fused unpool + transposed convolution. DeconvNet's case
+// (2x2/2 pool windows inside the input; stride-1, dilation-1, ungrouped deconvolution)
+// takes the vectorised kernels of unpool_deconv_fast.h (the weight gradient for 1x1 and
+// 3x3 kernels); every other geometry runs the general gather kernels of
+// csrc/kernels/unpool_deconv_kernels.h on the CPU's threads (same code as on the GPU).
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include "../cuda/unpool_deconv_launchers.h"
 #include "parallel_exec.h"
+#include "unpool_deconv_fast.h"
 
 namespace deconvkernels {
+namespace {
+
+using at::Tensor;
+
+cpu::ScalarKind scalar_kind(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kDouble:
+      return cpu::ScalarKind::kDouble;
+    case at::kHalf:
+      return cpu::ScalarKind::kHalf;
+    case at::kBFloat16:
+      return cpu::ScalarKind::kBFloat16;
+    default:
+      return cpu::ScalarKind::kFloat;
+  }
+}
+
+bool fast_path_applies(const UnpoolDeconvPlan& plan) {
+  const PoolGeom& g = plan.geo.pool;
+  const DeconvGeom& d = plan.geo.dc;
+  return g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 &&
+      g.dh == 1 && g.dw == 1 && 2 * g.OH <= g.H && 2 * g.OW <= g.W && d.sh == 1 && d.sw == 1 &&
+      d.dh == 1 && d.dw == 1 && d.groups == 1;
+}
+
+#define DK_UD_PARAMS                                                                          \
+  c10::SymIntArrayRef output_size, at::IntArrayRef pool_kernel_size,                         \
+      at::IntArrayRef pool_stride, at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation, \
+      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,       \
+      int64_t groups, at::IntArrayRef dilation
+#define DK_UD_NAMES                                                                           \
+  output_size, pool_kernel_size, pool_stride, pool_padding, pool_dilation, stride, padding,   \
+      output_padding, groups, dilation
+
+at::ScalarType acc_type(const Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The fast kernels' view of a call; y may be undefined (grad_y needs no values).
+cpu::UnpoolDeconvFastArgs fast_args(const UnpoolDeconvPlan& plan, const Tensor& y4,
+                                    at::ScalarType dtype) {
+  const PoolGeom& g = plan.geo.pool;
+  const DeconvGeom& d = plan.geo.dc;
+  cpu::UnpoolDeconvFastArgs a{};
+  a.dtype = scalar_kind(dtype);
+  a.N = plan.switches.size(0);
+  a.Cin = d.cin;
+  a.Cout = d.cout;
+  a.H = g.H;
+  a.W = g.W;
+  a.OH = g.OH;
+  a.OW = g.OW;
+  a.kh = d.kh;
+  a.kw = d.kw;
+  a.ph = d.ph;
+  a.pw = d.pw;
+  a.Ho = d.Ho;
+  a.Wo = d.Wo;
+  if (y4.defined()) {
+    a.y = y4.const_data_ptr();
+    a.ys = strides_of(y4);
+  }
+  a.switches = plan.switches.const_data_ptr<uint8_t>();
+  a.ss = strides_of(plan.switches);
+  return a;
+}
+
+Tensor unpool_deconv2d_cpu(
+    const Tensor& y, const Tensor& switches, const Tensor& weight,
+    const std::optional<Tensor>& bias, DK_UD_PARAMS) {
+  ParallelCpuExec::check_device(y, "y");
+  check_pooled_values(y, switches);
+  check_weight(weight, y, "weight");
+  const UnpoolDeconvPlan plan = plan_unpool_deconv(
+      switches, {weight.size(2), weight.size(3)}, weight.size(0), weight.size(1),
+      launch::ud_args(DK_UD_NAMES));
+  if (!fast_path_applies(plan)) {
+    return launch::unpool_deconv2d<ParallelCpuExec>(y, switches, weight, bias, DK_UD_NAMES);
+  }
+  const DeconvGeom& d = plan.geo.dc;
+  if (bias.has_value()) check_bias(*bias, y, d.cout);
+  const Tensor y4 = as_batched(y);
+  Tensor out = empty_like_format(y4, d.cout, d.Ho, d.Wo, y.scalar_type());
+  if (out.numel() == 0) return plan.batched ? out : out.squeeze(0);
+  launch::validate_switches<ParallelCpuExec>(plan.switches, plan.geo.pool);
+  // Weights as (kh, kw, C_in, C_out) in the accumulation type: output channels contiguous.
+  const Tensor wt = weight.permute({2, 3, 0, 1}).to(acc_type(y)).contiguous();
+  const Tensor b = bias.has_value() ? bias->to(acc_type(y)).contiguous() : Tensor();
+  cpu::UnpoolDeconvFastArgs a = fast_args(plan, y4, y.scalar_type());
+  a.weight_t = wt.const_data_ptr();
+  a.bias = b.defined() ? b.const_data_ptr() : nullptr;
+  a.out = out.mutable_data_ptr();
+  a.os = strides_of(out);
+  cpu::unpool_deconv_kernels().forward(a);
+  return plan.batched ? out : out.squeeze(0);
+}
+
+// grad_output as (N, Ho, Wo, C_out) contiguous in the accumulation type: a no-op for a
+// float channels_last gradient, one pass otherwise (never the unpooled map's size).
+Tensor grad_nhwc(const Tensor& g4) {
+  return g4.to(acc_type(g4)).contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+Tensor unpool_deconv2d_backward_y_cpu(
+    const Tensor& grad_output, const Tensor& switches, const Tensor& weight, DK_UD_PARAMS) {
+  ParallelCpuExec::check_device(grad_output, "grad_output");
+  check_weight(weight, grad_output, "weight");
+  const UnpoolDeconvPlan plan = plan_unpool_deconv(
+      switches, {weight.size(2), weight.size(3)}, weight.size(0), weight.size(1),
+      launch::ud_args(DK_UD_NAMES));
+  if (!fast_path_applies(plan)) {
+    return launch::unpool_deconv2d_backward_y<ParallelCpuExec>(
+        grad_output, switches, weight, DK_UD_NAMES);
+  }
+  const Tensor g = check_grad_output(grad_output, plan);
+  Tensor grad_y = empty_like_format(
+      plan.switches, plan.geo.pool.OH, plan.geo.pool.OW, grad_output.scalar_type());
+  if (grad_y.numel() == 0) return plan.batched ? grad_y : grad_y.squeeze(0);
+  launch::validate_switches<ParallelCpuExec>(plan.switches, plan.geo.pool);
+  const Tensor gn = grad_nhwc(g);
+  const Tensor wc = weight.to(acc_type(g)).permute({0, 2, 3, 1}).contiguous();
+  const cpu::UnpoolDeconvFastArgs a = fast_args(plan, Tensor(), g.scalar_type());
+  cpu::UnpoolDeconvFastGrads gr{};
+  gr.grad_nhwc = gn.const_data_ptr();
+  gr.weight_c = wc.const_data_ptr();
+  gr.grad_y = grad_y.mutable_data_ptr();
+  gr.gys = strides_of(grad_y);
+  cpu::unpool_deconv_kernels().backward_y(a, gr);
+  return plan.batched ? grad_y : grad_y.squeeze(0);
+}
+
+Tensor unpool_deconv2d_backward_weight_cpu(
+    const Tensor& grad_output, const Tensor& y, const Tensor& switches,
+    at::IntArrayRef kernel_size, DK_UD_PARAMS) {
+  auto general = [&] {
+    return launch::unpool_deconv2d_backward_weight<ParallelCpuExec>(
+        grad_output, y, switches, kernel_size, DK_UD_NAMES);
+  };
+  // The fast path takes 3x3 and 1x1 kernels only; the general launcher checks the rest.
+  const bool square = kernel_size.size() == 2 && kernel_size[0] == kernel_size[1] &&
+      (kernel_size[0] == 1 || kernel_size[0] == 3);
+  if (!square || groups != 1 || grad_output.dim() < 3) return general();
+  ParallelCpuExec::check_device(grad_output, "grad_output");
+  check_pooled_values(y, switches);
+  const int64_t cin = switches.size(switches.dim() - 3);
+  const int64_t cout = grad_output.size(grad_output.dim() - 3);
+  const UnpoolDeconvPlan plan =
+      plan_unpool_deconv(switches, kernel_size, cin, cout, launch::ud_args(DK_UD_NAMES));
+  if (!fast_path_applies(plan)) return general();
+  const Tensor g = check_grad_output(grad_output, plan);
+  TORCH_CHECK_VALUE(
+      y.scalar_type() == g.scalar_type(), "y must have grad_output's dtype ", g.scalar_type(),
+      ", got ", y.scalar_type());
+  const DeconvGeom& d = plan.geo.dc;
+  Tensor buf = at::zeros({d.cin, d.kh, d.kw, d.cout}, y.options().dtype(acc_type(y)));
+  if (buf.numel() > 0 && plan.switches.numel() > 0) {
+    launch::validate_switches<ParallelCpuExec>(plan.switches, plan.geo.pool);
+    const Tensor gn = grad_nhwc(g);
+    const cpu::UnpoolDeconvFastArgs a = fast_args(plan, as_batched(y), y.scalar_type());
+    cpu::UnpoolDeconvFastGrads gr{};
+    gr.grad_nhwc = gn.const_data_ptr();
+    gr.grad_weight_c = buf.mutable_data_ptr();
+    cpu::unpool_deconv_kernels().backward_weight(a, gr);
+  }
+  return buf.permute({0, 3, 1, 2}).to(y.scalar_type()).contiguous();
+}
+
+#undef DK_UD_PARAMS
+#undef DK_UD_NAMES
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(deconvkernels, CPU, m) {
   using E = ParallelCpuExec;
-  m.impl("unpool_deconv2d", &launch::unpool_deconv2d<E>);
-  m.impl("unpool_deconv2d_backward_y", &launch::unpool_deconv2d_backward_y<E>);
-  m.impl("unpool_deconv2d_backward_weight", &launch::unpool_deconv2d_backward_weight<E>);
+  m.impl("unpool_deconv2d", &unpool_deconv2d_cpu);
+  m.impl("unpool_deconv2d_backward_y", &unpool_deconv2d_backward_y_cpu);
+  m.impl("unpool_deconv2d_backward_weight", &unpool_deconv2d_backward_weight_cpu);
   m.impl("unpool_deconv2d_backward_bias", &launch::unpool_deconv2d_backward_bias<E>);
 }
 

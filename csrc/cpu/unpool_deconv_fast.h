@@ -1,0 +1,63 @@
+// Vectorised CPU forward of the fused unpool + transposed convolution for DeconvNet's
+// case: 2x2 stride-2 pool windows inside the input, and a stride-1, dilation-1,
+// ungrouped transposed convolution (any kernel and padding). It walks the pooled values
+// only: after a 2x2 unpool one position in four is non-zero, so it does a quarter of a
+// dense transposed convolution's multiply-adds and never builds the unpooled map.
+// Compiled per ISA like the pooling kernels (csrc/cpu/isa/unpool_deconv_kernels_*.cpp).
+#pragma once
+
+#include <cstdint>
+
+#include "../kernels/common.h"
+#include "pool_kernels.h"
+
+namespace deconvkernels::cpu {
+
+struct UnpoolDeconvFastArgs {
+  ScalarKind dtype;
+  int64_t N, Cin, Cout;
+  int64_t H, W, OH, OW;  // unpooled and pooled extents
+  int64_t kh, kw, ph, pw, Ho, Wo;
+  const void* y;           // (N, Cin, OH, OW), strides ys
+  Strides4 ys;
+  const uint8_t* switches;  // strides ss
+  Strides4 ss;
+  const void* weight_t;    // accumulation type, (kh, kw, Cin, Cout) contiguous
+  const void* bias;        // accumulation type, (Cout,), or null
+  void* out;               // (N, Cout, Ho, Wo), strides os
+  Strides4 os;
+};
+
+// The backward passes read grad_output as (N, Ho, Wo, Cout) contiguous in the
+// accumulation type (`grad_nhwc`) and the weight as (Cin, kh, kw, Cout) (`weight_c`).
+struct UnpoolDeconvFastGrads {
+  const void* grad_nhwc;
+  const void* weight_c;
+  void* grad_y;        // (N, Cin, OH, OW) of y's dtype, strides gys
+  Strides4 gys;
+  void* grad_weight_c; // accumulation type, (Cin, kh, kw, Cout) contiguous, zeroed
+};
+
+struct UnpoolDeconvKernelTable {
+  void (*forward)(const UnpoolDeconvFastArgs&);
+  void (*backward_y)(const UnpoolDeconvFastArgs&, const UnpoolDeconvFastGrads&);
+  // Needs kh == kw, 1 or 3 (the register tile is sized at compile time).
+  void (*backward_weight)(const UnpoolDeconvFastArgs&, const UnpoolDeconvFastGrads&);
+};
+
+#define DK_DECLARE_UD_TABLE(ISA) \
+  namespace ISA {                \
+  const UnpoolDeconvKernelTable& unpool_deconv_kernel_table(); \
+  }
+DK_DECLARE_UD_TABLE(DEFAULT)
+#if defined(DK_HAVE_AVX2)
+DK_DECLARE_UD_TABLE(AVX2)
+#endif
+#if defined(DK_HAVE_AVX512)
+DK_DECLARE_UD_TABLE(AVX512)
+#endif
+#undef DK_DECLARE_UD_TABLE
+
+const UnpoolDeconvKernelTable& unpool_deconv_kernels();
+
+}  // namespace deconvkernels::cpu
