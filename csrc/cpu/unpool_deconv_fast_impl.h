@@ -30,57 +30,89 @@ using at::vec::Vectorized;
 // 2 * ow - pw whatever its switch, so their accumulators for a block of channels live in
 // registers while all (tap row, input channel) contributions are added; then they are
 // added to the row. One weight load per multiply-add, none of the accumulator.
+//
+// Which values reach the row, and at which column of their window, depends on each
+// switch: as branches that is a coin flip per value (half the time mispredicted), so the
+// values are first sorted, without branches, into per-(tap row, column, channel chunk)
+// lists of those landing in column 0 (from the front) and column 1 (from the back).
 template <typename T, int KW>
 void accumulate_row_blocked(
-    const UnpoolDeconvFastArgs& a, int64_t n, int64_t zh, typename AccType<T>::type* row) {
+    const UnpoolDeconvFastArgs& a, int64_t n, int64_t zh, typename AccType<T>::type* row,
+    std::vector<int32_t>& list_ci, std::vector<typename AccType<T>::type>& list_v) {
   using acc_t = typename AccType<T>::type;
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
   constexpr int kBlock = 4;
-  const T* y = static_cast<const T*>(a.y);
-  const acc_t* wt = static_cast<const acc_t*>(a.weight_t);
-  const int64_t Cout = a.Cout, tap_stride = a.Cin * Cout;
   // Input channels in chunks, so that the weights of one (channel block, chunk) pair
   // (kh * KW * 64 * kBlock vectors, 147 KiB for 3x3 float) stay in L2 across the row.
   constexpr int64_t kChunk = 64;
-  for (int64_t c0 = 0; c0 < Cout; c0 += kBlock * V)
-  for (int64_t ci0 = 0; ci0 < a.Cin; ci0 += kChunk) {
-    const int64_t ci1 = std::min<int64_t>(a.Cin, ci0 + kChunk);
+  const T* y = static_cast<const T*>(a.y);
+  const acc_t* wt = static_cast<const acc_t*>(a.weight_t);
+  const int64_t Cout = a.Cout, tap_stride = a.Cin * Cout;
+  const int64_t chunks = (a.Cin + kChunk - 1) / kChunk;
+  const int64_t per_ka = a.OW * chunks * kChunk;
+  list_ci.resize(a.kh * per_ka);
+  list_v.resize(a.kh * per_ka);
+  std::vector<int32_t> count0(a.kh * a.OW * chunks, 0), count1(a.kh * a.OW * chunks, 0);
+  for (int64_t ka = 0; ka < a.kh; ++ka) {
+    const int64_t ih = zh + a.ph - ka;
+    if (ih < 0 || ih >= 2 * a.OH) continue;  // rows past the windows stay zero
+    const int64_t oh = ih >> 1, ky = ih & 1;
     for (int64_t ow = 0; ow < a.OW; ++ow) {
-      Vec acc[KW + 1][kBlock];
-      for (int p = 0; p <= KW; ++p)
-        for (int j = 0; j < kBlock; ++j) acc[p][j] = Vec(acc_t(0));
-      for (int64_t ka = 0; ka < a.kh; ++ka) {
-        const int64_t ih = zh + a.ph - ka;
-        if (ih < 0 || ih >= 2 * a.OH) continue;
-        const int64_t oh = ih >> 1, ky = ih & 1;
-        const T* yp = y + n * a.ys.n + oh * a.ys.h + ow * a.ys.w;
-        const uint8_t* sp = a.switches + n * a.ss.n + oh * a.ss.h + ow * a.ss.w;
-        const acc_t* wa = wt + ka * KW * tap_stride + c0;
-        for (int64_t ci = ci0; ci < ci1; ++ci) {
-          const int64_t s = sp[ci * a.ss.c];
-          if ((s >> 1) != ky) continue;
-          const Vec v(static_cast<acc_t>(yp[ci * a.ys.c]));
-          const acc_t* w = wa + ci * Cout;
-          if (s & 1) {
+      const T* yp = y + n * a.ys.n + oh * a.ys.h + ow * a.ys.w;
+      const uint8_t* sp = a.switches + n * a.ss.n + oh * a.ss.h + ow * a.ss.w;
+      for (int64_t ch = 0; ch < chunks; ++ch) {
+        const int64_t base = ka * per_ka + (ow * chunks + ch) * kChunk;
+        int32_t k0 = 0, k1 = 0;
+        for (int64_t ci = ch * kChunk; ci < std::min<int64_t>(a.Cin, (ch + 1) * kChunk); ++ci) {
+          const int64_t sw = sp[ci * a.ss.c];
+          const acc_t v = static_cast<acc_t>(yp[ci * a.ys.c]);
+          const int64_t front = base + k0, back = base + kChunk - 1 - k1;
+          list_ci[front] = static_cast<int32_t>(ci);
+          list_v[front] = v;
+          list_ci[back] = static_cast<int32_t>(ci);
+          list_v[back] = v;
+          k0 += sw == 2 * ky;
+          k1 += sw == 2 * ky + 1;
+        }
+        count0[(ka * a.OW + ow) * chunks + ch] = k0;
+        count1[(ka * a.OW + ow) * chunks + ch] = k1;
+      }
+    }
+  }
+  for (int64_t c0 = 0; c0 < Cout; c0 += kBlock * V) {
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      for (int64_t ow = 0; ow < a.OW; ++ow) {
+        Vec acc[KW + 1][kBlock];
+        for (int p = 0; p <= KW; ++p)
+          for (int j = 0; j < kBlock; ++j) acc[p][j] = Vec(acc_t(0));
+        for (int64_t ka = 0; ka < a.kh; ++ka) {
+          const int64_t slot = (ka * a.OW + ow) * chunks + ch;
+          const int64_t base = ka * per_ka + (ow * chunks + ch) * kChunk;
+          const acc_t* wa = wt + ka * KW * tap_stride + c0;
+          for (int64_t e = base, stop = base + count0[slot]; e < stop; ++e) {  // column 0
+            const Vec v(list_v[e]);
+            const acc_t* w = wa + list_ci[e] * Cout;
             for (int b = 0; b < KW; ++b)
               for (int j = 0; j < kBlock; ++j)
-                acc[b + 1][j] = at::vec::fmadd(v, Vec::loadu(w + b * tap_stride + j * V),
-                                               acc[b + 1][j]);
-          } else {
+                acc[b][j] = at::vec::fmadd(v, Vec::loadu(w + b * tap_stride + j * V), acc[b][j]);
+          }
+          for (int64_t e = base + kChunk - count1[slot]; e < base + kChunk; ++e) {  // column 1
+            const Vec v(list_v[e]);
+            const acc_t* w = wa + list_ci[e] * Cout;
             for (int b = 0; b < KW; ++b)
               for (int j = 0; j < kBlock; ++j)
-                acc[b][j] =
-                    at::vec::fmadd(v, Vec::loadu(w + b * tap_stride + j * V), acc[b][j]);
+                acc[b + 1][j] =
+                    at::vec::fmadd(v, Vec::loadu(w + b * tap_stride + j * V), acc[b + 1][j]);
           }
         }
-      }
-      for (int p = 0; p <= KW; ++p) {
-        const int64_t zw = 2 * ow - a.pw + p;
-        if (zw < 0 || zw >= a.Wo) continue;
-        acc_t* dst = row + zw * Cout + c0;
-        for (int j = 0; j < kBlock; ++j)
-          (Vec::loadu(dst + j * V) + acc[p][j]).store(dst + j * V);
+        for (int p = 0; p <= KW; ++p) {
+          const int64_t zw = 2 * ow - a.pw + p;
+          if (zw < 0 || zw >= a.Wo) continue;
+          acc_t* dst = row + zw * Cout + c0;
+          for (int j = 0; j < kBlock; ++j)
+            (Vec::loadu(dst + j * V) + acc[p][j]).store(dst + j * V);
+        }
       }
     }
   }
@@ -102,15 +134,17 @@ void forward_rows(const UnpoolDeconvFastArgs& a) {
       (Cout % (4 * V) == 0 && (a.kw == 1 || a.kw == 3)) ? a.kw : 0;
   at::parallel_for(0, a.N * a.Ho, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> row(a.Wo * Cout);
+    std::vector<int32_t> list_ci;
+    std::vector<acc_t> list_v;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / a.Ho, zh = task % a.Ho;
       for (int64_t zw = 0; zw < a.Wo; ++zw)
         for (int64_t co = 0; co < Cout; ++co)
           row[zw * Cout + co] = bias != nullptr ? bias[co] : acc_t(0);
       if (blocked_kw == 1) {
-        accumulate_row_blocked<T, 1>(a, n, zh, row.data());
+        accumulate_row_blocked<T, 1>(a, n, zh, row.data(), list_ci, list_v);
       } else if (blocked_kw == 3) {
-        accumulate_row_blocked<T, 3>(a, n, zh, row.data());
+        accumulate_row_blocked<T, 3>(a, n, zh, row.data(), list_ci, list_v);
       }
       for (int64_t ka = 0; blocked_kw == 0 && ka < a.kh; ++ka) {
         const int64_t ih = zh + a.ph - ka;  // stride 1, dilation 1
@@ -151,14 +185,14 @@ void forward_rows(const UnpoolDeconvFastArgs& a) {
 }
 
 // grad_y: one dot product of length kh * kw * Cout per pooled value, at the position its
-// switch names. Four neighbouring windows of one channel go together so each weight
-// vector loaded serves four multiply-adds; a tap outside the output reads a zero row.
+// switch names. Eight neighbouring windows of one channel go together so each weight
+// vector loaded serves eight multiply-adds; a tap outside the output reads a zero row.
 template <typename T>
 void backward_y_rows(const UnpoolDeconvFastArgs& a, const UnpoolDeconvFastGrads& gr) {
   using acc_t = typename AccType<T>::type;
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
-  constexpr int kWindows = 4;
+  constexpr int kWindows = 8;
   const acc_t* g = static_cast<const acc_t*>(gr.grad_nhwc);
   const acc_t* wc = static_cast<const acc_t*>(gr.weight_c);
   T* gy = static_cast<T*>(gr.grad_y);
@@ -205,10 +239,8 @@ void backward_y_rows(const UnpoolDeconvFastArgs& a, const UnpoolDeconvFastGrads&
           }
         }
         for (int j = 0; j < nw; ++j) {
-          __at_align__ acc_t lanes[V];
-          acc[j].store(lanes);
-          acc_t sum = acc_t(0);
-          for (int64_t l = 0; l < V; ++l) sum += lanes[l];
+          const acc_t sum =
+              at::vec::vec_reduce_all<acc_t>([](Vec& u, Vec& w) { return u + w; }, acc[j]);
           gy[n * gr.gys.n + ci * gr.gys.c + oh * gr.gys.h + (ow0 + j) * gr.gys.w] =
               static_cast<T>(sum);
         }
