@@ -38,11 +38,17 @@ void check_bias(const at::Tensor& bias, const at::Tensor& like, int64_t cout) {
       like.device());
 }
 
-void check_pooled_values(const at::Tensor& y, const at::Tensor& switches) {
-  const auto dt = y.scalar_type();
+void check_floating(const at::Tensor& t, const char* name) {
+  const auto dt = t.scalar_type();
   TORCH_CHECK_VALUE(
-      dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
-      "y must be float32, float64, float16 or bfloat16, got ", dt);
+      dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, name,
+      " must be float32, float64, float16 or bfloat16, got ", dt);
+  TORCH_CHECK_VALUE(
+      t.dim() == 3 || t.dim() == 4, name, " must be 3-D or 4-D, got ", t.dim(), "-D");
+}
+
+void check_pooled_values(const at::Tensor& y, const at::Tensor& switches) {
+  check_floating(y, "y");
   TORCH_CHECK_VALUE(
       y.sizes() == switches.sizes(), "switches must have the shape of y ", y.sizes(), ", got ",
       switches.sizes());
@@ -107,6 +113,8 @@ UnpoolDeconvPlan plan_unpool_deconv(
   TORCH_CHECK_VALUE(
       d.cin % d.groups == 0, "groups (", d.groups, ") must divide y's channels (", d.cin, ")");
   d.cin_group = d.cin / d.groups;
+  TORCH_CHECK_VALUE(
+      weight_cout_group > 0, "weight must have at least one output channel (dimension 1)");
   d.cout_group = weight_cout_group;
   d.cout = d.cout_group * d.groups;
   TORCH_CHECK_VALUE(d.kh > 0 && d.kw > 0, "weight's kernel must be non-empty");

@@ -289,6 +289,11 @@ def check_deconv_weight(
         raise ValueError(f"weight must have y's dtype {y.dtype}, got {weight.dtype}")
     if weight.device != y.device:
         raise ValueError(f"weight is on {weight.device} but y is on {y.device}")
+    if min(weight.shape[1:]) < 1:
+        raise ValueError(
+            "weight must have at least one output channel and a non-empty kernel, got shape "
+            f"{tuple(weight.shape)}"
+        )
     cin = y.shape[-3]
     if weight.shape[0] != cin:
         raise ValueError(

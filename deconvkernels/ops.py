@@ -390,6 +390,58 @@ def _register_unpool_deconv() -> None:
 
     torch.library.register_autograd(lib + "unpool_deconv2d", backward, setup_context=setup)
 
+    # Double backward. With T(y, w) the bias-free forward (bilinear), backward_y(g, w) and
+    # backward_weight(g, y) are its adjoints in y and in w, so each is linear in its
+    # arguments and their derivatives are the other two ops again.
+    def grad_y_setup(ctx, inputs, output):
+        grad_output, switches, weight, *geometry = inputs
+        ctx.geometry = geometry
+        ctx.save_for_backward(grad_output, switches, weight)
+
+    def grad_y_backward(ctx, gg_y):
+        grad_output, switches, weight = ctx.saved_tensors
+        d_grad = d_weight = None
+        if ctx.needs_input_grad[0]:
+            d_grad = _ops.unpool_deconv2d(gg_y, switches, weight, None, *ctx.geometry)
+        if ctx.needs_input_grad[2]:
+            d_weight = _ops.unpool_deconv2d_backward_weight(
+                grad_output, gg_y, switches, list(weight.shape[-2:]), *ctx.geometry
+            )
+        return (d_grad, None, d_weight) + (None,) * len(ctx.geometry)
+
+    torch.library.register_autograd(
+        lib + "unpool_deconv2d_backward_y", grad_y_backward, setup_context=grad_y_setup
+    )
+
+    def grad_w_setup(ctx, inputs, output):
+        grad_output, y, switches, _kernel_size, *geometry = inputs
+        ctx.geometry = geometry
+        ctx.save_for_backward(grad_output, y, switches)
+
+    def grad_w_backward(ctx, gg_w):
+        grad_output, y, switches = ctx.saved_tensors
+        d_grad = d_y = None
+        if ctx.needs_input_grad[0]:
+            d_grad = _ops.unpool_deconv2d(y, switches, gg_w, None, *ctx.geometry)
+        if ctx.needs_input_grad[1]:
+            d_y = _ops.unpool_deconv2d_backward_y(grad_output, switches, gg_w, *ctx.geometry)
+        return (d_grad, d_y, None, None) + (None,) * len(ctx.geometry)
+
+    torch.library.register_autograd(
+        lib + "unpool_deconv2d_backward_weight", grad_w_backward, setup_context=grad_w_setup
+    )
+
+    def grad_b_setup(ctx, inputs, output):
+        ctx.shape = inputs[0].shape
+
+    def grad_b_backward(ctx, gg_b):
+        view = (-1, 1, 1) if len(ctx.shape) == 3 else (1, -1, 1, 1)
+        return gg_b.view(view).expand(ctx.shape)
+
+    torch.library.register_autograd(
+        lib + "unpool_deconv2d_backward_bias", grad_b_backward, setup_context=grad_b_setup
+    )
+
 
 if _ops is not None:
     _register()

@@ -406,3 +406,54 @@ def public_targets() -> list[Target]:
 
 def env_allows_no_extension() -> bool:
     return os.environ.get("DECONVKERNELS_ALLOW_NO_EXTENSION", "") == "1"
+
+
+# ----------------------------------------------------------------------------- unpool + deconv
+
+#: Tolerance of the fused unpool + transposed convolution, relative to the sum of the absolute
+#: values of the terms of each output element (accumulation orders differ from oneDNN's).
+UD_RTOL = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-4,
+    torch.float16: 4e-3,
+    torch.bfloat16: 1.6e-2,
+}
+#: Plus one step of the subnormal range, where float16's relative precision runs out (products of
+#: two small float16 values land there); the other types' subnormals are far below the data.
+UD_ATOL = {torch.float16: 2.0**-24}
+
+
+def unpool_last_wins(y: torch.Tensor, indices: torch.Tensor, output_hw) -> torch.Tensor:
+    """Unpool on the CPU by scattering the pooled positions one at a time, in raster order:
+    where windows overlap, the last one pointing at a position wins (written from the contract;
+    F.max_unpool2d does not promise it). Differentiable: an overwritten value gets no gradient."""
+    lead = y.shape[:-2]
+    out = torch.zeros((*lead, output_hw[0] * output_hw[1]), dtype=y.dtype)
+    yf, idx = y.cpu().flatten(-2), indices.cpu().flatten(-2)
+    for p in range(yf.shape[-1]):
+        out = out.scatter(-1, idx[..., p : p + 1], yf[..., p : p + 1])
+    return out.view(*lead, *output_hw)
+
+
+def assert_close_bounded(actual, expected, bound, dtype, what: str = "") -> None:
+    """``actual`` has ``dtype`` and ``expected``'s shape; where ``expected`` is NaN or +-inf,
+    ``actual`` is the same; elsewhere ``|actual - expected| <= UD_RTOL[dtype] * bound`` (plus
+    ``UD_ATOL``), where ``bound`` is the sum of |terms| (so an element without any term must be
+    exactly 0, or in float16 within a subnormal step of it)."""
+    actual = actual.detach().cpu()
+    assert actual.dtype == dtype, f"{what}: dtype {actual.dtype} != {dtype}"
+    assert actual.shape == expected.shape, (
+        f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    )
+    a, e = actual.double(), expected.detach().cpu().double()
+    b = bound.detach().cpu().double()
+    nan_e, inf_e = e.isnan(), e.isinf()
+    bad = (nan_e != a.isnan()) | (inf_e & (a != e))
+    bad |= ~(nan_e | inf_e) & ~((a - e).abs() <= UD_RTOL[dtype] * b + UD_ATOL.get(dtype, 0.0))
+    if bool(bad.any()):
+        at = _first_mismatch(bad)
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {bad.numel()} elements off, first at {at}: "
+            f"{a[at].item()!r} vs {e[at].item()!r} (bound {b[at].item():.3g}, "
+            f"rtol {UD_RTOL[dtype]})"
+        )

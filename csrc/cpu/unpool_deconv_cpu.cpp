@@ -118,6 +118,7 @@ Tensor grad_nhwc(const Tensor& g4) {
 Tensor unpool_deconv2d_backward_y_cpu(
     const Tensor& grad_output, const Tensor& switches, const Tensor& weight, DK_UD_PARAMS) {
   ParallelCpuExec::check_device(grad_output, "grad_output");
+  check_floating(grad_output, "grad_output");
   check_weight(weight, grad_output, "weight");
   const UnpoolDeconvPlan plan = plan_unpool_deconv(
       switches, {weight.size(2), weight.size(3)}, weight.size(0), weight.size(1),
@@ -153,8 +154,9 @@ Tensor unpool_deconv2d_backward_weight_cpu(
   // The fast path takes 3x3 and 1x1 kernels only; the general launcher checks the rest.
   const bool square = kernel_size.size() == 2 && kernel_size[0] == kernel_size[1] &&
       (kernel_size[0] == 1 || kernel_size[0] == 3);
-  if (!square || groups != 1 || grad_output.dim() < 3) return general();
+  if (!square || groups != 1) return general();
   ParallelCpuExec::check_device(grad_output, "grad_output");
+  check_floating(grad_output, "grad_output");
   check_pooled_values(y, switches);
   const int64_t cin = switches.size(switches.dim() - 3);
   const int64_t cout = grad_output.size(grad_output.dim() - 3);

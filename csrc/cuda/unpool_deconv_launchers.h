@@ -72,6 +72,7 @@ template <class Exec>
 Tensor unpool_deconv2d_backward_y(
     const Tensor& grad_output, const Tensor& switches, const Tensor& weight, DK_UD_PARAMS) {
   Exec::check_device(grad_output, "grad_output");
+  check_floating(grad_output, "grad_output");
   check_weight(weight, grad_output, "weight");
   const UnpoolDeconvPlan plan = plan_unpool_deconv(
       switches, {weight.size(2), weight.size(3)}, weight.size(0), weight.size(1),
@@ -102,6 +103,7 @@ Tensor unpool_deconv2d_backward_weight(
     const Tensor& grad_output, const Tensor& y, const Tensor& switches,
     at::IntArrayRef kernel_size, DK_UD_PARAMS) {
   Exec::check_device(grad_output, "grad_output");
+  check_floating(grad_output, "grad_output");
   check_pooled_values(y, switches);
   TORCH_CHECK_VALUE(
       kernel_size.size() == 2 && kernel_size[0] > 0 && kernel_size[1] > 0,
@@ -141,9 +143,7 @@ Tensor unpool_deconv2d_backward_weight(
 template <class Exec>
 Tensor unpool_deconv2d_backward_bias(const Tensor& grad_output) {
   Exec::check_device(grad_output, "grad_output");
-  TORCH_CHECK_VALUE(
-      grad_output.dim() == 3 || grad_output.dim() == 4, "grad_output must be 3-D or 4-D, got ",
-      grad_output.dim(), "-D");
+  check_floating(grad_output, "grad_output");
   const Tensor g = as_batched(grad_output);
   Tensor grad_b = at::empty({g.size(1)}, g.options());
   if (grad_b.numel() > 0) {
