@@ -5,7 +5,10 @@
 // csrc/kernels/unpool_deconv_kernels.h on the CPU's threads (same code as on the GPU).
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <c10/util/intrusive_ptr.h>
 #include <torch/library.h>
+
+#include <optional>
 
 #include "../cuda/unpool_deconv_launchers.h"
 #include "parallel_exec.h"
@@ -48,6 +51,34 @@ bool fast_path_applies(const UnpoolDeconvPlan& plan) {
 
 at::ScalarType acc_type(const Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The weight as (kh, kw, C_in, C_out) in the accumulation type (output channels
+// contiguous), as the forward and grad-y kernels read it. The relayout of a large weight
+// costs as much as a small layer's kernels, and the forward and the grad-y of one step use
+// the same weight, so the last one is cached per thread. The cache holds a weak reference
+// to the weight and its version counter: an optimiser step (an in-place update) or the
+// weight's death invalidates it.
+Tensor weight_taps_first(const Tensor& weight, at::ScalarType acc) {
+  struct Entry {
+    c10::weak_intrusive_ptr<c10::TensorImpl> impl;
+    uint32_t version;
+    at::ScalarType acc;
+    Tensor value;
+  };
+  static thread_local std::optional<Entry> cache;
+  const bool cacheable = !weight.is_inference();
+  if (cacheable && cache.has_value() && cache->acc == acc &&
+      cache->version == weight._version()) {
+    const auto alive = cache->impl.lock();
+    if (alive.get() == weight.unsafeGetTensorImpl()) return cache->value;
+  }
+  Tensor value = weight.permute({2, 3, 0, 1}).to(acc).contiguous();
+  if (cacheable) {
+    cache = Entry{c10::weak_intrusive_ptr<c10::TensorImpl>(weight.getIntrusivePtr()),
+                  weight._version(), acc, value};
+  }
+  return value;
 }
 
 // The fast kernels' view of a call; y may be undefined (grad_y needs no values).
@@ -97,8 +128,7 @@ Tensor unpool_deconv2d_cpu(
   Tensor out = empty_like_format(y4, d.cout, d.Ho, d.Wo, y.scalar_type());
   if (out.numel() == 0) return plan.batched ? out : out.squeeze(0);
   launch::validate_switches<ParallelCpuExec>(plan.switches, plan.geo.pool);
-  // Weights as (kh, kw, C_in, C_out) in the accumulation type: output channels contiguous.
-  const Tensor wt = weight.permute({2, 3, 0, 1}).to(acc_type(y)).contiguous();
+  const Tensor wt = weight_taps_first(weight, acc_type(y));
   const Tensor b = bias.has_value() ? bias->to(acc_type(y)).contiguous() : Tensor();
   cpu::UnpoolDeconvFastArgs a = fast_args(plan, y4, y.scalar_type());
   a.weight_t = wt.const_data_ptr();
@@ -133,11 +163,11 @@ Tensor unpool_deconv2d_backward_y_cpu(
   if (grad_y.numel() == 0) return plan.batched ? grad_y : grad_y.squeeze(0);
   launch::validate_switches<ParallelCpuExec>(plan.switches, plan.geo.pool);
   const Tensor gn = grad_nhwc(g);
-  const Tensor wc = weight.to(acc_type(g)).permute({0, 2, 3, 1}).contiguous();
-  const cpu::UnpoolDeconvFastArgs a = fast_args(plan, Tensor(), g.scalar_type());
+  const Tensor wt = weight_taps_first(weight, acc_type(g));
+  cpu::UnpoolDeconvFastArgs a = fast_args(plan, Tensor(), g.scalar_type());
+  a.weight_t = wt.const_data_ptr();
   cpu::UnpoolDeconvFastGrads gr{};
   gr.grad_nhwc = gn.const_data_ptr();
-  gr.weight_c = wc.const_data_ptr();
   gr.grad_y = grad_y.mutable_data_ptr();
   gr.gys = strides_of(grad_y);
   cpu::unpool_deconv_kernels().backward_y(a, gr);

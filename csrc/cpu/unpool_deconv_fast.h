@@ -29,10 +29,9 @@ struct UnpoolDeconvFastArgs {
 };
 
 // The backward passes read grad_output as (N, Ho, Wo, Cout) contiguous in the
-// accumulation type (`grad_nhwc`) and the weight as (Cin, kh, kw, Cout) (`weight_c`).
+// accumulation type (`grad_nhwc`); grad_y reads the weight as the forward (`weight_t`).
 struct UnpoolDeconvFastGrads {
   const void* grad_nhwc;
-  const void* weight_c;
   void* grad_y;        // (N, Cin, OH, OW) of y's dtype, strides gys
   Strides4 gys;
   void* grad_weight_c; // accumulation type, (Cin, kh, kw, Cout) contiguous, zeroed

@@ -194,7 +194,7 @@ void backward_y_rows(const UnpoolDeconvFastArgs& a, const UnpoolDeconvFastGrads&
   constexpr int64_t V = Vec::size();
   constexpr int kWindows = 8;
   const acc_t* g = static_cast<const acc_t*>(gr.grad_nhwc);
-  const acc_t* wc = static_cast<const acc_t*>(gr.weight_c);
+  const acc_t* wt = static_cast<const acc_t*>(a.weight_t);
   T* gy = static_cast<T*>(gr.grad_y);
   const int64_t Cout = a.Cout;
   const std::vector<acc_t> zeros(Cout, acc_t(0));
@@ -223,7 +223,7 @@ void backward_y_rows(const UnpoolDeconvFastArgs& a, const UnpoolDeconvFastGrads&
               const bool in = j < nw && zh >= 0 && zh < a.Ho && zw >= 0 && zw < a.Wo;
               src[j] = in ? gn + (zh * a.Wo + zw) * Cout : zeros.data();
             }
-            const acc_t* wrow = wc + ((ci * a.kh + ka) * a.kw + kb) * Cout;
+            const acc_t* wrow = wt + ((ka * a.kw + kb) * a.Cin + ci) * Cout;
             int64_t co = 0;
             for (; co + V <= Cout; co += V) {
               const Vec wv = Vec::loadu(wrow + co);
