@@ -5,10 +5,7 @@
 // csrc/kernels/unpool_deconv_kernels.h on the CPU's threads (same code as on the GPU).
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <c10/util/intrusive_ptr.h>
 #include <torch/library.h>
-
-#include <optional>
 
 #include "../cuda/unpool_deconv_launchers.h"
 #include "parallel_exec.h"
@@ -54,31 +51,11 @@ at::ScalarType acc_type(const Tensor& t) {
 }
 
 // The weight as (kh, kw, C_in, C_out) in the accumulation type (output channels
-// contiguous), as the forward and grad-y kernels read it. The relayout of a large weight
-// costs as much as a small layer's kernels, and the forward and the grad-y of one step use
-// the same weight, so the last one is cached per thread. The cache holds a weak reference
-// to the weight and its version counter: an optimiser step (an in-place update) or the
-// weight's death invalidates it.
+// contiguous), as the forward and grad-y kernels read it. Not cached between the forward
+// and the backward: a version-counter check would miss writes through `.data` (which
+// gradcheck and hand-written optimisers do), so each op pays one relayout.
 Tensor weight_taps_first(const Tensor& weight, at::ScalarType acc) {
-  struct Entry {
-    c10::weak_intrusive_ptr<c10::TensorImpl> impl;
-    uint32_t version;
-    at::ScalarType acc;
-    Tensor value;
-  };
-  static thread_local std::optional<Entry> cache;
-  const bool cacheable = !weight.is_inference();
-  if (cacheable && cache.has_value() && cache->acc == acc &&
-      cache->version == weight._version()) {
-    const auto alive = cache->impl.lock();
-    if (alive.get() == weight.unsafeGetTensorImpl()) return cache->value;
-  }
-  Tensor value = weight.permute({2, 3, 0, 1}).to(acc).contiguous();
-  if (cacheable) {
-    cache = Entry{c10::weak_intrusive_ptr<c10::TensorImpl>(weight.getIntrusivePtr()),
-                  weight._version(), acc, value};
-  }
-  return value;
+  return weight.permute({2, 3, 0, 1}).to(acc).contiguous();
 }
 
 // The fast kernels' view of a call; y may be undefined (grad_y needs no values).
