@@ -156,7 +156,9 @@ def run_report(
     layers: Sequence[tuple[int, int, int]] = DECODER_LAYERS,
     repeats: int = 3,
     progress: bool = True,
+    min_sample_s: float = 0.1,
 ) -> list[FusedRow]:
+    """Time every pass at every layer and dtype; returns one row per (dtype, layer, pass)."""
     rows = []
     for dtype_name in dtypes:
         dtype = getattr(torch, dtype_name)
@@ -167,7 +169,8 @@ def run_report(
                 if progress:
                     print(f"  {dtype_name} {layer} {step}", file=sys.stderr, flush=True)
                 t_ours, t_chain = measure_abba(
-                    [ours, chain], torch.device("cpu"), repeats, warmup=1, min_sample_s=0.0
+                    [ours, chain], torch.device("cpu"), repeats, warmup=1,
+                    min_sample_s=min_sample_s,
                 )
                 o, c = min(t_ours), min(t_chain)
                 flops = useful * (3 if step == "fwd_bwd" else 1)
@@ -225,12 +228,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--dtype", default="float32,bfloat16")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--min-sample-ms", type=float, default=100.0,
+        help="each sample runs back-to-back calls for at least this long (default 100)",
+    )
     p.add_argument("--quick", action="store_true", help="two layers, float32 only")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     layers = DECODER_LAYERS[1:3] if args.quick else DECODER_LAYERS
     dtypes = ["float32"] if args.quick else args.dtype.split(",")
-    rows = run_report(args.batch, dtypes, layers, args.repeats, not args.no_progress)
+    rows = run_report(
+        args.batch, dtypes, layers, args.repeats, not args.no_progress, args.min_sample_ms / 1e3
+    )
     memory = [(layer, *saved_bytes_ratio(layer, args.batch, torch.float32)) for layer in layers]
     print(format_report(rows, memory, args.batch))
     return 0 if all(math.isfinite(r.ratio) for r in rows) else 1

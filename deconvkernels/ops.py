@@ -378,6 +378,9 @@ def _register_unpool_deconv() -> None:
     def backward(ctx, grad):
         y, switches, weight = ctx.saved_tensors
         grad_y = grad_w = grad_b = None
+        if grad.device.type == "cpu" and grad.dim() == 4 and all(ctx.needs_input_grad[0:3:2]):
+            # The CPU kernels of both gradients read grad channels-last: convert it once.
+            grad = grad.contiguous(memory_format=torch.channels_last)
         if ctx.needs_input_grad[0]:
             grad_y = _ops.unpool_deconv2d_backward_y(grad, switches, weight, *ctx.geometry)
         if ctx.needs_input_grad[2]:

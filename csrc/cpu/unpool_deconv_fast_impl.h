@@ -215,13 +215,27 @@ void backward_y_rows(const UnpoolDeconvFastArgs& a, const UnpoolDeconvFastGrads&
         }
         Vec acc[kWindows];
         for (int j = 0; j < kWindows; ++j) acc[j] = Vec(acc_t(0));
+        // Away from the borders every tap of every window is inside the output: then the
+        // taps' addresses are one base per window plus one offset per tap.
+        bool interior = nw == kWindows;
+        const acc_t* base[kWindows];
+        for (int j = 0; j < kWindows; ++j) {
+          const int64_t zh0 = ih[j] - a.ph, zw0 = iw[j] - a.pw;
+          interior = interior && zh0 >= 0 && zh0 + a.kh <= a.Ho && zw0 >= 0 && zw0 + a.kw <= a.Wo;
+          base[j] = gn + (zh0 * a.Wo + zw0) * Cout;
+        }
         for (int64_t ka = 0; ka < a.kh; ++ka) {
           for (int64_t kb = 0; kb < a.kw; ++kb) {
             const acc_t* src[kWindows];
-            for (int j = 0; j < kWindows; ++j) {
-              const int64_t zh = ih[j] - a.ph + ka, zw = iw[j] - a.pw + kb;
-              const bool in = j < nw && zh >= 0 && zh < a.Ho && zw >= 0 && zw < a.Wo;
-              src[j] = in ? gn + (zh * a.Wo + zw) * Cout : zeros.data();
+            if (interior) {
+              const int64_t tap = (ka * a.Wo + kb) * Cout;
+              for (int j = 0; j < kWindows; ++j) src[j] = base[j] + tap;
+            } else {
+              for (int j = 0; j < kWindows; ++j) {
+                const int64_t zh = ih[j] - a.ph + ka, zw = iw[j] - a.pw + kb;
+                const bool in = j < nw && zh >= 0 && zh < a.Ho && zw >= 0 && zw < a.Wo;
+                src[j] = in ? gn + (zh * a.Wo + zw) * Cout : zeros.data();
+              }
             }
             const acc_t* wrow = wt + ((ka * a.kw + kb) * a.Cin + ci) * Cout;
             int64_t co = 0;
