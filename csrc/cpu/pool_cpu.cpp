@@ -9,26 +9,12 @@
 #include "../kernels/pool_kernels.h"
 #include "../pool_args.h"
 #include "pool_kernels.h"
+#include "scalar_kind.h"
 
 namespace deconvkernels {
 namespace {
 
 using at::Tensor;
-
-cpu::ScalarKind kind_of(const Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return cpu::ScalarKind::kFloat;
-    case at::kDouble:
-      return cpu::ScalarKind::kDouble;
-    case at::kHalf:
-      return cpu::ScalarKind::kHalf;
-    case at::kBFloat16:
-      return cpu::ScalarKind::kBFloat16;
-    default:
-      TORCH_CHECK(false, "unsupported dtype ", t.scalar_type());
-  }
-}
 
 at::MemoryFormat format_of(const PoolPlan& p) {
   return p.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
@@ -67,7 +53,7 @@ void validate_switches(const Tensor& switches4, const PoolGeom& g) {
 
 cpu::PoolKernelArgs args_of(const PoolPlan& p, const Tensor& in, const Tensor& out) {
   cpu::PoolKernelArgs a{};
-  a.dtype = kind_of(in);
+  a.dtype = cpu::scalar_kind(in.scalar_type());
   a.channels_last = p.channels_last;
   a.N = out.size(0);
   a.C = out.size(1);

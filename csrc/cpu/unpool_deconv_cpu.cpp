@@ -9,25 +9,13 @@
 
 #include "../cuda/unpool_deconv_launchers.h"
 #include "parallel_exec.h"
+#include "scalar_kind.h"
 #include "unpool_deconv_fast.h"
 
 namespace deconvkernels {
 namespace {
 
 using at::Tensor;
-
-cpu::ScalarKind scalar_kind(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kDouble:
-      return cpu::ScalarKind::kDouble;
-    case at::kHalf:
-      return cpu::ScalarKind::kHalf;
-    case at::kBFloat16:
-      return cpu::ScalarKind::kBFloat16;
-    default:
-      return cpu::ScalarKind::kFloat;
-  }
-}
 
 bool fast_path_applies(const UnpoolDeconvPlan& plan) {
   const PoolGeom& g = plan.geo.pool;
@@ -64,7 +52,7 @@ cpu::UnpoolDeconvFastArgs fast_args(const UnpoolDeconvPlan& plan, const Tensor& 
   const PoolGeom& g = plan.geo.pool;
   const DeconvGeom& d = plan.geo.dc;
   cpu::UnpoolDeconvFastArgs a{};
-  a.dtype = scalar_kind(dtype);
+  a.dtype = cpu::scalar_kind(dtype);
   a.N = plan.switches.size(0);
   a.Cin = d.cin;
   a.Cout = d.cout;
