@@ -965,3 +965,26 @@ def test_raw_backward_argument_checks(raw_target, op, build, match):
     args = build()
     with pytest.raises(ValueError, match=match):
         raw_target.raw(op, *args)
+
+
+@pytest.mark.requires_extension
+@pytest.mark.parametrize("kernel, padding", [(3, 1), (1, 0)])
+def test_fast_weight_gradient_in_passes(kernel, padding):
+    """The CPU weight gradient of DeconvNet's case goes through a zeroed buffer in passes over
+    the pooled rows once the batch's gradient slice outgrows L2 (here 2 x 70 x 66); small maps
+    store straight into the result. Both against autograd of the reference chain (float64)."""
+    torch.manual_seed(0)
+    for h, w in ((70, 66), (10, 12)):
+        x = torch.randn(2, 8, h, w, dtype=torch.float64)
+        y, sw = dk.max_pool2d_with_switches(x, 2)
+        weight = torch.randn(8, 40, kernel, kernel, dtype=torch.float64, requires_grad=True)
+        grad = torch.randn(2, 40, h - 2 * padding + kernel - 1, w - 2 * padding + kernel - 1,
+                           dtype=torch.float64)
+        geo = [[h, w], [2, 2], [2, 2], [0, 0], [1, 1], [1, 1], [padding] * 2, [0, 0], 1, [1, 1]]
+        got = torch.ops.deconvkernels.unpool_deconv2d_backward_weight(
+            grad, y, sw, [kernel, kernel], *geo
+        )
+        with dk.use_backend("reference"):
+            out = dk.unpool_deconv2d(y, sw, weight, None, output_size=(h, w), padding=padding)
+        (expected,) = torch.autograd.grad(out, weight, grad)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)

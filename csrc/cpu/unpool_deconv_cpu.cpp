@@ -163,17 +163,24 @@ Tensor unpool_deconv2d_backward_weight_cpu(
       y.scalar_type() == g.scalar_type(), "y must have grad_output's dtype ", g.scalar_type(),
       ", got ", y.scalar_type());
   const DeconvGeom& d = plan.geo.dc;
-  Tensor buf = at::zeros({d.cin, d.kh, d.kw, d.cout}, y.options().dtype(acc_type(y)));
-  if (buf.numel() > 0 && plan.switches.numel() > 0) {
-    launch::validate_switches<ParallelCpuExec>(plan.switches, plan.geo.pool);
-    const Tensor gn = grad_nhwc(g);
-    const cpu::UnpoolDeconvFastArgs a = fast_args(plan, as_batched(y), y.scalar_type());
-    cpu::UnpoolDeconvFastGrads gr{};
-    gr.grad_nhwc = gn.const_data_ptr();
-    gr.grad_weight_c = buf.mutable_data_ptr();
-    cpu::unpool_deconv_kernels().backward_weight(a, gr);
+  const cpu::UnpoolDeconvFastArgs a = fast_args(plan, as_batched(y), y.scalar_type());
+  const auto acc = acc_type(y);
+  const bool direct = cpu::weight_grad_direct(
+      a, y.scalar_type() == acc, static_cast<int64_t>(c10::elementSize(acc)));
+  Tensor grad_w = at::empty({d.cin, d.cout, d.kh, d.kw}, y.options());
+  Tensor buf;
+  if (!direct) buf = at::zeros({d.cin, d.kh, d.kw, d.cout}, y.options().dtype(acc));
+  if (plan.switches.numel() == 0 || grad_w.numel() == 0) {
+    return direct ? grad_w.zero_() : buf.permute({0, 3, 1, 2}).to(y.scalar_type()).contiguous();
   }
-  return buf.permute({0, 3, 1, 2}).to(y.scalar_type()).contiguous();
+  launch::validate_switches<ParallelCpuExec>(plan.switches, plan.geo.pool);
+  const Tensor gn = grad_nhwc(g);
+  cpu::UnpoolDeconvFastGrads gr{};
+  gr.grad_nhwc = gn.const_data_ptr();
+  gr.grad_weight = grad_w.mutable_data_ptr();
+  gr.grad_weight_c = direct ? nullptr : buf.mutable_data_ptr();
+  cpu::unpool_deconv_kernels().backward_weight(a, gr);
+  return direct ? grad_w : buf.permute({0, 3, 1, 2}).to(y.scalar_type()).contiguous();
 }
 
 #undef DK_UD_PARAMS

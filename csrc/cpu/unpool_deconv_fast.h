@@ -35,7 +35,18 @@ struct UnpoolDeconvFastGrads {
   void* grad_y;        // (N, Cin, OH, OW) of y's dtype, strides gys
   Strides4 gys;
   void* grad_weight_c; // accumulation type, (Cin, kh, kw, Cout) contiguous, zeroed
+  void* grad_weight;   // y's dtype, (Cin, Cout, kh, kw) contiguous: see weight_grad_direct
 };
+
+// When the whole batch's grad_output slice for one block of output channels fits in L2
+// (small maps: DeconvNet's 14x14 and 28x28 layers), the weight gradient is accumulated
+// over the batch in registers and stored once, straight into the (Cin, Cout, kh, kw)
+// result (float32/float64 only): no zeroed buffer, no relayout afterwards. Otherwise it
+// is accumulated into `grad_weight_c` in passes. The block is at most 32 lanes.
+inline bool weight_grad_direct(const UnpoolDeconvFastArgs& a, bool float_or_double,
+                               int64_t acc_bytes) {
+  return float_or_double && a.N * a.Ho * a.Wo * 32 * acc_bytes <= (int64_t(256) << 10);
+}
 
 struct UnpoolDeconvKernelTable {
   void (*forward)(const UnpoolDeconvFastArgs&);

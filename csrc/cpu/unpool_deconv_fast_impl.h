@@ -271,14 +271,14 @@ void backward_y_rows(const UnpoolDeconvFastArgs& a, const UnpoolDeconvFastGrads&
 template <typename T, int K, bool kFull>
 void backward_weight_block(
     const UnpoolDeconvFastArgs& a, const UnpoolDeconvFastGrads& gr, int64_t co0,
-    int64_t rows_per_chunk) {
+    int64_t rows_per_chunk, bool direct) {
   using acc_t = typename AccType<T>::type;
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
   constexpr int kVecs = 2;
+  using Tile = Vec[K * K][kVecs];
   const T* y = static_cast<const T*>(a.y);
   const acc_t* g = static_cast<const acc_t*>(gr.grad_nhwc);
-  acc_t* dw = static_cast<acc_t*>(gr.grad_weight_c);
   const int64_t Cout = a.Cout;
   int64_t count[kVecs];
   for (int j = 0; j < kVecs; ++j)
@@ -286,34 +286,59 @@ void backward_weight_block(
   auto load = [&](const acc_t* p, int j) {
     return kFull ? Vec::loadu(p) : Vec::loadu(p, count[j]);
   };
-  for (int64_t n = 0; n < a.N; ++n) {
+  auto zero = [&](Tile& acc) {
+    for (int t = 0; t < K * K; ++t)
+      for (int j = 0; j < kVecs; ++j) acc[t][j] = Vec(acc_t(0));
+  };
+  // Adds pooled rows [oh0, oh1) of image n, channel ci, to the register tile.
+  auto accumulate = [&](Tile& acc, int64_t n, int64_t oh0, int64_t oh1, int64_t ci) {
     const acc_t* gn = g + n * a.Ho * a.Wo * Cout + co0;
+    for (int64_t oh = oh0; oh < oh1; ++oh) {
+      const T* yr = y + n * a.ys.n + ci * a.ys.c + oh * a.ys.h;
+      const uint8_t* sr = a.switches + n * a.ss.n + ci * a.ss.c + oh * a.ss.h;
+      for (int64_t ow = 0; ow < a.OW; ++ow) {
+        const int64_t s = sr[ow * a.ss.w];
+        const Vec v(static_cast<acc_t>(yr[ow * a.ys.w]));
+        const int64_t ih = 2 * oh + (s >> 1), iw = 2 * ow + (s & 1);
+        for (int ka = 0; ka < K; ++ka) {
+          const int64_t zh = ih - a.ph + ka;
+          if (zh < 0 || zh >= a.Ho) continue;
+          for (int kb = 0; kb < K; ++kb) {
+            const int64_t zw = iw - a.pw + kb;
+            if (zw < 0 || zw >= a.Wo) continue;
+            const acc_t* src = gn + (zh * a.Wo + zw) * Cout;
+            for (int j = 0; j < kVecs; ++j)
+              acc[ka * K + kb][j] = at::vec::fmadd(v, load(src + j * V, j), acc[ka * K + kb][j]);
+          }
+        }
+      }
+    }
+  };
+  if (direct) {  // the batch at once, one store per element into (Cin, Cout, K, K)
+    T* out = static_cast<T*>(gr.grad_weight);
+    for (int64_t ci = 0; ci < a.Cin; ++ci) {
+      Tile acc;
+      zero(acc);
+      for (int64_t n = 0; n < a.N; ++n) accumulate(acc, n, 0, a.OH, ci);
+      for (int t = 0; t < K * K; ++t) {
+        for (int j = 0; j < kVecs; ++j) {
+          __at_align__ acc_t lanes[V];
+          acc[t][j].store(lanes);
+          for (int64_t l = 0; l < count[j]; ++l)
+            out[(ci * Cout + co0 + j * V + l) * (K * K) + t] = static_cast<T>(lanes[l]);
+        }
+      }
+    }
+    return;
+  }
+  acc_t* dw = static_cast<acc_t*>(gr.grad_weight_c);
+  for (int64_t n = 0; n < a.N; ++n) {
     for (int64_t oh0 = 0; oh0 < a.OH; oh0 += rows_per_chunk) {
       const int64_t oh1 = std::min<int64_t>(a.OH, oh0 + rows_per_chunk);
       for (int64_t ci = 0; ci < a.Cin; ++ci) {
-        Vec acc[K * K][kVecs];
-        for (int t = 0; t < K * K; ++t)
-          for (int j = 0; j < kVecs; ++j) acc[t][j] = Vec(acc_t(0));
-        for (int64_t oh = oh0; oh < oh1; ++oh) {
-          const T* yr = y + n * a.ys.n + ci * a.ys.c + oh * a.ys.h;
-          const uint8_t* sr = a.switches + n * a.ss.n + ci * a.ss.c + oh * a.ss.h;
-          for (int64_t ow = 0; ow < a.OW; ++ow) {
-            const int64_t s = sr[ow * a.ss.w];
-            const Vec v(static_cast<acc_t>(yr[ow * a.ys.w]));
-            const int64_t ih = 2 * oh + (s >> 1), iw = 2 * ow + (s & 1);
-            for (int ka = 0; ka < K; ++ka) {
-              const int64_t zh = ih - a.ph + ka;
-              if (zh < 0 || zh >= a.Ho) continue;
-              for (int kb = 0; kb < K; ++kb) {
-                const int64_t zw = iw - a.pw + kb;
-                if (zw < 0 || zw >= a.Wo) continue;
-                const acc_t* src = gn + (zh * a.Wo + zw) * Cout;
-                for (int j = 0; j < kVecs; ++j)
-                  acc[ka * K + kb][j] = at::vec::fmadd(v, load(src + j * V, j), acc[ka * K + kb][j]);
-              }
-            }
-          }
-        }
+        Tile acc;
+        zero(acc);
+        accumulate(acc, n, oh0, oh1, ci);
         for (int t = 0; t < K * K; ++t) {
           acc_t* dst = dw + (ci * K * K + t) * Cout + co0;
           for (int j = 0; j < kVecs; ++j) {
@@ -337,13 +362,15 @@ void backward_weight_blocks(const UnpoolDeconvFastArgs& a, const UnpoolDeconvFas
   // and the per-channel accumulators are flushed once per pass.
   const int64_t slice_row = (K + 1) * a.Wo * kBlockLanes * static_cast<int64_t>(sizeof(acc_t));
   const int64_t rows_per_chunk = std::max<int64_t>(1, (int64_t(256) << 10) / slice_row);
+  const bool direct = weight_grad_direct(
+      a, std::is_same_v<T, acc_t>, static_cast<int64_t>(sizeof(acc_t)));
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t co0 = blk * kBlockLanes;
       if (co0 + kBlockLanes <= a.Cout) {
-        backward_weight_block<T, K, true>(a, gr, co0, rows_per_chunk);
+        backward_weight_block<T, K, true>(a, gr, co0, rows_per_chunk, direct);
       } else {
-        backward_weight_block<T, K, false>(a, gr, co0, rows_per_chunk);
+        backward_weight_block<T, K, false>(a, gr, co0, rows_per_chunk, direct);
       }
     }
   });
