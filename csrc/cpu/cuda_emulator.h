@@ -17,6 +17,8 @@ struct EmulatedExec {
     explicit Guard(c10::Device) {}
   };
 
+  static constexpr unsigned kThreadsPerBlock = 256;  // as CudaExec
+
   static int64_t max_blocks() {
     return 7;
   }

@@ -16,7 +16,10 @@ struct ParallelCpuExec {
     explicit Guard(c10::Device) {}
   };
 
-  // One "thread" per element: the grid-stride loops then run once each.
+  // One "thread" per element, one thread per block: the grid-stride loops then run once
+  // each, and the work splits evenly over the cores however small the launch.
+  static constexpr unsigned kThreadsPerBlock = 1;
+
   static int64_t max_blocks() {
     return int64_t(1) << 30;
   }
@@ -25,10 +28,13 @@ struct ParallelCpuExec {
   static void launch(Dim3 grid, Dim3 block, const typename Kernel::Args& args) {
     TORCH_CHECK(grid.y == 1 && grid.z == 1 && block.y == 1 && block.z == 1,
                 "ParallelCpuExec runs 1-D grids only");
-    at::parallel_for(0, grid.x, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b)
-        for (unsigned t = 0; t < block.x; ++t)
-          Kernel::run(ThreadCoord{{static_cast<unsigned>(b), 0, 0}, {t, 0, 0}, block, grid}, args);
+    const int64_t threads = static_cast<int64_t>(grid.x) * block.x;
+    at::parallel_for(0, threads, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const Dim3 b{static_cast<unsigned>(i / block.x), 0, 0};
+        const Dim3 t{static_cast<unsigned>(i % block.x), 0, 0};
+        Kernel::run(ThreadCoord{b, t, block, grid}, args);
+      }
     });
   }
 

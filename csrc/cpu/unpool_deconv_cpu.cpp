@@ -4,6 +4,7 @@
 // 3x3 kernels); every other geometry runs the general gather kernels of
 // csrc/kernels/unpool_deconv_kernels.h on the CPU's threads (same code as on the GPU).
 #include <ATen/ops/empty.h>
+#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -183,17 +184,25 @@ Tensor unpool_deconv2d_backward_weight_cpu(
   return direct ? grad_w : buf.permute({0, 3, 1, 2}).to(y.scalar_type()).contiguous();
 }
 
+// grad_bias: ATen's vectorised, parallel sum in the accumulation type (deterministic for
+// a given thread count); the general kernel sums each channel serially.
+Tensor unpool_deconv2d_backward_bias_cpu(const Tensor& grad_output) {
+  ParallelCpuExec::check_device(grad_output, "grad_output");
+  check_floating(grad_output, "grad_output");
+  const Tensor g = as_batched(grad_output);
+  return at::sum(g, {0, 2, 3}, /*keepdim=*/false, acc_type(g)).to(g.scalar_type());
+}
+
 #undef DK_UD_PARAMS
 #undef DK_UD_NAMES
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(deconvkernels, CPU, m) {
-  using E = ParallelCpuExec;
   m.impl("unpool_deconv2d", &unpool_deconv2d_cpu);
   m.impl("unpool_deconv2d_backward_y", &unpool_deconv2d_backward_y_cpu);
   m.impl("unpool_deconv2d_backward_weight", &unpool_deconv2d_backward_weight_cpu);
-  m.impl("unpool_deconv2d_backward_bias", &launch::unpool_deconv2d_backward_bias<E>);
+  m.impl("unpool_deconv2d_backward_bias", &unpool_deconv2d_backward_bias_cpu);
 }
 
 }  // namespace deconvkernels

@@ -42,6 +42,7 @@ bool async_checks() {
 
 struct CudaExec {
   using Guard = c10::cuda::CUDAGuard;
+  static constexpr unsigned kThreadsPerBlock = 256;
 
   static int64_t max_blocks() {
     return static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;

@@ -4,7 +4,7 @@
 //                                           block and thread by thread, for the tests.
 // So the launch geometry, the strides handed to the kernels and the edge handling that
 // a GPU would run are the ones CI runs. The executor provides:
-//   Guard(device), max_blocks(), launch<Kernel>(grid, block, args),
+//   Guard(device), kThreadsPerBlock, max_blocks(), launch<Kernel>(grid, block, args),
 //   check_device(tensor, name), check_flag(flag, message).
 #pragma once
 
@@ -22,14 +22,12 @@ namespace deconvkernels::launch {
 
 using at::Tensor;
 
-constexpr unsigned kThreads = 256;
-
 template <class Exec, class Kernel>
 void launch_elementwise(int64_t total, const typename Kernel::Args& args) {
-  const int64_t blocks =
-      std::min<int64_t>((total + kThreads - 1) / kThreads, Exec::max_blocks());
+  constexpr unsigned threads = Exec::kThreadsPerBlock;
+  const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, Exec::max_blocks());
   Exec::template launch<Kernel>(
-      Dim3{static_cast<unsigned>(blocks), 1, 1}, Dim3{kThreads, 1, 1}, args);
+      Dim3{static_cast<unsigned>(blocks), 1, 1}, Dim3{threads, 1, 1}, args);
 }
 
 template <class Exec>
