@@ -17,8 +17,6 @@ const char* const kBadSwitchMessage =
     "points into the padding or past the input's edge";
 const char* const kBadIndexMessage = "indices: an index lies outside its pooling window";
 
-namespace {
-
 void check_pair(at::IntArrayRef v, const char* name) {
   TORCH_CHECK_VALUE(v.size() == 2, name, " must have 2 elements (h, w), got ", v.size());
 }
@@ -47,13 +45,15 @@ void check_pooled_companion(
       like.device());
 }
 
-std::pair<int64_t, int64_t> spatial(c10::SymIntArrayRef size, const char* name) {
+std::pair<int64_t, int64_t> spatial_size(c10::SymIntArrayRef size, const char* name) {
   TORCH_CHECK_VALUE(size.size() == 2, name, " must have 2 elements (H, W), got ", size.size());
   const int64_t h = size[0].guard_int(__FILE__, __LINE__);
   const int64_t w = size[1].guard_int(__FILE__, __LINE__);
   TORCH_CHECK_VALUE(h >= 1 && w >= 1, name, " must be positive, got (", h, ", ", w, ")");
   return {h, w};
 }
+
+namespace {
 
 // Some window along one dimension covers only padding (dilation skipping the input).
 bool window_without_input(int64_t size, int64_t out, int64_t k, int64_t s, int64_t p, int64_t d) {
@@ -224,7 +224,7 @@ PoolPlan plan_scatter(
   plan.in = as_batched(values);
   plan.switches = as_batched(switches);
   PoolGeom& g = plan.g;
-  std::tie(g.H, g.W) = spatial(size, size_name);
+  std::tie(g.H, g.W) = spatial_size(size, size_name);
   g.OH = plan.in.size(2);
   g.OW = plan.in.size(3);
   check_unpooled_size(g, size_name);
@@ -279,7 +279,7 @@ PoolPlan plan_convert(
   plan.original = in;
   plan.in = as_batched(in);
   PoolGeom& g = plan.g;
-  std::tie(g.H, g.W) = spatial(input_size, "input_size");
+  std::tie(g.H, g.W) = spatial_size(input_size, "input_size");
   g.OH = plan.in.size(2);
   g.OW = plan.in.size(3);
   check_unpooled_size(g, "input_size");

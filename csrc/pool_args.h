@@ -6,9 +6,22 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/SymIntArrayRef.h>
 
+#include <utility>
+
 #include "kernels/common.h"
 
 namespace deconvkernels {
+
+// Argument checks that name the argument, shared by every op.
+void check_pair(at::IntArrayRef v, const char* name);
+// A dense 3-D (C, H, W) or 4-D (N, C, H, W) float32/float64/float16/bfloat16 tensor.
+void check_floating(const at::Tensor& t, const char* name);
+// t has dtype `dtype` and the shape and device of `like` (a pooled tensor's companion).
+void check_pooled_companion(
+    const at::Tensor& t, const at::Tensor& like, at::ScalarType dtype, const char* name,
+    const char* like_name);
+// A positive (H, W) from a 2-element size argument.
+std::pair<int64_t, int64_t> spatial_size(c10::SymIntArrayRef size, const char* name);
 
 // Checked pooling geometry; (H, W) and (OH, OW) are filled in by the plan functions.
 PoolGeom pool_geometry(

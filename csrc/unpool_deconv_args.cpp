@@ -6,14 +6,6 @@
 
 namespace deconvkernels {
 
-namespace {
-
-void check_pair(at::IntArrayRef v, const char* name) {
-  TORCH_CHECK_VALUE(v.size() == 2, name, " must have 2 elements (h, w), got ", v.size());
-}
-
-}  // namespace
-
 void check_weight(const at::Tensor& weight, const at::Tensor& like, const char* name) {
   TORCH_CHECK_VALUE(
       weight.dim() == 4, name, " must be 4-D (C_in, C_out / groups, kh, kw), got ",
@@ -38,23 +30,9 @@ void check_bias(const at::Tensor& bias, const at::Tensor& like, int64_t cout) {
       like.device());
 }
 
-void check_floating(const at::Tensor& t, const char* name) {
-  const auto dt = t.scalar_type();
-  TORCH_CHECK_VALUE(
-      dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, name,
-      " must be float32, float64, float16 or bfloat16, got ", dt);
-  TORCH_CHECK_VALUE(
-      t.dim() == 3 || t.dim() == 4, name, " must be 3-D or 4-D, got ", t.dim(), "-D");
-}
-
 void check_pooled_values(const at::Tensor& y, const at::Tensor& switches) {
   check_floating(y, "y");
-  TORCH_CHECK_VALUE(
-      y.sizes() == switches.sizes(), "switches must have the shape of y ", y.sizes(), ", got ",
-      switches.sizes());
-  TORCH_CHECK(
-      y.device() == switches.device(), "switches is on ", switches.device(), " but y is on ",
-      y.device());
+  check_pooled_companion(switches, y, at::kByte, "switches", "y");
 }
 
 UnpoolDeconvPlan plan_unpool_deconv(
@@ -71,13 +49,7 @@ UnpoolDeconvPlan plan_unpool_deconv(
   plan.batched = switches.dim() == 4;
   PoolGeom& g = plan.geo.pool;
   g = pool_geometry(args.pool_kernel_size, args.pool_stride, args.pool_padding, args.pool_dilation);
-  TORCH_CHECK_VALUE(
-      args.output_size.size() == 2, "output_size must have 2 elements (H, W), got ",
-      args.output_size.size());
-  g.H = args.output_size[0].guard_int(__FILE__, __LINE__);
-  g.W = args.output_size[1].guard_int(__FILE__, __LINE__);
-  TORCH_CHECK_VALUE(
-      g.H >= 1 && g.W >= 1, "output_size must be positive, got (", g.H, ", ", g.W, ")");
+  std::tie(g.H, g.W) = spatial_size(args.output_size, "output_size");
   g.OH = plan.switches.size(2);
   g.OW = plan.switches.size(3);
   check_unpooled_size(g, "output_size");

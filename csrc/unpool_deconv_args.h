@@ -37,9 +37,6 @@ UnpoolDeconvPlan plan_unpool_deconv(
     const at::Tensor& switches, at::IntArrayRef weight_kernel, int64_t weight_cin,
     int64_t weight_cout_group, const UnpoolDeconvArgs& args);
 
-// A 3-D or 4-D float32/float64/float16/bfloat16 tensor, else an error naming it.
-void check_floating(const at::Tensor& t, const char* name);
-
 // y must be a float tensor of the switches' shape (the pooled values).
 void check_pooled_values(const at::Tensor& y, const at::Tensor& switches);
 

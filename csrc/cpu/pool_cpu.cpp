@@ -10,24 +10,16 @@
 #include "../pool_args.h"
 #include "pool_kernels.h"
 #include "scalar_kind.h"
+#include "switch_checks.h"
 
 namespace deconvkernels {
-namespace {
 
 using at::Tensor;
-
-at::MemoryFormat format_of(const PoolPlan& p) {
-  return p.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
-
-void check_cpu(const Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor here, got ", t.device());
-}
 
 // Every switch must name a position inside its window and inside the input. When no
 // window reaches past the input, that is just "every switch < kh * kw"; otherwise each
 // switch's position is checked with the shared body.
-void validate_switches(const Tensor& switches4, const PoolGeom& g) {
+void validate_switches_cpu(const Tensor& switches4, const PoolGeom& g) {
   if (switches4.numel() == 0) return;
   if (windows_inside_input(g)) {
     TORCH_CHECK(switches4.max().item<int64_t>() < g.kh * g.kw, kBadSwitchMessage);
@@ -49,6 +41,16 @@ void validate_switches(const Tensor& switches4, const PoolGeom& g) {
     }
   });
   TORCH_CHECK(!bad.load(), kBadSwitchMessage);
+}
+
+namespace {
+
+at::MemoryFormat format_of(const PoolPlan& p) {
+  return p.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+void check_cpu(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor here, got ", t.device());
 }
 
 cpu::PoolKernelArgs args_of(const PoolPlan& p, const Tensor& in, const Tensor& out) {
@@ -79,7 +81,7 @@ std::tuple<Tensor, Tensor> max_pool2d_with_switches_cpu(
 
 Tensor scatter_cpu(PoolPlan p, bool sum) {
   if (p.out.numel() == 0) return unbatch_like(p.out, p.original);
-  validate_switches(p.switches, p.g);
+  validate_switches_cpu(p.switches, p.g);
   const Tensor values = p.in.contiguous(format_of(p));
   const Tensor switches = p.switches.contiguous(format_of(p));
   cpu::PoolKernelArgs a = args_of(p, values, p.out);
@@ -117,7 +119,7 @@ Tensor max_unpool2d_with_switches_backward_cpu(
   check_cpu(grad_output, "grad_output");
   PoolPlan p = plan_gather(grad_output, switches, kernel_size, stride, padding, dilation);
   if (p.out.numel() == 0) return unbatch_like(p.out, p.original);
-  validate_switches(p.switches, p.g);
+  validate_switches_cpu(p.switches, p.g);
   const Tensor src = p.in.contiguous(format_of(p));
   const Tensor sw = p.switches.contiguous(format_of(p));
   cpu::PoolKernelArgs a = args_of(p, src, p.out);

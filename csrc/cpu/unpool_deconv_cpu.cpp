@@ -11,6 +11,7 @@
 #include "../cuda/unpool_deconv_launchers.h"
 #include "parallel_exec.h"
 #include "scalar_kind.h"
+#include "switch_checks.h"
 #include "unpool_deconv_fast.h"
 
 namespace deconvkernels {
@@ -93,7 +94,7 @@ Tensor unpool_deconv2d_cpu(
   const Tensor y4 = as_batched(y);
   Tensor out = empty_like_format(y4, d.cout, d.Ho, d.Wo, y.scalar_type());
   if (out.numel() == 0) return plan.batched ? out : out.squeeze(0);
-  launch::validate_switches<ParallelCpuExec>(plan.switches, plan.geo.pool);
+  validate_switches_cpu(plan.switches, plan.geo.pool);
   const Tensor wt = weight_taps_first(weight, acc_type(y));
   const Tensor b = bias.has_value() ? bias->to(acc_type(y)).contiguous() : Tensor();
   cpu::UnpoolDeconvFastArgs a = fast_args(plan, y4, y.scalar_type());
@@ -127,7 +128,7 @@ Tensor unpool_deconv2d_backward_y_cpu(
   Tensor grad_y = empty_like_format(
       plan.switches, plan.geo.pool.OH, plan.geo.pool.OW, grad_output.scalar_type());
   if (grad_y.numel() == 0) return plan.batched ? grad_y : grad_y.squeeze(0);
-  launch::validate_switches<ParallelCpuExec>(plan.switches, plan.geo.pool);
+  validate_switches_cpu(plan.switches, plan.geo.pool);
   const Tensor gn = grad_nhwc(g);
   const Tensor wt = weight_taps_first(weight, acc_type(g));
   cpu::UnpoolDeconvFastArgs a = fast_args(plan, Tensor(), g.scalar_type());
@@ -174,7 +175,7 @@ Tensor unpool_deconv2d_backward_weight_cpu(
   if (plan.switches.numel() == 0 || grad_w.numel() == 0) {
     return direct ? grad_w.zero_() : buf.permute({0, 3, 1, 2}).to(y.scalar_type()).contiguous();
   }
-  launch::validate_switches<ParallelCpuExec>(plan.switches, plan.geo.pool);
+  validate_switches_cpu(plan.switches, plan.geo.pool);
   const Tensor gn = grad_nhwc(g);
   cpu::UnpoolDeconvFastGrads gr{};
   gr.grad_nhwc = gn.const_data_ptr();
