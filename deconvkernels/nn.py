@@ -10,7 +10,12 @@ from torch import nn
 from . import ops
 from ._geometry import IntOrPair, pool_params
 
-__all__ = ["MaxPool2dWithSwitches", "MaxUnpool2dWithSwitches", "UnpoolConvTranspose2d"]
+__all__ = [
+    "MaxPool2dWithSwitches",
+    "MaxUnpool2dWithSwitches",
+    "UnpoolConv2d",
+    "UnpoolConvTranspose2d",
+]
 
 
 class MaxPool2dWithSwitches(nn.Module):
@@ -131,6 +136,91 @@ class UnpoolConvTranspose2d(nn.ConvTranspose2d):
             pool_padding=self.pool_padding, pool_dilation=self.pool_dilation,
             stride=self.stride, padding=self.padding, output_padding=self.output_padding,
             groups=self.groups, dilation=self.dilation,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            super().extra_repr()
+            + f", pool_kernel_size={self.pool_kernel_size}, pool_stride={self.pool_stride}"
+            + f", pool_padding={self.pool_padding}, pool_dilation={self.pool_dilation}"
+        )
+
+
+class UnpoolConv2d(nn.Conv2d):
+    """Unpooling fused with the stride-1 convolution that follows it (SegNet's decoder).
+
+    An :class:`torch.nn.Conv2d` (same parameters and ``state_dict``) whose forward unpools its
+    input with a pool's switches and convolves, without building the unpooled map. A stride-1
+    convolution is the transposed convolution with the weight's channel axes swapped (per
+    group) and its taps flipped, and padding ``dilation * (k - 1) - padding``; so this runs
+    :func:`deconvkernels.unpool_deconv2d` on that view of the weight (a copy of a few hundred
+    kilobytes per call, differentiable), reusing the fused kernels instead of a second set.
+
+    Only ``stride=1`` and ``padding <= dilation * (kernel_size - 1)`` have that equivalence;
+    other arguments are a ``ValueError``. ``padding_mode`` must be ``"zeros"``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrPair,
+        stride: IntOrPair = 1,
+        padding: IntOrPair = 0,
+        dilation: IntOrPair = 1,
+        groups: int = 1,
+        bias: bool = True,
+        *,
+        pool_kernel_size: IntOrPair = 2,
+        pool_stride: IntOrPair | None = None,
+        pool_padding: IntOrPair = 0,
+        pool_dilation: IntOrPair = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            device=device, dtype=dtype,
+        )
+        if self.stride != (1, 1):
+            raise ValueError(f"UnpoolConv2d: stride must be 1, got {self.stride}")
+        if isinstance(self.padding, str):
+            raise ValueError("UnpoolConv2d: padding must be integers, not a string mode")
+        reach = tuple(
+            d * (k - 1) for k, d in zip(self.kernel_size, self.dilation, strict=True)
+        )
+        if any(p > r for p, r in zip(self.padding, reach, strict=True)):
+            raise ValueError(
+                f"UnpoolConv2d: padding {self.padding} larger than dilation * (kernel_size - 1)"
+                f" = {reach}"
+            )
+        params = pool_params(pool_kernel_size, pool_stride, pool_padding, pool_dilation)
+        (self.pool_kernel_size, self.pool_stride, self.pool_padding,
+         self.pool_dilation) = params
+
+    def transposed_weight(self) -> torch.Tensor:
+        """The weight as an ``nn.ConvTranspose2d`` weight computing the same convolution."""
+        g = self.groups
+        w = self.weight
+        c_out, c_in_g, kh, kw = w.shape
+        w = w.view(g, c_out // g, c_in_g, kh, kw).transpose(1, 2)
+        return w.reshape(g * c_in_g, c_out // g, kh, kw).flip(-2, -1)
+
+    def forward(  # type: ignore[override]
+        self,
+        y: torch.Tensor,
+        switches: torch.Tensor,
+        output_size: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        padding = tuple(
+            d * (k - 1) - p
+            for p, k, d in zip(self.padding, self.kernel_size, self.dilation, strict=True)
+        )
+        return ops.unpool_deconv2d(
+            y, switches, self.transposed_weight(), self.bias, output_size=output_size,
+            pool_kernel_size=self.pool_kernel_size, pool_stride=self.pool_stride,
+            pool_padding=self.pool_padding, pool_dilation=self.pool_dilation,
+            stride=1, padding=padding, groups=self.groups, dilation=self.dilation,
         )
 
     def extra_repr(self) -> str:

@@ -154,6 +154,26 @@ def indices_to_switches(
     return reference.indices_to_switches(indices, size, params)
 
 
+def _autocast_inputs(
+    y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Autocast's lower-precision rule for convolutions, applied to the fused op's inputs.
+
+    The custom op has no Autocast kernel of its own (torch.library's ``register_autocast``
+    fixes one dtype per device; autocast's dtype is the user's choice), so the public
+    function casts, as ``F.conv_transpose2d`` would inside an autocast region.
+    """
+    device_type = y.device.type
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return y, weight, bias
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+        return t.to(dtype) if t is not None and t.is_floating_point() else t
+
+    return cast(y), cast(weight), cast(bias)  # type: ignore[return-value]
+
+
 def unpool_deconv2d(
     y: torch.Tensor,
     switches: torch.Tensor,
@@ -187,7 +207,11 @@ def unpool_deconv2d(
         output_size: the unpooled ``(H, W)`` (None: the smallest the pool allows).
         pool_*: the geometry of the pool that made ``switches``.
         stride, padding, output_padding, groups, dilation: the transposed convolution's.
+
+    Under ``torch.autocast`` the op follows ``conv_transpose2d``: ``y``, ``weight`` and
+    ``bias`` are cast to the autocast dtype (float16/bfloat16) and the kernels run in it.
     """
+    y, weight, bias = _autocast_inputs(y, weight, bias)
     params = pool_params(pool_kernel_size, pool_stride, pool_padding, pool_dilation)
     dc = deconv_params(stride, padding, output_padding, groups, dilation)
     check_float_tensor(y, "y")

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The main job: set up (scripts/setup.sh), then run it. Until the DeconvNet demo lands,
-# that is the op benchmark report (ratios against PyTorch, bandwidth against a copy; extra
-# arguments go to it) followed by a short report of the fused unpool + deconvolution.
+# The main job: set up (scripts/setup.sh), then the DeconvNet demo on built-in synthetic data
+# (trains a width-scaled DeconvNet through both stages of the paper's recipe, evaluates held-out
+# images; a few minutes on 2 CPU cores). Outputs go to demo-out/ (DEMO_OUT); extra arguments go
+# to `deconvnet demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 PY="${VENV:-.venv}/bin/python"
-"$PY" -m deconvkernels.bench "$@"
-exec "$PY" -m deconvkernels.bench_fused --quick --no-progress
+exec "$PY" -m deconvkernels demo --out "${DEMO_OUT:-demo-out}" "$@"

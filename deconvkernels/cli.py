@@ -1,0 +1,265 @@
+"""``deconvnet``: the command line (``demo``, ``train``, ``eval``, ``segment``, ``bench``,
+``info``). ``deconvnet COMMAND --help`` lists each command's options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+
+class CliError(Exception):
+    """A user mistake (bad path, option): printed as one line, exit status 2."""
+
+
+# -- data sources ------------------------------------------------------------------------
+def _source(args: argparse.Namespace, split: str) -> tuple[Any, list[str]]:
+    """The dataset named by ``--data``: ``synthetic`` or a VOC folder."""
+    from .data import SyntheticScenes, VOCSegmentation
+
+    if args.data == "synthetic":
+        n = args.images if args.images else (1000 if split == "train" else 100)
+        seed = args.seed if split == "train" else args.seed + 1_000_003
+        ds = SyntheticScenes(n, args.image_size, args.num_classes, seed=seed)
+        return ds, list(ds.class_names)
+    if not os.path.exists(args.data):
+        raise CliError(f"--data: no such folder {args.data!r} (or say 'synthetic')")
+    try:
+        ds = VOCSegmentation(args.data, split=split, sbd_root=getattr(args, "sbd", None))
+    except (FileNotFoundError, ImportError) as e:
+        raise CliError(f"--data: {e}") from e
+    return ds, list(ds.class_names)
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="synthetic",
+                   help="'synthetic' (built-in scenes) or a VOC folder (VOCdevkit/VOC2012 inside)")
+    p.add_argument("--images", type=int, default=0,
+                   help="synthetic: number of images (default 1000 train, 100 eval)")
+    p.add_argument("--image-size", type=int, default=64, help="synthetic: image side")
+    p.add_argument("--num-classes", type=int, default=5,
+                   help="synthetic: foreground classes (background is added)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+# -- commands ----------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(quick=args.quick, seed=args.seed)
+    result = run_demo(args.out, cfg, progress=not args.no_progress)
+    print(f"held-out mIoU {result['miou']:.3f}, pixel accuracy {result['pixel_accuracy']:.3f} "
+          f"({result['seconds']:.0f} s); outputs in {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import GTCropDataset, ProposalCropDataset, jittered_gt_proposals
+    from .models import build_model, load_vgg16_
+    from .train import TrainConfig, Trainer, load_model, plot_metrics, save_checkpoint
+
+    source, class_names = _source(args, "train")
+    if args.init_checkpoint:
+        model, _ = load_model(args.init_checkpoint)
+    else:
+        try:
+            model = build_model(args.model, len(class_names), args.width, args.input_size)
+        except ValueError as e:
+            raise CliError(str(e)) from e
+        if args.vgg16:
+            load_vgg16_(model, args.vgg16)
+    crop = getattr(model, "input_size", None) or args.input_size
+    resize = args.resize or round(crop * 250 / 224)
+    if args.stage == 1:
+        dataset = GTCropDataset(source, resize=resize, crop=crop, seed=args.seed)
+    else:
+        if args.proposals == "edgeboxes":
+            from .proposals import EdgeBoxes
+
+            proposer = EdgeBoxes(edge_model=args.edge_model, cache_dir=args.proposal_cache)
+        else:
+            proposer = jittered_gt_proposals(seed=args.seed)
+        dataset = ProposalCropDataset(source, proposer, resize=resize, crop=crop, seed=args.seed)
+    try:
+        config = TrainConfig(
+            iterations=args.iterations, batch_size=args.batch_size, accumulate=args.accumulate,
+            lr=args.lr, lr_steps=tuple(args.lr_steps), seed=args.seed, device=args.device,
+            num_workers=args.workers, channels_last=args.channels_last,
+        )
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    os.makedirs(args.out, exist_ok=True)
+    metrics = os.path.join(args.out, "metrics.jsonl")
+    summary = Trainer(model, dataset, config, metrics, stage=f"stage {args.stage}").fit()
+    path = save_checkpoint(os.path.join(args.out, f"stage{args.stage}.pt"), model,
+                           class_names=class_names, train_config=config.to_dict(),
+                           step=summary["steps"])
+    plot_metrics(metrics, args.out)
+    print(f"final loss {summary['final_loss']:.4f}, {summary['images_per_s']:.1f} images/s; "
+          f"checkpoint {path}")
+    return 0
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    from .train import load_model, resolve_device
+
+    try:
+        return load_model(args.checkpoint, resolve_device(args.device))
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(f"--checkpoint: {e}") from e
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .infer import evaluate
+
+    model, ckpt = _load(args)
+    source, class_names = _source(args, args.split)
+    class_names = ckpt.get("class_names", class_names)
+    if len(class_names) != model.num_classes:
+        raise CliError(f"the checkpoint scores {model.num_classes} classes, the data has "
+                       f"{len(class_names)}")
+    cm = evaluate(model, source, model.num_classes, batch_size=args.batch_size,
+                  progress=not args.no_progress)
+    result = {**cm.to_dict(class_names), "checkpoint": args.checkpoint, "data": args.data,
+              "split": args.split, "mode": "whole-image"}
+    print(cm.table(class_names))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    import cv2
+
+    from .data import overlay, save_palette_png
+    from .infer import segment
+
+    model, _ = _load(args)
+    os.makedirs(args.out, exist_ok=True)
+    for path in args.images:
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise CliError(f"cannot read image {path!r}")
+        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        label = segment(model, image)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        save_palette_png(os.path.join(args.out, f"{stem}.png"), label)
+        over = overlay(image, label)
+        cv2.imwrite(os.path.join(args.out, f"{stem}_overlay.jpg"),
+                    cv2.cvtColor(over, cv2.COLOR_RGB2BGR))
+        print(f"{path} -> {os.path.join(args.out, stem + '.png')}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench, bench_fused
+
+    rest = list(args.rest)
+    if args.op in ("pool", "all"):
+        rc = bench.main(rest)
+        if rc:
+            return rc
+    if args.op in ("fused", "all"):
+        return bench_fused.main(rest)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    import deconvkernels as dk
+
+    info = {
+        "build": dk.build_info(),
+        "backend": dk.get_backend(),
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "cpu_threads": torch.get_num_threads(),
+    }
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deconvnet", description="DeconvNet on deconvkernels' fused ops.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="train and evaluate a small DeconvNet on synthetic scenes")
+    p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
+    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train one stage of the recipe")
+    _add_data_options(p)
+    p.add_argument("--sbd", default=None, help="SBD folder with augmented VOC labels")
+    p.add_argument("--out", required=True, help="output folder (checkpoint, log, plots)")
+    p.add_argument("--stage", type=int, choices=(1, 2), default=1,
+                   help="1: ground-truth-centred crops; 2: proposal crops")
+    p.add_argument("--model", default="deconvnet", choices=("deconvnet", "segnet"))
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--vgg16", default=None, help="torchvision VGG16(-BN) state-dict file")
+    p.add_argument("--init-checkpoint", default=None, help="start from this checkpoint")
+    p.add_argument("--proposals", choices=("edgeboxes", "jittered-gt"), default="edgeboxes")
+    p.add_argument("--edge-model", default=None, help="structured edge model (.yml.gz)")
+    p.add_argument("--proposal-cache", default=None, help="folder caching proposals per image")
+    p.add_argument("--resize", type=int, default=0, help="crop resize (default 250/224 x crop)")
+    p.add_argument("--iterations", type=int, default=20000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--accumulate", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--lr-steps", type=int, nargs="*", default=[9000])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--channels-last", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="whole-image mIoU of a checkpoint")
+    _add_data_options(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--split", default="val")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", default=None, help="also write the result here")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("segment", help="images -> palette PNGs and overlays")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--out", default="segment-out")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("bench", help="the op benchmark report (options go to it after --)")
+    p.add_argument("op", nargs="?", choices=("pool", "fused", "all"), default="all")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("info", help="what was built, which devices are visible")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``deconvnet`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CliError as e:
+        print(f"deconvnet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Whole-image inference: resize to the network's input, score, resize the scores back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.transforms import to_tensor
+from ..metrics import ConfusionMatrix
+
+__all__ = ["network_input_size", "predict_scores", "segment", "evaluate"]
+
+
+def network_input_size(model: nn.Module) -> int | None:
+    """The square side a model was built for (DeconvNet's ``input_size``), or ``None`` when
+    it takes any size (SegNet)."""
+    module = model.module if hasattr(model, "module") else model
+    return getattr(module, "input_size", None)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def predict_scores(
+    model: nn.Module, images: Sequence[np.ndarray], size: int | None = None
+) -> torch.Tensor:
+    """Class probabilities ``(N, C, H, W)`` (float32, CPU) for same-sized RGB uint8 images.
+
+    Each image is resized to ``size x size`` (default: the model's input size; models without
+    one get the image padded to a multiple of 32 instead), scored, and the softmax resized
+    back to the image (bilinear), as the paper's whole-image baseline does.
+    """
+    if len(images) == 0:
+        raise ValueError("predict_scores: no images")
+    h, w = images[0].shape[:2]
+    if any(im.shape[:2] != (h, w) for im in images):
+        raise ValueError("predict_scores: images of one call must share their size")
+    size = size or network_input_size(model)
+    was_training = model.training
+    model.eval()  # inference: BN population statistics, whatever mode the caller left
+    x = torch.stack([to_tensor(im) for im in images]).to(_device(model))
+    if size is not None:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    else:  # fully convolutional: pad to what five 2x2 pools divide, crop the scores back
+        ph, pw = -h % 32, -w % 32
+        x = F.pad(x, (0, pw, 0, ph))
+    try:
+        scores = model(x).float().softmax(1)
+    finally:
+        model.train(was_training)
+    if size is not None:
+        scores = F.interpolate(scores, size=(h, w), mode="bilinear", align_corners=False)
+    else:
+        scores = scores[..., :h, :w]
+    return scores.cpu()
+
+
+def segment(model: nn.Module, image: np.ndarray, size: int | None = None) -> np.ndarray:
+    """The class map ``(H, W)`` uint8 of one RGB uint8 image."""
+    return predict_scores(model, [image], size)[0].argmax(0).to(torch.uint8).numpy()
+
+
+def _same_size_batches(dataset: Iterable[Any], batch_size: int) -> Iterable[list[Any]]:
+    batch: list[Any] = []
+    for sample in dataset:
+        if sample is None:  # a bad file, already reported and counted by the dataset
+            continue
+        if batch and (len(batch) == batch_size or sample.image.shape != batch[0].image.shape):
+            yield batch
+            batch = []
+        batch.append(sample)
+    if batch:
+        yield batch
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Sequence[Any],
+    num_classes: int,
+    size: int | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> ConfusionMatrix:
+    """Whole-image confusion matrix of ``model`` over ``dataset`` (items with ``.image`` and
+    ``.label``, e.g. :class:`~deconvkernels.data.Sample`; ``None`` items are skipped)."""
+    was_training = model.training
+    model.eval()
+    matrix = ConfusionMatrix(num_classes)
+    bar = tqdm(total=len(dataset), desc="eval", unit="img", disable=not progress, leave=False)
+    try:
+        for batch in _same_size_batches((dataset[i] for i in range(len(dataset))), batch_size):
+            scores = predict_scores(model, [s.image for s in batch], size)
+            matrix.update(scores.argmax(1), np.stack([s.label for s in batch]))
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return matrix

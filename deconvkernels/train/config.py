@@ -1,0 +1,56 @@
+"""Training settings of one stage, with the paper's optimiser as defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass
+class TrainConfig:
+    """One training stage.
+
+    Defaults follow the paper's stage 1: SGD with learning rate 0.01, momentum 0.9, weight
+    decay 5e-4, the rate times ``lr_gamma`` (0.1) at each of ``lr_steps``; effective batch
+    ``batch_size * accumulate`` (the original: 8 x 8 = 64). ``iterations`` counts optimiser
+    steps. ``log_every`` sets how often a line reaches ``metrics.jsonl``; ``eval_every``
+    (0: only at the end) how often the evaluation callback runs.
+    """
+
+    iterations: int = 20000
+    batch_size: int = 8
+    accumulate: int = 8
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_steps: tuple[int, ...] = (9000,)
+    lr_gamma: float = 0.1
+    num_workers: int = 0
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0
+    device: str = "auto"
+    channels_last: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        positive = ("iterations", "batch_size", "accumulate", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"TrainConfig.momentum must be in [0, 1), got {self.momentum}")
+        if self.num_workers < 0 or self.eval_every < 0 or self.weight_decay < 0:
+            raise ValueError("TrainConfig: num_workers, eval_every, weight_decay must be >= 0")
+        self.lr_steps = tuple(int(s) for s in self.lr_steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-ready)."""
+        d = dataclasses.asdict(self)
+        d["lr_steps"] = list(self.lr_steps)
+        return d

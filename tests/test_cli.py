@@ -1,0 +1,179 @@
+"""The command line and the training loop, on tiny settings (seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import deconvkernels as dk
+from deconvkernels.cli import main
+from deconvkernels.data import GTCropDataset, SyntheticScenes
+from deconvkernels.models import DeconvNet
+from deconvkernels.train import TrainConfig, Trainer, read_metrics
+
+TINY = ["--data", "synthetic", "--images", "12", "--image-size", "64", "--num-classes", "3"]
+
+
+def test_demo_quick(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["miou"] <= 1.0
+    assert len(metrics["per_class_iou"]) == 5 and len(metrics["stages"]) == 2
+    assert metrics["held_out_images"] == 16
+    assert len(list((out / "predictions").glob("*.png"))) == 16
+    for name in ("overlays.png", "loss.png", "deconvnet.pt", "metrics.jsonl"):
+        assert (out / name).is_file(), name
+    grid = cv2.imread(str(out / "overlays.png"))
+    assert grid is not None and grid.shape[1] == 3 * 64 * 3  # image | truth | prediction
+    assert "held-out mIoU" in capsys.readouterr().out
+
+
+def test_train_eval_segment(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", *TINY, "--out", str(out), "--width", "0.0625", "--input-size", "64",
+            "--iterations", "3", "--batch-size", "4", "--accumulate", "2", "--lr-steps", "2",
+            "--device", "cpu"]
+    assert main(args) == 0
+    ckpt = out / "stage1.pt"
+    assert ckpt.is_file()
+    records = read_metrics(out / "metrics.jsonl")
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train][-1] == 3
+    assert train[-1]["lr"] == pytest.approx(0.001)  # stepped x0.1 at step 2
+    # stage 2 from stage 1's checkpoint, on jittered ground-truth proposals
+    assert main(["train", *TINY, "--out", str(out), "--stage", "2", "--init-checkpoint",
+                 str(ckpt), "--proposals", "jittered-gt", "--iterations", "2",
+                 "--batch-size", "4", "--accumulate", "1", "--device", "cpu"]) == 0
+    assert (out / "stage2.pt").is_file()
+    result = tmp_path / "eval.json"
+    assert main(["eval", *TINY, "--checkpoint", str(out / "stage2.pt"), "--json", str(result),
+                 "--no-progress", "--device", "cpu"]) == 0
+    summary = json.loads(result.read_text())
+    names = SyntheticScenes(1, 8, 3).class_names
+    assert set(summary["per_class_iou"]) == set(names) and names[0] == "background"
+    assert "mean IoU" in capsys.readouterr().out
+    image = SyntheticScenes(1, (70, 90), 3, seed=5)[0].image
+    cv2.imwrite(str(tmp_path / "in.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    assert main(["segment", "--checkpoint", str(out / "stage2.pt"), str(tmp_path / "in.png"),
+                 "--out", str(tmp_path / "seg"), "--device", "cpu"]) == 0
+    label = cv2.imread(str(tmp_path / "seg" / "in.png"), cv2.IMREAD_UNCHANGED)
+    assert label is not None and label.shape[:2] == (70, 90)
+    assert (tmp_path / "seg" / "in_overlay.jpg").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "--checkpoint", "/nonexistent/x.pt"], "checkpoint not found"),
+        (["train", "--data", "/nonexistent/voc", "--out", "o"], "no such folder"),
+        (["segment", "--checkpoint", "/nonexistent/x.pt", "a.jpg"], "checkpoint not found"),
+    ],
+)
+def test_clear_errors(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_option_values(tmp_path, capsys):
+    assert main(["train", *TINY, "--out", str(tmp_path), "--iterations", "0"]) == 2
+    assert "iterations" in capsys.readouterr().err
+    assert main(["train", *TINY, "--out", str(tmp_path), "--input-size", "50"]) == 2
+    assert "multiple of 32" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "unet", "--out", str(tmp_path)])
+
+
+def test_segment_unreadable_image(tmp_path, capsys):
+    from deconvkernels.train import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "m.pt", DeconvNet(3, width=1 / 16, input_size=64))
+    (tmp_path / "bad.jpg").write_bytes(b"garbage")
+    assert main(["segment", "--checkpoint", ckpt, str(tmp_path / "bad.jpg"),
+                 "--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
+    assert "bad.jpg" in capsys.readouterr().err
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["build"] == dk.build_info()
+
+
+def test_trainer_learns(tmp_path):
+    """A few dozen steps on a tiny problem lower the loss: the loop really optimises."""
+    source = [SyntheticScenes(24, 64, 2, seed=3)[i] for i in range(24)]
+    crops = GTCropDataset(source, resize=64, crop=64, enlarge=3.0, seed=0, progress=False)
+    model = DeconvNet(3, width=1 / 16, input_size=64)
+    config = TrainConfig(iterations=40, batch_size=8, accumulate=1, lr=0.05, lr_steps=(),
+                         log_every=5, device="cpu")
+    summary = Trainer(model, crops, config, tmp_path / "m.jsonl", progress=False).fit()
+    losses = [r["loss"] for r in read_metrics(tmp_path / "m.jsonl") if r["kind"] == "train"]
+    assert len(losses) == 8
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert summary["steps"] == 40 and np.isfinite(summary["final_loss"])
+
+
+def test_trainer_is_deterministic(tmp_path):
+    source = [SyntheticScenes(16, 64, 2, seed=4)[i] for i in range(16)]
+    weights = []
+    for run in range(2):
+        crops = GTCropDataset(source, resize=72, crop=64, seed=1, progress=False)
+        torch.manual_seed(0)
+        model = DeconvNet(3, width=1 / 16, input_size=64)
+        config = TrainConfig(iterations=4, batch_size=4, accumulate=2, device="cpu")
+        Trainer(model, crops, config, tmp_path / f"{run}.jsonl", progress=False).fit()
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_nonfinite_loss_is_an_error(tmp_path):
+    source = [SyntheticScenes(8, 64, 2, seed=4)[i] for i in range(8)]
+    crops = GTCropDataset(source, resize=64, crop=64, seed=1, progress=False)
+    model = DeconvNet(3, width=1 / 16, input_size=64)
+    with torch.no_grad():
+        model.score.bias.fill_(float("nan"))
+    config = TrainConfig(iterations=2, batch_size=4, accumulate=1, device="cpu")
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        Trainer(model, crops, config, tmp_path / "m.jsonl", progress=False).fit()
+
+
+def test_train_and_eval_on_a_voc_folder(tmp_path, capsys):
+    """The VOC path of the command line: a VOC-format folder with one corrupt image."""
+    scenes = SyntheticScenes(12, 64, 3, seed=9)
+    voc = scenes.to_voc_folder(tmp_path / "voc", {"train": range(8), "val": range(8, 12)})
+    bad = next(iter(sorted((voc / "JPEGImages").glob("*.jpg"))))
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "voc"), "--out", str(out), "--width",
+                 "0.0625", "--input-size", "64", "--iterations", "2", "--batch-size", "2",
+                 "--accumulate", "1", "--device", "cpu"]) == 0
+    assert main(["eval", "--data", str(tmp_path / "voc"), "--checkpoint", str(out / "stage1.pt"),
+                 "--no-progress", "--device", "cpu", "--json", str(tmp_path / "e.json")]) == 0
+    summary = json.loads((tmp_path / "e.json").read_text())
+    assert list(summary["per_class_iou"]) == list(scenes.class_names)
+    assert summary["split"] == "val"
+
+
+def test_calibrate_bn_is_the_average_over_batches():
+    from torch import nn
+
+    from deconvkernels.train.bn import calibrate_bn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    batches = [torch.randn(4, 3, 8, 8) * (i + 1) for i in range(5)]
+    with torch.no_grad():
+        feats = [model[0](b) for b in batches]
+    assert calibrate_bn(model, iter(batches), progress=False) == 5
+    expected_mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    expected_var = torch.stack([f.var((0, 2, 3), unbiased=True) for f in feats]).mean(0)
+    torch.testing.assert_close(model[1].running_mean, expected_mean)
+    torch.testing.assert_close(model[1].running_var, expected_var)
+    assert not model.training and model[1].momentum == 0.1
+    assert calibrate_bn(model, iter(batches), num_batches=2, progress=False) == 2
