@@ -1,5 +1,5 @@
-"""``deconvnet``: the command line (``demo``, ``train``, ``eval``, ``segment``, ``bench``,
-``info``). ``deconvnet COMMAND --help`` lists each command's options."""
+"""``deconvnet``: the command line (``demo``, ``train``, ``calibrate-bn``, ``eval``,
+``segment``, ``bench``, ``info``). ``deconvnet COMMAND --help`` lists each command's options."""
 
 from __future__ import annotations
 
@@ -89,13 +89,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = TrainConfig(
             iterations=args.iterations, batch_size=args.batch_size, accumulate=args.accumulate,
             lr=args.lr, lr_steps=tuple(args.lr_steps), seed=args.seed, device=args.device,
-            num_workers=args.workers, channels_last=args.channels_last,
+            num_workers=args.workers, channels_last=args.channels_last, amp=args.amp,
+            checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
         )
     except ValueError as e:
         raise CliError(str(e)) from e
     os.makedirs(args.out, exist_ok=True)
     metrics = os.path.join(args.out, "metrics.jsonl")
-    summary = Trainer(model, dataset, config, metrics, stage=f"stage {args.stage}").fit()
+    try:
+        trainer = Trainer(model, dataset, config, metrics, stage=f"stage {args.stage}",
+                          checkpoint_dir=os.path.join(args.out, "checkpoints"),
+                          checkpoint_extra={"class_names": class_names})
+        if args.resume:
+            trainer.resume(os.path.join(args.out, "checkpoints") if args.resume == "auto"
+                           else args.resume)
+            print(f"resumed at step {trainer.step} of {config.iterations}")
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(str(e)) from e
+    summary = trainer.fit()
     path = save_checkpoint(os.path.join(args.out, f"stage{args.stage}.pt"), model,
                            class_names=class_names, train_config=config.to_dict(),
                            step=summary["steps"])
@@ -112,6 +123,29 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         return load_model(args.checkpoint, resolve_device(args.device))
     except (FileNotFoundError, ValueError) as e:
         raise CliError(f"--checkpoint: {e}") from e
+
+
+def cmd_calibrate_bn(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from .data import GTCropDataset, collate_skip_none
+    from .train import save_checkpoint
+    from .train.bn import calibrate_bn
+
+    model, ckpt = _load(args)
+    source, _ = _source(args, "train")
+    crop = getattr(model, "input_size", None) or 224
+    crops = GTCropDataset(source, resize=round(crop * 250 / 224), crop=crop, seed=args.seed)
+    loader = DataLoader(crops, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                        collate_fn=collate_skip_none)
+    images = (batch[0] for batch in loader if batch is not None)
+    used = calibrate_bn(model, images, num_batches=args.batches,
+                        progress=not args.no_progress)
+    extra = {k: v for k, v in ckpt.items() if k not in ("model", "model_config", "trainer")}
+    save_checkpoint(args.out, model, **extra, bn_calibration={"batches": used,
+                                                               "batch_size": args.batch_size})
+    print(f"BN statistics from {used} batches of {args.batch_size}; written to {args.out}")
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -222,7 +256,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                   help="mixed precision: bf16 (CPU or CUDA), fp16 with a gradient scaler (CUDA)")
+    p.add_argument("--checkpoint-every", type=int, default=1000,
+                   help="resumable checkpoint every N steps into OUT/checkpoints (0: at the end)")
+    p.add_argument("--keep-last", type=int, default=3, help="resumable checkpoints kept")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue exactly from a checkpoint (default: the latest in OUT)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("calibrate-bn",
+                       help="recompute BN statistics over training batches (the paper's step 3)")
+    _add_data_options(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="the new checkpoint")
+    p.add_argument("--batches", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_calibrate_bn)
 
     p = sub.add_parser("eval", help="whole-image mIoU of a checkpoint")
     _add_data_options(p)

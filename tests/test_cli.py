@@ -177,3 +177,30 @@ def test_calibrate_bn_is_the_average_over_batches():
     torch.testing.assert_close(model[1].running_var, expected_var)
     assert not model.training and model[1].momentum == 0.1
     assert calibrate_bn(model, iter(batches), num_batches=2, progress=False) == 2
+
+
+def test_train_resume_and_calibrate_bn(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", *TINY, "--out", str(out), "--width", "0.0625", "--input-size", "64",
+            "--batch-size", "4", "--accumulate", "1", "--device", "cpu",
+            "--checkpoint-every", "2", "--lr-steps", "3"]
+    assert main([*base, "--iterations", "3"]) == 0
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == [
+        "step-0000002.pt", "step-0000003.pt"]
+    capsys.readouterr()
+    assert main([*base, "--iterations", "5", "--resume"]) == 0
+    assert "resumed at step 3 of 5" in capsys.readouterr().out
+    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps == [3, 5]
+    assert main(["calibrate-bn", *TINY, "--checkpoint", str(out / "stage1.pt"), "--out",
+                 str(tmp_path / "cal.pt"), "--batches", "2", "--batch-size", "2",
+                 "--device", "cpu", "--no-progress"]) == 0
+    from deconvkernels.train import load_model
+
+    before, _ = load_model(out / "stage1.pt")
+    after, ckpt = load_model(tmp_path / "cal.pt")
+    assert ckpt["bn_calibration"] == {"batches": 2, "batch_size": 2}
+    assert not torch.equal(before.fc6[1].running_var, after.fc6[1].running_var)
+    assert torch.equal(before.fc6[0].weight, after.fc6[0].weight)  # only BN buffers change
+    assert main([*base, "--iterations", "5", "--resume", str(tmp_path / "nowhere.pt")]) == 2
+    assert "nowhere.pt" in capsys.readouterr().err

@@ -18,6 +18,11 @@ class TrainConfig:
     ``batch_size * accumulate`` (the original: 8 x 8 = 64). ``iterations`` counts optimiser
     steps. ``log_every`` sets how often a line reaches ``metrics.jsonl``; ``eval_every``
     (0: only at the end) how often the evaluation callback runs.
+
+    ``amp``: ``"none"`` (float32), ``"bf16"`` (autocast to bfloat16, CPU or CUDA) or
+    ``"fp16"`` (autocast to float16 with a gradient scaler, CUDA). ``checkpoint_every``
+    (0: only at the end) writes a resumable checkpoint every so many steps, keeping the last
+    ``keep_last``.
     """
 
     iterations: int = 20000
@@ -34,6 +39,9 @@ class TrainConfig:
     eval_every: int = 0
     device: str = "auto"
     channels_last: bool = False
+    amp: str = "none"
+    checkpoint_every: int = 0
+    keep_last: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -45,6 +53,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"TrainConfig.momentum must be in [0, 1), got {self.momentum}")
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"TrainConfig.amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
+        if self.checkpoint_every < 0 or self.keep_last < 1:
+            raise ValueError("TrainConfig: checkpoint_every must be >= 0 and keep_last >= 1")
         if self.num_workers < 0 or self.eval_every < 0 or self.weight_decay < 0:
             raise ValueError("TrainConfig: num_workers, eval_every, weight_decay must be >= 0")
         self.lr_steps = tuple(int(s) for s in self.lr_steps)

@@ -1,19 +1,24 @@
-"""The training loop: SGD with step decay, gradient accumulation, progress bar, JSONL log."""
+"""The training loop: SGD with step decay, gradient accumulation, mixed precision, progress
+bar, JSONL log, and checkpoints that resume exactly."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import random
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 
 __all__ = ["Trainer", "resolve_device", "IGNORE_INDEX"]
@@ -21,6 +26,7 @@ __all__ = ["Trainer", "resolve_device", "IGNORE_INDEX"]
 IGNORE_INDEX = 255  # VOC's "void" label: border and ambiguous pixels carry no loss
 
 EvalFn = Callable[[nn.Module], dict[str, Any]]
+StepHook = Callable[["Trainer"], None]
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -41,6 +47,12 @@ class Trainer:
     loss, learning rate, images/s) and one per evaluation (``kind: eval``: what ``evaluate``
     returned, e.g. ``miou``). ``global_step_offset`` numbers a second stage's steps after the
     first's in that log. A tqdm bar shows loss, learning rate and images/s.
+
+    With ``checkpoint_dir``, resumable checkpoints (``step-XXXXXXX.pt``: model, optimiser,
+    scheduler, gradient scaler, the torch/numpy/python RNG states, the data position and the
+    step) are written every ``config.checkpoint_every`` steps and at the end, keeping the last
+    ``config.keep_last``; :meth:`resume` continues one exactly (same batches, same updates:
+    bit-identical weights on the CPU).
     """
 
     def __init__(
@@ -54,9 +66,14 @@ class Trainer:
         evaluate: EvalFn | None = None,
         global_step_offset: int = 0,
         progress: bool = True,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_extra: dict[str, Any] | None = None,
+        on_step: StepHook | None = None,
     ) -> None:
         self.config = config
         self.device = resolve_device(config.device)
+        if config.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' on the CPU")
         self.model = model.to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -66,6 +83,9 @@ class Trainer:
         self.evaluate_fn = evaluate
         self.global_step_offset = global_step_offset
         self.progress = progress
+        self.checkpoint_dir = os.fspath(checkpoint_dir) if checkpoint_dir is not None else None
+        self.checkpoint_extra = dict(checkpoint_extra or {})
+        self.on_step = on_step
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=config.lr, momentum=config.momentum,
             weight_decay=config.weight_decay,
@@ -73,34 +93,107 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, milestones=list(config.lr_steps), gamma=config.lr_gamma
         )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.step = 0
         self.epoch = 0
+        self.batch_in_epoch = 0  # batches of the current epoch already consumed
         self.last_eval: dict[str, Any] | None = None
 
     # -- data ------------------------------------------------------------------------
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Endless batches; each epoch reshuffles from ``(seed, epoch)`` so runs repeat."""
+        """Endless batches. Each epoch's order is a permutation drawn from ``(seed, epoch)``
+        alone, so a resumed run skips exactly the batches it already consumed."""
         from ..data import collate_skip_none
 
         cfg = self.config
-        if len(self.dataset) < cfg.batch_size:  # type: ignore[arg-type]
-            raise ValueError(
-                f"dataset has {len(self.dataset)} items, fewer than batch_size={cfg.batch_size}"  # type: ignore[arg-type]
-            )
+        n = len(self.dataset)  # type: ignore[arg-type]
+        if n < cfg.batch_size:
+            raise ValueError(f"dataset has {n} items, fewer than batch_size={cfg.batch_size}")
         while True:
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(self.epoch)
             generator = torch.Generator().manual_seed(cfg.seed * 100003 + self.epoch)
+            order = torch.randperm(n, generator=generator).tolist()
             loader = DataLoader(
                 self.dataset, batch_size=cfg.batch_size, drop_last=True,
-                sampler=RandomSampler(self.dataset, generator=generator),
+                sampler=order[self.batch_in_epoch * cfg.batch_size:],
                 num_workers=cfg.num_workers, collate_fn=collate_skip_none,
                 pin_memory=self.device.type == "cuda",
             )
             for batch in loader:
+                self.batch_in_epoch += 1
                 if batch is not None:
                     yield batch
             self.epoch += 1
+            self.batch_in_epoch = 0
+
+    # -- state -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs besides the model: optimiser, scheduler, scaler,
+        RNG states, data position, step."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "stage": self.stage,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": json.dumps(_numpy_state()),
+                "python": json.dumps(_python_state()),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (the model is loaded separately)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        _set_numpy_state(json.loads(rng["numpy"]))
+        _set_python_state(json.loads(rng["python"]))
+
+    def save(self) -> str | None:
+        """Write a resumable checkpoint into ``checkpoint_dir`` (atomically), keeping the last
+        ``keep_last``; returns its path (``None`` without a checkpoint folder)."""
+        if self.checkpoint_dir is None:
+            return None
+        path = os.path.join(self.checkpoint_dir, f"step-{self.step:07d}.pt")
+        save_checkpoint(path, self.model, trainer=self.state_dict(),
+                        train_config=self.config.to_dict(), step=self.step,
+                        **self.checkpoint_extra)
+        for old in sorted(glob.glob(os.path.join(self.checkpoint_dir, "step-*.pt")))[
+            : -self.config.keep_last
+        ]:
+            os.unlink(old)
+        return path
+
+    def resume(self, path: str | os.PathLike) -> None:
+        """Continue from a checkpoint written by :meth:`save` (``path``, or a folder: its
+        latest). A missing, truncated or foreign file is an error naming it."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            found = sorted(glob.glob(os.path.join(path, "step-*.pt")))
+            if not found:
+                raise FileNotFoundError(f"no checkpoint (step-*.pt) to resume in {path!r}")
+            path = found[-1]
+        ckpt = load_checkpoint(path)
+        if "trainer" not in ckpt:
+            raise ValueError(f"{path!r} holds weights only, not a resumable training state")
+        module = self.model.module if hasattr(self.model, "module") else self.model
+        try:
+            module.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise ValueError(f"checkpoint {path!r} does not fit this model: {e}") from e
+        self.load_state_dict(ckpt["trainer"])
 
     # -- loop ------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
@@ -122,20 +215,28 @@ class Trainer:
         })
         return result
 
+    def _autocast(self) -> torch.autocast:
+        amp = self.config.amp
+        dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=amp != "none")
+
     def fit(self) -> dict[str, Any]:
-        """Train for ``config.iterations`` steps; returns a summary (final loss, images/s,
-        seconds, last evaluation)."""
+        """Train up to ``config.iterations`` steps (from the resumed step, if any); returns a
+        summary (final loss, images/s, seconds, last evaluation, last checkpoint)."""
         cfg = self.config
         os.makedirs(os.path.dirname(os.path.abspath(self.metrics_path)), exist_ok=True)
-        torch.manual_seed(cfg.seed)
+        if self.step == 0:
+            torch.manual_seed(cfg.seed)
         self.model.train()
         batches = self._batches()
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         start = window_start = time.perf_counter()
+        first_step = self.step
         window_loss, window_images, window_steps = 0.0, 0, 0
         last_loss = float("nan")
-        bar = tqdm(total=cfg.iterations, desc=self.stage, unit="step", disable=not self.progress,
-                   dynamic_ncols=True, leave=True)
+        checkpoint = None
+        bar = tqdm(total=cfg.iterations, initial=self.step, desc=self.stage, unit="step",
+                   disable=not self.progress, dynamic_ncols=True, leave=True)
         while self.step < cfg.iterations:
             self.optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
@@ -143,16 +244,19 @@ class Trainer:
                 images, labels = next(batches)
                 images = images.to(self.device, non_blocking=True, memory_format=memory_format)
                 labels = labels.to(self.device, non_blocking=True)
-                loss = F.cross_entropy(self.model(images), labels, ignore_index=IGNORE_INDEX)
-                (loss / cfg.accumulate).backward()
+                with self._autocast():
+                    scores = self.model(images)
+                loss = F.cross_entropy(scores.float(), labels, ignore_index=IGNORE_INDEX)
+                self.scaler.scale(loss / cfg.accumulate).backward()
                 step_loss += loss.item() / cfg.accumulate
                 window_images += images.shape[0]
-            if not torch.isfinite(torch.tensor(step_loss)):
+            if not np.isfinite(step_loss) and not self.scaler.is_enabled():
                 raise FloatingPointError(
                     f"{self.stage}: loss is {step_loss} at step {self.step + 1}; "
                     "lower the learning rate (lr) or check the labels"
                 )
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)  # skips the step on inf/NaN gradients in fp16
+            self.scaler.update()
             self.scheduler.step()
             self.step += 1
             window_loss += step_loss
@@ -172,14 +276,43 @@ class Trainer:
                                 img_s=f"{ips:.0f}")
                 window_start, window_loss, window_images, window_steps = now, 0.0, 0, 0
             bar.update(1)
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                checkpoint = self.save()
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.iterations:
                 self.run_evaluation()
+            if self.on_step is not None:
+                self.on_step(self)
         bar.close()
         seconds = time.perf_counter() - start
+        if self.checkpoint_dir is not None and (
+            not cfg.checkpoint_every or self.step % cfg.checkpoint_every
+        ):
+            checkpoint = self.save()
         self.run_evaluation()
+        steps = self.step - first_step
         return {
             "stage": self.stage, "steps": self.step, "final_loss": last_loss,
             "seconds": seconds,
-            "images_per_s": self.step * cfg.accumulate * cfg.batch_size / max(seconds, 1e-9),
-            "eval": self.last_eval,
+            "images_per_s": steps * cfg.accumulate * cfg.batch_size / max(seconds, 1e-9),
+            "eval": self.last_eval, "checkpoint": checkpoint,
         }
+
+
+def _numpy_state() -> list:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _set_numpy_state(state: list) -> None:
+    name, keys, pos, has_gauss, cached = state
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _python_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_python_state(state: list) -> None:
+    version, internal, gauss = state
+    random.setstate((version, tuple(internal), gauss))
