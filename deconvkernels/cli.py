@@ -59,11 +59,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     from .data import GTCropDataset, ProposalCropDataset, jittered_gt_proposals
     from .models import build_model, load_vgg16_
     from .train import TrainConfig, Trainer, load_model, plot_metrics, save_checkpoint
+    from .train.distributed import init_distributed, is_main_process
 
+    device = init_distributed(args.device)  # under torchrun: join the group, pick the GPU
+    if device is not None:
+        args.device = str(device)
     source, class_names = _source(args, "train")
+    torch.manual_seed(args.seed)  # the initialisation repeats (and agrees across ranks)
     if args.init_checkpoint:
         model, _ = load_model(args.init_checkpoint)
     else:
@@ -90,6 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             iterations=args.iterations, batch_size=args.batch_size, accumulate=args.accumulate,
             lr=args.lr, lr_steps=tuple(args.lr_steps), seed=args.seed, device=args.device,
             num_workers=args.workers, channels_last=args.channels_last, amp=args.amp,
+            sync_bn=args.sync_bn,
             checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
         )
     except ValueError as e:
@@ -103,10 +111,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume:
             trainer.resume(os.path.join(args.out, "checkpoints") if args.resume == "auto"
                            else args.resume)
-            print(f"resumed at step {trainer.step} of {config.iterations}")
+            if is_main_process():
+                print(f"resumed at step {trainer.step} of {config.iterations}")
     except (FileNotFoundError, ValueError) as e:
         raise CliError(str(e)) from e
     summary = trainer.fit()
+    if not is_main_process():
+        return 0
     path = save_checkpoint(os.path.join(args.out, f"stage{args.stage}.pt"), model,
                            class_names=class_names, train_config=config.to_dict(),
                            step=summary["steps"])
@@ -261,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=1000,
                    help="resumable checkpoint every N steps into OUT/checkpoints (0: at the end)")
     p.add_argument("--keep-last", type=int, default=3, help="resumable checkpoints kept")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on GPUs: BatchNorm statistics over all processes")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue exactly from a checkpoint (default: the latest in OUT)")
     p.set_defaults(func=cmd_train)
@@ -311,6 +324,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as e:
         print(f"deconvnet {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

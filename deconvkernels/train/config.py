@@ -40,6 +40,7 @@ class TrainConfig:
     device: str = "auto"
     channels_last: bool = False
     amp: str = "none"
+    sync_bn: bool = False
     checkpoint_every: int = 0
     keep_last: int = 3
     extra: dict[str, Any] = field(default_factory=dict)

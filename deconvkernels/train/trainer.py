@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .distributed import rank_and_world
 
 __all__ = ["Trainer", "resolve_device", "IGNORE_INDEX"]
 
@@ -53,6 +54,12 @@ class Trainer:
     step) are written every ``config.checkpoint_every`` steps and at the end, keeping the last
     ``config.keep_last``; :meth:`resume` continues one exactly (same batches, same updates:
     bit-identical weights on the CPU).
+
+    Inside a process group (``torchrun``; see :mod:`.distributed`) the model is wrapped in
+    ``DistributedDataParallel`` (``config.sync_bn``: BatchNorm over all processes, CUDA
+    only) and each process takes every ``world``-th batch of the same epoch order, so N
+    processes of batch ``b`` and accumulation ``a`` see exactly the micro-batches one process
+    with ``accumulate = a * N`` would. Only rank 0 logs, evaluates and writes checkpoints.
     """
 
     def __init__(
@@ -74,15 +81,25 @@ class Trainer:
         self.device = resolve_device(config.device)
         if config.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' on the CPU")
-        self.model = model.to(self.device)
+        self.rank, self.world = rank_and_world()
+        model = model.to(self.device)
         if config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last)
+        if self.world > 1:
+            if config.sync_bn:
+                if self.device.type != "cuda":
+                    raise ValueError("sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel)")
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.model = model
         self.dataset = dataset
         self.metrics_path = os.fspath(metrics_path)
         self.stage = stage
         self.evaluate_fn = evaluate
         self.global_step_offset = global_step_offset
-        self.progress = progress
+        self.progress = progress and self.rank == 0
         self.checkpoint_dir = os.fspath(checkpoint_dir) if checkpoint_dir is not None else None
         self.checkpoint_extra = dict(checkpoint_extra or {})
         self.on_step = on_step
@@ -107,16 +124,23 @@ class Trainer:
 
         cfg = self.config
         n = len(self.dataset)  # type: ignore[arg-type]
-        if n < cfg.batch_size:
-            raise ValueError(f"dataset has {n} items, fewer than batch_size={cfg.batch_size}")
+        b = cfg.batch_size
+        if n < b * self.world:
+            raise ValueError(
+                f"dataset has {n} items, fewer than batch_size={b} x {self.world} processes"
+            )
         while True:
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(self.epoch)
             generator = torch.Generator().manual_seed(cfg.seed * 100003 + self.epoch)
             order = torch.randperm(n, generator=generator).tolist()
+            if self.world > 1:  # this rank's batches: global batches rank, rank + world, ...
+                usable = (n // b) // self.world * self.world
+                order = [i for k in range(self.rank, usable, self.world)
+                         for i in order[k * b:(k + 1) * b]]
             loader = DataLoader(
-                self.dataset, batch_size=cfg.batch_size, drop_last=True,
-                sampler=order[self.batch_in_epoch * cfg.batch_size:],
+                self.dataset, batch_size=b, drop_last=True,
+                sampler=order[self.batch_in_epoch * b:],
                 num_workers=cfg.num_workers, collate_fn=collate_skip_none,
                 pin_memory=self.device.type == "cuda",
             )
@@ -164,7 +188,7 @@ class Trainer:
     def save(self) -> str | None:
         """Write a resumable checkpoint into ``checkpoint_dir`` (atomically), keeping the last
         ``keep_last``; returns its path (``None`` without a checkpoint folder)."""
-        if self.checkpoint_dir is None:
+        if self.checkpoint_dir is None or self.rank != 0:
             return None
         path = os.path.join(self.checkpoint_dir, f"step-{self.step:07d}.pt")
         save_checkpoint(path, self.model, trainer=self.state_dict(),
@@ -197,17 +221,21 @@ class Trainer:
 
     # -- loop ------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def run_evaluation(self) -> dict[str, Any] | None:
         """Run the evaluation callback (model in eval mode) and log its result."""
-        if self.evaluate_fn is None:
+        if self.evaluate_fn is None or self.rank != 0:
             return None
-        self.model.eval()
+        # The bare module: a DDP forward would wait for the other ranks (buffer broadcast).
+        module = self.model.module if self.world > 1 else self.model
+        module.eval()
         with torch.no_grad():
-            result = dict(self.evaluate_fn(self.model))
-        self.model.train()
+            result = dict(self.evaluate_fn(module))
+        module.train()
         self.last_eval = result
         self._log({
             "kind": "eval", "stage": self.stage, "step": self.step,
