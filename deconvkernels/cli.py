@@ -66,6 +66,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, Trainer, load_model, plot_metrics, save_checkpoint
     from .train.distributed import init_distributed, is_main_process
 
+    if not args.out:
+        raise CliError("--out (or `out` in the config) is required")
     device = init_distributed(args.device)  # under torchrun: join the group, pick the GPU
     if device is not None:
         args.device = str(device)
@@ -107,7 +109,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         trainer = Trainer(model, dataset, config, metrics, stage=f"stage {args.stage}",
                           checkpoint_dir=os.path.join(args.out, "checkpoints"),
-                          checkpoint_extra={"class_names": class_names})
+                          checkpoint_extra={"class_names": class_names,
+                                            "run_config": _run_config(args)})
         if args.resume:
             trainer.resume(os.path.join(args.out, "checkpoints") if args.resume == "auto"
                            else args.resume)
@@ -120,11 +123,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     path = save_checkpoint(os.path.join(args.out, f"stage{args.stage}.pt"), model,
                            class_names=class_names, train_config=config.to_dict(),
-                           step=summary["steps"])
+                           run_config=_run_config(args), step=summary["steps"])
     plot_metrics(metrics, args.out)
     print(f"final loss {summary['final_loss']:.4f}, {summary['images_per_s']:.1f} images/s; "
           f"checkpoint {path}")
     return 0
+
+
+def _run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of this run (config and flags merged), as saved with its checkpoints."""
+    return {k: v for k, v in vars(args).items() if k not in ("func", "command")}
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
@@ -245,12 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train one stage of the recipe")
+    p.add_argument("--config", default=None,
+                   help="TOML file (or built-in name: deconvnet_stage1, deconvnet_stage2, "
+                        "small_stage1, small_stage2) of option values; flags override it")
     _add_data_options(p)
     p.add_argument("--sbd", default=None, help="SBD folder with augmented VOC labels")
-    p.add_argument("--out", required=True, help="output folder (checkpoint, log, plots)")
+    p.add_argument("--out", default=None, help="output folder (checkpoint, log, plots)")
     p.add_argument("--stage", type=int, choices=(1, 2), default=1,
                    help="1: ground-truth-centred crops; 2: proposal crops")
-    p.add_argument("--model", default="deconvnet", choices=("deconvnet", "segnet"))
+    p.add_argument("--model", default="deconvnet", choices=("deconvnet", "segnet", "fcn8s"))
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--vgg16", default=None, help="torchvision VGG16(-BN) state-dict file")
@@ -277,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue exactly from a checkpoint (default: the latest in OUT)")
     p.set_defaults(func=cmd_train)
+    parser.train_parser = p  # type: ignore[attr-defined]  (configs set its defaults)
 
     p = sub.add_parser("calibrate-bn",
                        help="recompute BN statistics over training batches (the paper's step 3)")
@@ -318,8 +330,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``deconvnet`` command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if getattr(args, "config", None):
+            from .train.config_file import check_config, find_config, load_config
+
+            try:
+                path = str(find_config(args.config))
+                values = check_config(load_config(path), parser.train_parser, path)
+            except (FileNotFoundError, ValueError) as e:
+                raise CliError(f"--config: {e}") from e
+            parser.train_parser.set_defaults(**values)
+            args = parser.parse_args(argv)  # flags given on the command line win
+            args.config = path
         return int(args.func(args) or 0)
     except CliError as e:
         print(f"deconvnet {args.command}: error: {e}", file=sys.stderr)

@@ -204,3 +204,41 @@ def test_train_resume_and_calibrate_bn(tmp_path, capsys):
     assert torch.equal(before.fc6[0].weight, after.fc6[0].weight)  # only BN buffers change
     assert main([*base, "--iterations", "5", "--resume", str(tmp_path / "nowhere.pt")]) == 2
     assert "nowhere.pt" in capsys.readouterr().err
+
+
+def test_configs(tmp_path, capsys):
+    from deconvkernels.train.config_file import builtin_configs, load_config
+
+    assert {"deconvnet_stage1", "deconvnet_stage2", "small_stage1", "small_stage2"} <= set(
+        builtin_configs())
+    paper = load_config("deconvnet_stage1")
+    assert (paper["iterations"], paper["lr_steps"], paper["batch_size"] * paper["accumulate"]) \
+        == (20000, [9000], 64)
+    stage2 = load_config("deconvnet_stage2")
+    assert (stage2["iterations"], stage2["lr_steps"], stage2["stage"]) == (40000, [10000], 2)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('data = "synthetic"\nimages = 12\nimage_size = 64\nnum_classes = 3\n'
+                   'width = 0.0625\ninput_size = 64\niterations = 50\nbatch_size = 4\n'
+                   'accumulate = 1\nlr_steps = [1]\ndevice = "cpu"\n'
+                   f'out = "{tmp_path / "run"}"\n')
+    # flags override the file (iterations 50 -> 2)
+    assert main(["train", "--config", str(cfg), "--iterations", "2"]) == 0
+    from deconvkernels.train import load_checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "run" / "stage1.pt")
+    assert ckpt["run_config"]["iterations"] == 2 and ckpt["run_config"]["lr_steps"] == [1]
+    assert ckpt["run_config"]["config"] == str(cfg)
+    assert ckpt["step"] == 2
+    for text, message in [
+        ("batchsize = 4\n", "unknown key 'batchsize'"),
+        ('iterations = "many"\n', "iterations must be int"),
+        ("lr_steps = 5\n", "lr_steps must be a list of int"),
+        ('model = "unet"\n', "model must be one of"),
+        ("channels_last = 1\n", "channels_last must be bool"),
+        ("iterations = [\n", "c.toml"),
+    ]:
+        cfg.write_text(text)
+        assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "x")]) == 2
+        assert message in capsys.readouterr().err, text
+    assert main(["train", "--config", "no_such_config"]) == 2
+    assert "deconvnet_stage1" in capsys.readouterr().err  # lists the built-ins

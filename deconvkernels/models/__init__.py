@@ -10,11 +10,13 @@ from __future__ import annotations
 from torch import nn
 
 from .deconvnet import DeconvNet
+from .fcn import FCN8s
 from .init import init_decoder_, load_vgg16_, read_state_dict
 from .segnet import SegNet
 
 __all__ = [
     "DeconvNet",
+    "FCN8s",
     "SegNet",
     "build_model",
     "init_decoder_",
@@ -23,13 +25,14 @@ __all__ = [
     "read_state_dict",
 ]
 
-MODELS = {"deconvnet": DeconvNet, "segnet": SegNet}
+MODELS = {"deconvnet": DeconvNet, "segnet": SegNet, "fcn8s": FCN8s}
 
 
 def build_model(
     name: str, num_classes: int, width: float = 1.0, input_size: int = 224
 ) -> nn.Module:
-    """A model by name (``"deconvnet"``, ``"segnet"``); ``input_size`` is DeconvNet's only."""
+    """A model by name (``"deconvnet"``, ``"segnet"``, ``"fcn8s"``); ``input_size`` is
+    DeconvNet's only."""
     key = name.lower()
     if key not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
