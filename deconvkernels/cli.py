@@ -58,10 +58,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage_dataset(args: argparse.Namespace, source: Any, resize: int, crop: int) -> Any:
+    """Stage 1: ground-truth-centred crops; stage 2: crops of proposals overlapping them."""
+    from .data import GTCropDataset, ProposalCropDataset, jittered_gt_proposals
+
+    if args.stage == 1:
+        return GTCropDataset(source, resize=resize, crop=crop, enlarge=args.enlarge,
+                             seed=args.seed)
+    if args.proposals == "edgeboxes":
+        from .proposals import EdgeBoxes
+
+        proposer = EdgeBoxes(edge_model=args.edge_model, cache_dir=args.proposal_cache)
+    else:
+        proposer = jittered_gt_proposals(seed=args.seed)
+    return ProposalCropDataset(source, proposer, resize=resize, crop=crop,
+                               enlarge=args.enlarge, seed=args.seed)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from .data import GTCropDataset, ProposalCropDataset, jittered_gt_proposals
     from .models import build_model, load_vgg16_
     from .train import TrainConfig, Trainer, load_model, plot_metrics, save_checkpoint
     from .train.distributed import init_distributed, is_main_process
@@ -74,7 +90,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     source, class_names = _source(args, "train")
     torch.manual_seed(args.seed)  # the initialisation repeats (and agrees across ranks)
     if args.init_checkpoint:
-        model, _ = load_model(args.init_checkpoint)
+        try:
+            model, _ = load_model(args.init_checkpoint)
+        except (FileNotFoundError, ValueError) as e:
+            raise CliError(f"--init-checkpoint: {e}") from e
     else:
         try:
             model = build_model(args.model, len(class_names), args.width, args.input_size)
@@ -84,16 +103,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             load_vgg16_(model, args.vgg16)
     crop = getattr(model, "input_size", None) or args.input_size
     resize = args.resize or round(crop * 250 / 224)
-    if args.stage == 1:
-        dataset = GTCropDataset(source, resize=resize, crop=crop, seed=args.seed)
-    else:
-        if args.proposals == "edgeboxes":
-            from .proposals import EdgeBoxes
-
-            proposer = EdgeBoxes(edge_model=args.edge_model, cache_dir=args.proposal_cache)
-        else:
-            proposer = jittered_gt_proposals(seed=args.seed)
-        dataset = ProposalCropDataset(source, proposer, resize=resize, crop=crop, seed=args.seed)
+    try:
+        dataset = _stage_dataset(args, source, resize, crop)
+    except ValueError as e:
+        raise CliError(str(e)) from e
     try:
         config = TrainConfig(
             iterations=args.iterations, batch_size=args.batch_size, accumulate=args.accumulate,
@@ -108,6 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     metrics = os.path.join(args.out, "metrics.jsonl")
     try:
         trainer = Trainer(model, dataset, config, metrics, stage=f"stage {args.stage}",
+                          progress=not args.no_progress,
                           checkpoint_dir=os.path.join(args.out, "checkpoints"),
                           checkpoint_extra={"class_names": class_names,
                                             "run_config": _run_config(args)})
@@ -167,6 +181,83 @@ def cmd_calibrate_bn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mode_name(args: argparse.Namespace) -> str:
+    parts = [f"instance-wise ({args.proposals} proposals)" if args.proposals else "whole-image"]
+    if args.ensemble:
+        parts.append("FCN-8s ensemble")
+    if args.crf:
+        parts.append("CRF")
+    return " + ".join(parts)
+
+
+def _pipeline(args: argparse.Namespace, model: Any) -> Any:
+    """``fn(image, name) -> labels`` for the inference mode the options name: whole image or
+    ``--proposals N`` EdgeBoxes proposals (max-merged), ``--ensemble FCN_CHECKPOINT``,
+    ``--crf``."""
+    import torch
+
+    from .infer import ensemble_scores, normalize_scores, predict_instances, predict_scores
+    from .train import load_model, resolve_device
+
+    fcn = None
+    if args.ensemble:
+        try:
+            fcn, _ = load_model(args.ensemble, resolve_device(args.device))
+        except (FileNotFoundError, ValueError) as e:
+            raise CliError(f"--ensemble: {e}") from e
+        if fcn.num_classes != model.num_classes:
+            raise CliError(f"--ensemble: FCN scores {fcn.num_classes} classes, the model "
+                           f"{model.num_classes}")
+    if args.crf:
+        from .infer.crf import require_crf
+
+        try:
+            require_crf()
+        except ImportError as e:
+            raise CliError(f"--crf: {e}") from e
+    proposer = None
+    if args.proposals:
+        from .proposals import EdgeBoxes
+
+        try:
+            proposer = EdgeBoxes(max_boxes=max(args.proposals * 4, 100),
+                                 edge_model=args.edge_model, cache_dir=args.proposal_cache)
+        except (FileNotFoundError, ValueError) as e:
+            raise CliError(str(e)) from e
+
+    def run(image: Any, name: str) -> Any:
+        if proposer is not None:
+            boxes = proposer.propose(image, name if args.proposal_cache else None)
+            probs = predict_instances(model, image, boxes, top_n=args.proposals,
+                                      min_side=args.min_side)
+        else:
+            probs = normalize_scores(predict_scores(model, [image])[0])
+        if fcn is not None:
+            probs = ensemble_scores(probs, predict_scores(fcn, [image])[0], args.ensemble_mode)
+        if args.crf:
+            from .infer.crf import dense_crf
+
+            return dense_crf(image, probs)
+        return probs.argmax(0).to(torch.uint8).numpy()
+
+    return run
+
+
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--proposals", type=int, default=0,
+                   help="instance-wise inference on the top N EdgeBoxes proposals (paper: 50); "
+                        "0: the whole image")
+    p.add_argument("--min-side", type=float, default=112.0,
+                   help="skip proposals with a shorter side (px; 112 at VOC scale)")
+    p.add_argument("--edge-model", default=None, help="structured edge model for EdgeBoxes")
+    p.add_argument("--proposal-cache", default=None, help="folder caching proposals per image")
+    p.add_argument("--ensemble", default=None, metavar="FCN_CHECKPOINT",
+                   help="multiply with an FCN-8s checkpoint's scores (EDeconvNet)")
+    p.add_argument("--ensemble-mode", choices=("product", "mean"), default="product")
+    p.add_argument("--crf", action="store_true",
+                   help="dense CRF post-processing (needs the [crf] extra: pydensecrf2)")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .infer import evaluate
 
@@ -176,10 +267,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if len(class_names) != model.num_classes:
         raise CliError(f"the checkpoint scores {model.num_classes} classes, the data has "
                        f"{len(class_names)}")
-    cm = evaluate(model, source, model.num_classes, batch_size=args.batch_size,
-                  progress=not args.no_progress)
+    mode = _mode_name(args)
+    if mode == "whole-image":
+        cm = evaluate(model, source, model.num_classes, batch_size=args.batch_size,
+                      progress=not args.no_progress)
+    else:
+        from tqdm.auto import tqdm
+
+        from .metrics import ConfusionMatrix
+
+        segment_fn = _pipeline(args, model)
+        cm = ConfusionMatrix(model.num_classes)
+        for i in tqdm(range(len(source)), desc=f"eval ({mode})", unit="img",
+                      disable=args.no_progress):
+            sample = source[i]
+            if sample is not None:  # a bad file: reported and counted by the dataset
+                cm.update(segment_fn(sample.image, sample.name), sample.label)
     result = {**cm.to_dict(class_names), "checkpoint": args.checkpoint, "data": args.data,
-              "split": args.split, "mode": "whole-image"}
+              "split": args.split, "mode": mode}
     print(cm.table(class_names))
     if args.json:
         with open(args.json, "w") as f:
@@ -191,17 +296,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
     import cv2
 
     from .data import overlay, save_palette_png
-    from .infer import segment
 
     model, _ = _load(args)
+    segment_fn = _pipeline(args, model)
     os.makedirs(args.out, exist_ok=True)
     for path in args.images:
         bgr = cv2.imread(path, cv2.IMREAD_COLOR)
         if bgr is None:
             raise CliError(f"cannot read image {path!r}")
         image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        label = segment(model, image)
         stem = os.path.splitext(os.path.basename(path))[0]
+        label = segment_fn(image, stem)
         save_palette_png(os.path.join(args.out, f"{stem}.png"), label)
         over = overlay(image, label)
         cv2.imwrite(os.path.join(args.out, f"{stem}_overlay.jpg"),
@@ -270,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edge-model", default=None, help="structured edge model (.yml.gz)")
     p.add_argument("--proposal-cache", default=None, help="folder caching proposals per image")
     p.add_argument("--resize", type=int, default=0, help="crop resize (default 250/224 x crop)")
+    p.add_argument("--enlarge", type=float, default=1.2,
+                   help="crop window side / the box's longer side (context around objects)")
     p.add_argument("--iterations", type=int, default=20000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--accumulate", type=int, default=8)
@@ -283,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=1000,
                    help="resumable checkpoint every N steps into OUT/checkpoints (0: at the end)")
     p.add_argument("--keep-last", type=int, default=3, help="resumable checkpoints kept")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--sync-bn", action="store_true",
                    help="under torchrun on GPUs: BatchNorm statistics over all processes")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
@@ -309,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, help="also write the result here")
     p.add_argument("--no-progress", action="store_true")
+    _add_inference_options(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("segment", help="images -> palette PNGs and overlays")
@@ -316,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("--out", default="segment-out")
     p.add_argument("--device", default="auto")
+    _add_inference_options(p)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("bench", help="the op benchmark report (options go to it after --)")

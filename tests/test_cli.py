@@ -72,6 +72,8 @@ def test_train_eval_segment(tmp_path, capsys):
         (["eval", "--checkpoint", "/nonexistent/x.pt"], "checkpoint not found"),
         (["train", "--data", "/nonexistent/voc", "--out", "o"], "no such folder"),
         (["segment", "--checkpoint", "/nonexistent/x.pt", "a.jpg"], "checkpoint not found"),
+        (["train", "--out", "o", "--stage", "2", "--init-checkpoint", "/nonexistent/s1.pt"],
+         "--init-checkpoint: checkpoint not found"),
     ],
 )
 def test_clear_errors(argv, message, capsys):
@@ -242,3 +244,38 @@ def test_configs(tmp_path, capsys):
         assert message in capsys.readouterr().err, text
     assert main(["train", "--config", "no_such_config"]) == 2
     assert "deconvnet_stage1" in capsys.readouterr().err  # lists the built-ins
+
+
+def test_eval_and_segment_inference_modes(tmp_path, capsys):
+    """--proposals N (instance-wise), --ensemble FCN_CHECKPOINT, --crf through the CLI."""
+    out = tmp_path / "run"
+    common = ["--width", "0.0625", "--iterations", "2", "--batch-size", "4", "--accumulate",
+              "1", "--device", "cpu"]
+    assert main(["train", *TINY, "--out", str(out / "d"), "--input-size", "64", *common]) == 0
+    assert main(["train", *TINY, "--out", str(out / "f"), "--model", "fcn8s", *common]) == 0
+    ckpt, fcn = str(out / "d" / "stage1.pt"), str(out / "f" / "stage1.pt")
+    modes = [
+        (["--proposals", "5", "--min-side", "8"], "instance-wise (5 proposals)"),
+        (["--ensemble", fcn], "whole-image + FCN-8s ensemble"),
+    ]
+    from deconvkernels.infer import crf_available
+
+    if crf_available():
+        modes.append((["--proposals", "5", "--min-side", "8", "--ensemble", fcn, "--crf"],
+                      "instance-wise (5 proposals) + FCN-8s ensemble + CRF"))
+    for flags, mode in modes:
+        result = tmp_path / "e.json"
+        assert main(["eval", *TINY, "--images", "3", "--checkpoint", ckpt, "--json",
+                     str(result), "--no-progress", "--device", "cpu", *flags]) == 0, flags
+        summary = json.loads(result.read_text())
+        assert summary["mode"] == mode
+        assert sum(map(sum, summary["confusion_matrix"])) == 3 * 64 * 64
+    image = SyntheticScenes(1, (70, 90), 3, seed=5)[0].image
+    cv2.imwrite(str(tmp_path / "in.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    assert main(["segment", "--checkpoint", ckpt, str(tmp_path / "in.png"), "--out",
+                 str(tmp_path / "seg"), "--device", "cpu", "--proposals", "5", "--min-side",
+                 "8", "--ensemble", fcn]) == 0
+    assert cv2.imread(str(tmp_path / "seg" / "in.png")).shape[:2] == (70, 90)
+    assert main(["eval", *TINY, "--checkpoint", ckpt, "--ensemble", str(tmp_path / "no.pt"),
+                 "--device", "cpu"]) == 2
+    assert "--ensemble" in capsys.readouterr().err
