@@ -85,7 +85,29 @@ class MaxUnpool2dWithSwitches(nn.Module):
         )
 
 
-class UnpoolConvTranspose2d(nn.ConvTranspose2d):
+class _UnpoolGeometry:
+    """The pool geometry a fused unpool + (de)convolution layer unpools with."""
+
+    pool_kernel_size: tuple[int, int]
+    pool_stride: tuple[int, int]
+    pool_padding: tuple[int, int]
+    pool_dilation: tuple[int, int]
+
+    def _set_pool(
+        self, kernel_size: IntOrPair, stride: IntOrPair | None, padding: IntOrPair,
+        dilation: IntOrPair,
+    ) -> None:
+        (self.pool_kernel_size, self.pool_stride, self.pool_padding,
+         self.pool_dilation) = pool_params(kernel_size, stride, padding, dilation)
+
+    def _pool_repr(self) -> str:
+        return (
+            f", pool_kernel_size={self.pool_kernel_size}, pool_stride={self.pool_stride}"
+            f", pool_padding={self.pool_padding}, pool_dilation={self.pool_dilation}"
+        )
+
+
+class UnpoolConvTranspose2d(_UnpoolGeometry, nn.ConvTranspose2d):
     """Unpooling fused with the transposed convolution that follows it (DeconvNet's decoder).
 
     An :class:`torch.nn.ConvTranspose2d` (same arguments, parameters and ``state_dict``, so
@@ -120,9 +142,7 @@ class UnpoolConvTranspose2d(nn.ConvTranspose2d):
             in_channels, out_channels, kernel_size, stride, padding, output_padding, groups,
             bias, dilation, device=device, dtype=dtype,
         )
-        params = pool_params(pool_kernel_size, pool_stride, pool_padding, pool_dilation)
-        (self.pool_kernel_size, self.pool_stride, self.pool_padding,
-         self.pool_dilation) = params
+        self._set_pool(pool_kernel_size, pool_stride, pool_padding, pool_dilation)
 
     def forward(  # type: ignore[override]
         self,
@@ -139,14 +159,10 @@ class UnpoolConvTranspose2d(nn.ConvTranspose2d):
         )
 
     def extra_repr(self) -> str:
-        return (
-            super().extra_repr()
-            + f", pool_kernel_size={self.pool_kernel_size}, pool_stride={self.pool_stride}"
-            + f", pool_padding={self.pool_padding}, pool_dilation={self.pool_dilation}"
-        )
+        return super().extra_repr() + self._pool_repr()
 
 
-class UnpoolConv2d(nn.Conv2d):
+class UnpoolConv2d(_UnpoolGeometry, nn.Conv2d):
     """Unpooling fused with the stride-1 convolution that follows it (SegNet's decoder).
 
     An :class:`torch.nn.Conv2d` (same parameters and ``state_dict``) whose forward unpools its
@@ -194,9 +210,7 @@ class UnpoolConv2d(nn.Conv2d):
                 f"UnpoolConv2d: padding {self.padding} larger than dilation * (kernel_size - 1)"
                 f" = {reach}"
             )
-        params = pool_params(pool_kernel_size, pool_stride, pool_padding, pool_dilation)
-        (self.pool_kernel_size, self.pool_stride, self.pool_padding,
-         self.pool_dilation) = params
+        self._set_pool(pool_kernel_size, pool_stride, pool_padding, pool_dilation)
 
     def transposed_weight(self) -> torch.Tensor:
         """The weight as an ``nn.ConvTranspose2d`` weight computing the same convolution."""
@@ -224,8 +238,4 @@ class UnpoolConv2d(nn.Conv2d):
         )
 
     def extra_repr(self) -> str:
-        return (
-            super().extra_repr()
-            + f", pool_kernel_size={self.pool_kernel_size}, pool_stride={self.pool_stride}"
-            + f", pool_padding={self.pool_padding}, pool_dilation={self.pool_dilation}"
-        )
+        return super().extra_repr() + self._pool_repr()

@@ -9,7 +9,15 @@ from torch import nn
 
 from ..nn import UnpoolConv2d, UnpoolConvTranspose2d
 
-__all__ = ["ConvBNReLU", "DeconvBNReLU", "UnpoolBNReLU", "scaled"]
+__all__ = ["ConvBNReLU", "DeconvBNReLU", "UnpoolBNReLU", "check_model_args", "scaled"]
+
+
+def check_model_args(model: str, num_classes: int, width: float) -> None:
+    """The checks every model's constructor makes, with the model's name in the message."""
+    if num_classes < 1:
+        raise ValueError(f"{model}: num_classes must be >= 1, got {num_classes}")
+    if width <= 0:
+        raise ValueError(f"{model}: width must be > 0, got {width}")
 
 
 def scaled(channels: int, width: float) -> int:

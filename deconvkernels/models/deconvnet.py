@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..nn import MaxPool2dWithSwitches
-from .blocks import ConvBNReLU, DeconvBNReLU, UnpoolBNReLU, scaled
+from .blocks import ConvBNReLU, DeconvBNReLU, UnpoolBNReLU, check_model_args, scaled
 from .init import init_decoder_
 
 __all__ = ["DeconvNet", "VGG16_STAGES", "DECONVNET_DECODER"]
@@ -93,10 +93,7 @@ class DeconvNet(nn.Module):
 
     def __init__(self, num_classes: int = 21, width: float = 1.0, input_size: int = 224) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"DeconvNet: num_classes must be >= 1, got {num_classes}")
-        if width <= 0:
-            raise ValueError(f"DeconvNet: width must be > 0, got {width}")
+        check_model_args("DeconvNet", num_classes, width)
         if input_size < 32 or input_size % 32:
             raise ValueError(
                 f"DeconvNet: input_size must be a positive multiple of 32 (five 2x2 pools), "

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ConvBNReLU, scaled
+from .blocks import ConvBNReLU, check_model_args, scaled
 from .deconvnet import Encoder
 from .init import init_decoder_
 
@@ -89,10 +89,7 @@ class FCN8s(nn.Module):
 
     def __init__(self, num_classes: int = 21, width: float = 1.0) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"FCN8s: num_classes must be >= 1, got {num_classes}")
-        if width <= 0:
-            raise ValueError(f"FCN8s: width must be > 0, got {width}")
+        check_model_args("FCN8s", num_classes, width)
         self.num_classes = num_classes
         self.width = width
         self.encoder = Encoder(width)

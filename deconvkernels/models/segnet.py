@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import scaled
+from .blocks import check_model_args, scaled
 from .deconvnet import DECONVNET_DECODER, DecoderStage, Encoder
 from .init import init_decoder_
 
@@ -29,10 +29,7 @@ class SegNet(nn.Module):
 
     def __init__(self, num_classes: int = 21, width: float = 1.0) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"SegNet: num_classes must be >= 1, got {num_classes}")
-        if width <= 0:
-            raise ValueError(f"SegNet: width must be > 0, got {width}")
+        check_model_args("SegNet", num_classes, width)
         self.num_classes = num_classes
         self.width = width
         self.encoder = Encoder(width)
