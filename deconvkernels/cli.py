@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_calibrate_bn)
 
-    p = sub.add_parser("eval", help="whole-image mIoU of a checkpoint")
+    p = sub.add_parser("eval", help="mIoU of a checkpoint: whole image, proposals, ensemble, CRF")
     _add_data_options(p)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--split", default="val")
