@@ -80,14 +80,10 @@ cpu::UnpoolDeconvFastArgs fast_args(const UnpoolDeconvPlan& plan, const Tensor& 
 Tensor unpool_deconv2d_cpu(
     const Tensor& y, const Tensor& switches, const Tensor& weight,
     const std::optional<Tensor>& bias, DK_UD_PARAMS) {
-  ParallelCpuExec::check_device(y, "y");
-  check_pooled_values(y, switches);
-  check_weight(weight, y, "weight");
-  const UnpoolDeconvPlan plan = plan_unpool_deconv(
-      switches, {weight.size(2), weight.size(3)}, weight.size(0), weight.size(1),
-      launch::ud_args(DK_UD_NAMES));
+  const UnpoolDeconvPlan plan =
+      launch::plan_unpool_deconv2d<ParallelCpuExec>(y, switches, weight, DK_UD_NAMES);
   if (!fast_path_applies(plan)) {
-    return launch::unpool_deconv2d<ParallelCpuExec>(y, switches, weight, bias, DK_UD_NAMES);
+    return launch::unpool_deconv2d_planned<ParallelCpuExec>(plan, y, weight, bias);
   }
   const DeconvGeom& d = plan.geo.dc;
   if (bias.has_value()) check_bias(*bias, y, d.cout);
@@ -114,15 +110,10 @@ Tensor grad_nhwc(const Tensor& g4) {
 
 Tensor unpool_deconv2d_backward_y_cpu(
     const Tensor& grad_output, const Tensor& switches, const Tensor& weight, DK_UD_PARAMS) {
-  ParallelCpuExec::check_device(grad_output, "grad_output");
-  check_floating(grad_output, "grad_output");
-  check_weight(weight, grad_output, "weight");
-  const UnpoolDeconvPlan plan = plan_unpool_deconv(
-      switches, {weight.size(2), weight.size(3)}, weight.size(0), weight.size(1),
-      launch::ud_args(DK_UD_NAMES));
+  const UnpoolDeconvPlan plan = launch::plan_unpool_deconv2d_backward_y<ParallelCpuExec>(
+      grad_output, switches, weight, DK_UD_NAMES);
   if (!fast_path_applies(plan)) {
-    return launch::unpool_deconv2d_backward_y<ParallelCpuExec>(
-        grad_output, switches, weight, DK_UD_NAMES);
+    return launch::unpool_deconv2d_backward_y_planned<ParallelCpuExec>(plan, grad_output, weight);
   }
   const Tensor g = check_grad_output(grad_output, plan);
   Tensor grad_y = empty_like_format(
@@ -144,27 +135,17 @@ Tensor unpool_deconv2d_backward_y_cpu(
 Tensor unpool_deconv2d_backward_weight_cpu(
     const Tensor& grad_output, const Tensor& y, const Tensor& switches,
     at::IntArrayRef kernel_size, DK_UD_PARAMS) {
-  auto general = [&] {
-    return launch::unpool_deconv2d_backward_weight<ParallelCpuExec>(
-        grad_output, y, switches, kernel_size, DK_UD_NAMES);
-  };
-  // The fast path takes 3x3 and 1x1 kernels only; the general launcher checks the rest.
-  const bool square = kernel_size.size() == 2 && kernel_size[0] == kernel_size[1] &&
-      (kernel_size[0] == 1 || kernel_size[0] == 3);
-  if (!square || groups != 1) return general();
-  ParallelCpuExec::check_device(grad_output, "grad_output");
-  check_floating(grad_output, "grad_output");
-  check_pooled_values(y, switches);
-  const int64_t cin = switches.size(switches.dim() - 3);
-  const int64_t cout = grad_output.size(grad_output.dim() - 3);
-  const UnpoolDeconvPlan plan =
-      plan_unpool_deconv(switches, kernel_size, cin, cout, launch::ud_args(DK_UD_NAMES));
-  if (!fast_path_applies(plan)) return general();
-  const Tensor g = check_grad_output(grad_output, plan);
-  TORCH_CHECK_VALUE(
-      y.scalar_type() == g.scalar_type(), "y must have grad_output's dtype ", g.scalar_type(),
-      ", got ", y.scalar_type());
+  const launch::WeightGradPlan wp =
+      launch::plan_unpool_deconv2d_backward_weight<ParallelCpuExec>(
+          grad_output, y, switches, kernel_size, DK_UD_NAMES);
+  const UnpoolDeconvPlan& plan = wp.plan;
+  const Tensor& g = wp.grad;
   const DeconvGeom& d = plan.geo.dc;
+  // The fast path takes ungrouped 3x3 and 1x1 kernels only.
+  const bool square = d.kh == d.kw && (d.kh == 1 || d.kh == 3);
+  if (!square || !fast_path_applies(plan)) {
+    return launch::unpool_deconv2d_backward_weight_planned<ParallelCpuExec>(wp, y);
+  }
   const cpu::UnpoolDeconvFastArgs a = fast_args(plan, as_batched(y), y.scalar_type());
   const auto acc = acc_type(y);
   const bool direct = cpu::weight_grad_direct(

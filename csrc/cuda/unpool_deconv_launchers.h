@@ -31,20 +31,31 @@ inline UnpoolDeconvArgs ud_args(
       at::IntArrayRef pool_stride, at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation, \
       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,     \
       int64_t groups, at::IntArrayRef dilation
+#define DK_UD_FORWARD_NAMES                                                                  \
+  output_size, pool_kernel_size, pool_stride, pool_padding, pool_dilation, stride, padding, \
+      output_padding, groups, dilation
 #define DK_UD_FORWARD_ARGS                                                                   \
   ud_args(output_size, pool_kernel_size, pool_stride, pool_padding, pool_dilation, stride,    \
           padding, output_padding, groups, dilation)
 
+// Each op below is "check and plan" then "run the plan": the CPU's fast kernels share the
+// first half and fall back to the second, so a call is checked and planned once.
+
 template <class Exec>
-Tensor unpool_deconv2d(
-    const Tensor& y, const Tensor& switches, const Tensor& weight,
-    const std::optional<Tensor>& bias, DK_UD_PARAMS) {
+UnpoolDeconvPlan plan_unpool_deconv2d(
+    const Tensor& y, const Tensor& switches, const Tensor& weight, DK_UD_PARAMS) {
   Exec::check_device(y, "y");
   check_pooled_values(y, switches);
   check_weight(weight, y, "weight");
-  const UnpoolDeconvPlan plan = plan_unpool_deconv(
+  return plan_unpool_deconv(
       switches, {weight.size(2), weight.size(3)}, weight.size(0), weight.size(1),
       DK_UD_FORWARD_ARGS);
+}
+
+template <class Exec>
+Tensor unpool_deconv2d_planned(
+    const UnpoolDeconvPlan& plan, const Tensor& y, const Tensor& weight,
+    const std::optional<Tensor>& bias) {
   const DeconvGeom& d = plan.geo.dc;
   if (bias.has_value()) check_bias(*bias, y, d.cout);
   const Tensor y4 = as_batched(y);
@@ -69,14 +80,27 @@ Tensor unpool_deconv2d(
 }
 
 template <class Exec>
-Tensor unpool_deconv2d_backward_y(
+Tensor unpool_deconv2d(
+    const Tensor& y, const Tensor& switches, const Tensor& weight,
+    const std::optional<Tensor>& bias, DK_UD_PARAMS) {
+  return unpool_deconv2d_planned<Exec>(
+      plan_unpool_deconv2d<Exec>(y, switches, weight, DK_UD_FORWARD_NAMES), y, weight, bias);
+}
+
+template <class Exec>
+UnpoolDeconvPlan plan_unpool_deconv2d_backward_y(
     const Tensor& grad_output, const Tensor& switches, const Tensor& weight, DK_UD_PARAMS) {
   Exec::check_device(grad_output, "grad_output");
   check_floating(grad_output, "grad_output");
   check_weight(weight, grad_output, "weight");
-  const UnpoolDeconvPlan plan = plan_unpool_deconv(
+  return plan_unpool_deconv(
       switches, {weight.size(2), weight.size(3)}, weight.size(0), weight.size(1),
       DK_UD_FORWARD_ARGS);
+}
+
+template <class Exec>
+Tensor unpool_deconv2d_backward_y_planned(
+    const UnpoolDeconvPlan& plan, const Tensor& grad_output, const Tensor& weight) {
   const Tensor g = check_grad_output(grad_output, plan);
   Tensor grad_y = empty_like_format(plan.switches, plan.geo.pool.OH, plan.geo.pool.OW,
                                     grad_output.scalar_type());
@@ -99,7 +123,21 @@ Tensor unpool_deconv2d_backward_y(
 }
 
 template <class Exec>
-Tensor unpool_deconv2d_backward_weight(
+Tensor unpool_deconv2d_backward_y(
+    const Tensor& grad_output, const Tensor& switches, const Tensor& weight, DK_UD_PARAMS) {
+  return unpool_deconv2d_backward_y_planned<Exec>(
+      plan_unpool_deconv2d_backward_y<Exec>(grad_output, switches, weight, DK_UD_FORWARD_NAMES),
+      grad_output, weight);
+}
+
+// The weight gradient's plan also holds grad_output as (N, C_out, Ho, Wo), checked.
+struct WeightGradPlan {
+  UnpoolDeconvPlan plan;
+  Tensor grad;
+};
+
+template <class Exec>
+WeightGradPlan plan_unpool_deconv2d_backward_weight(
     const Tensor& grad_output, const Tensor& y, const Tensor& switches,
     at::IntArrayRef kernel_size, DK_UD_PARAMS) {
   Exec::check_device(grad_output, "grad_output");
@@ -120,6 +158,13 @@ Tensor unpool_deconv2d_backward_weight(
   TORCH_CHECK_VALUE(
       y.scalar_type() == g.scalar_type(), "y must have grad_output's dtype ", g.scalar_type(),
       ", got ", y.scalar_type());
+  return {plan, g};
+}
+
+template <class Exec>
+Tensor unpool_deconv2d_backward_weight_planned(const WeightGradPlan& wp, const Tensor& y) {
+  const UnpoolDeconvPlan& plan = wp.plan;
+  const Tensor& g = wp.grad;
   const Tensor y4 = as_batched(y);
   const DeconvGeom& d = plan.geo.dc;
   Tensor grad_w = at::empty({d.cin, d.cout_group, d.kh, d.kw}, y.options());
@@ -138,6 +183,16 @@ Tensor unpool_deconv2d_backward_weight(
         });
   }
   return grad_w;
+}
+
+template <class Exec>
+Tensor unpool_deconv2d_backward_weight(
+    const Tensor& grad_output, const Tensor& y, const Tensor& switches,
+    at::IntArrayRef kernel_size, DK_UD_PARAMS) {
+  return unpool_deconv2d_backward_weight_planned<Exec>(
+      plan_unpool_deconv2d_backward_weight<Exec>(
+          grad_output, y, switches, kernel_size, DK_UD_FORWARD_NAMES),
+      y);
 }
 
 template <class Exec>
@@ -162,5 +217,6 @@ Tensor unpool_deconv2d_backward_bias(const Tensor& grad_output) {
 
 #undef DK_UD_PARAMS
 #undef DK_UD_FORWARD_ARGS
+#undef DK_UD_FORWARD_NAMES
 
 }  // namespace deconvkernels::launch
