@@ -64,6 +64,17 @@ def pair(value: IntOrPair, name: str) -> tuple[int, int]:
     return (items[0], items[1])
 
 
+def _check_signs(stride: tuple[int, int], dilation: tuple[int, int],
+                 padding: tuple[int, int]) -> None:
+    # Shared by pools and deconvolutions: PyTorch's messages for the same mistakes.
+    if min(stride) <= 0:
+        raise ValueError(f"stride must be positive, got {stride}")
+    if min(dilation) <= 0:
+        raise ValueError(f"dilation must be positive, got {dilation}")
+    if min(padding) < 0:
+        raise ValueError(f"padding must be non-negative, got {padding}")
+
+
 def pool_params(
     kernel_size: IntOrPair,
     stride: IntOrPair | None = None,
@@ -78,12 +89,7 @@ def pool_params(
     d = pair(dilation, "dilation")
     if min(k) <= 0:
         raise ValueError(f"kernel_size must be positive, got {k}")
-    if min(s) <= 0:
-        raise ValueError(f"stride must be positive, got {s}")
-    if min(d) <= 0:
-        raise ValueError(f"dilation must be positive, got {d}")
-    if min(p) < 0:
-        raise ValueError(f"padding must be non-negative, got {p}")
+    _check_signs(s, d, p)
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ValueError(
             f"padding must be at most half of kernel_size, got padding={p} for kernel_size={k}"
@@ -263,12 +269,7 @@ def deconv_params(
     """Normalise and validate a transposed convolution's geometry (PyTorch's rules)."""
     s, p = pair(stride, "stride"), pair(padding, "padding")
     op, d = pair(output_padding, "output_padding"), pair(dilation, "dilation")
-    if min(s) <= 0:
-        raise ValueError(f"stride must be positive, got {s}")
-    if min(d) <= 0:
-        raise ValueError(f"dilation must be positive, got {d}")
-    if min(p) < 0:
-        raise ValueError(f"padding must be non-negative, got {p}")
+    _check_signs(s, d, p)
     if min(op) < 0 or any(o >= max(si, di) for o, si, di in zip(op, s, d, strict=True)):
         raise ValueError(
             "output_padding must be non-negative and smaller than either stride or dilation, "

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ._backend import use_backend
+from .bench_fused import saved_bytes
 from .models import DeconvNet
 
 __all__ = ["main", "saved_activation_bytes", "train_step_times"]
@@ -38,20 +39,13 @@ def _step(model, optimizer, x, target, dtype: torch.dtype) -> None:
 
 def saved_activation_bytes(model, x, target, dtype: torch.dtype, backend: str) -> int:
     """Bytes of the distinct non-parameter storages saved for the backward of one step."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
+    def forward() -> torch.Tensor:
+        with use_backend(backend):
+            with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+                return F.cross_entropy(model(x).float(), target)
 
-    with use_backend(backend), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = F.cross_entropy(model(x).float(), target)
-    del loss
-    return sum(seen.values())
+    return saved_bytes(forward, list(model.parameters()))
 
 
 def train_step_times(

@@ -259,7 +259,7 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .infer import evaluate
+    from .infer import evaluate, evaluate_images
 
     model, ckpt = _load(args)
     source, class_names = _source(args, args.split)
@@ -272,17 +272,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cm = evaluate(model, source, model.num_classes, batch_size=args.batch_size,
                       progress=not args.no_progress)
     else:
-        from tqdm.auto import tqdm
-
-        from .metrics import ConfusionMatrix
-
         segment_fn = _pipeline(args, model)
-        cm = ConfusionMatrix(model.num_classes)
-        for i in tqdm(range(len(source)), desc=f"eval ({mode})", unit="img",
-                      disable=args.no_progress):
-            sample = source[i]
-            if sample is not None:  # a bad file: reported and counted by the dataset
-                cm.update(segment_fn(sample.image, sample.name), sample.label)
+        cm = evaluate_images(lambda s: segment_fn(s.image, s.name), source, model.num_classes,
+                             progress=not args.no_progress, desc=f"eval ({mode})")
     result = {**cm.to_dict(class_names), "checkpoint": args.checkpoint, "data": args.data,
               "split": args.split, "mode": mode}
     print(cm.table(class_names))

@@ -12,14 +12,23 @@ from .instance import (
     segment_instances,
     select_proposals,
 )
-from .whole import evaluate, network_input_size, predict_scores, segment
+from .whole import (
+    eval_mode,
+    evaluate,
+    evaluate_images,
+    network_input_size,
+    predict_scores,
+    segment,
+)
 
 __all__ = [
     "aggregate_box_scores",
     "crf_available",
     "dense_crf",
     "ensemble_scores",
+    "eval_mode",
     "evaluate",
+    "evaluate_images",
     "evaluate_instances",
     "network_input_size",
     "normalize_scores",

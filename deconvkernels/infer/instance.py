@@ -26,14 +26,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..data.samplers import ProposalFn, context_window, crop_resize
 from ..data.transforms import to_tensor
 from ..metrics import ConfusionMatrix
 from .crf import dense_crf, require_crf
 from .ensemble import EnsembleMode, ensemble_scores, normalize_scores
-from .whole import network_input_size, predict_scores
+from .whole import (
+    eval_mode,
+    evaluate_images,
+    model_device,
+    network_input_size,
+    predict_scores,
+)
 
 __all__ = [
     "aggregate_box_scores",
@@ -200,10 +205,6 @@ def select_proposals(
     return boxes[side >= max(min_side, np.finfo(np.float32).tiny)][: max(int(top_n), 0)]
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def predict_instances(
     model: nn.Module,
@@ -252,12 +253,10 @@ def predict_instances(
         if len(boxes) == 0:
             return normalize_scores(whole)
     crop = size or network_input_size(model) or DEFAULT_CROP
-    device = _device(model)
+    device = model_device(model)
     windows = [context_window(b, enlarge, square) for b in boxes]
     merger: _Merger | None = None
-    was_training = model.training
-    model.eval()  # BN population statistics, whatever mode the caller left
-    try:
+    with eval_mode(model):
         for start in range(0, len(windows), batch_size):
             chunk = windows[start:start + batch_size]
             x = torch.stack([to_tensor(crop_resize(image, None, win, crop)[0]) for win in chunk])
@@ -266,8 +265,6 @@ def predict_instances(
                 merger = _Merger(probs.shape[1], (h, w), mode, whole, probs.device)
             for p, win in zip(probs, chunk, strict=True):
                 merger.add(p, win)
-    finally:
-        model.train(was_training)
     assert merger is not None  # len(boxes) > 0 here
     return merger.result(normalize=True).cpu()
 
@@ -316,18 +313,10 @@ def evaluate_instances(
     """
     if crf:
         require_crf()  # fail before the first image, not after it
-    matrix = ConfusionMatrix(num_classes)
-    bar = tqdm(total=len(dataset), desc="eval", unit="img", disable=not progress, leave=False)
-    try:
-        for i in range(len(dataset)):
-            sample = dataset[i]
-            if sample is not None:  # None: a bad file, already reported by the dataset
-                labels = segment_instances(
-                    model, sample.image, proposals(sample), fcn=fcn, ensemble=ensemble,
-                    crf=crf, **kwargs,
-                )
-                matrix.update(labels, sample.label)
-            bar.update(1)
-    finally:
-        bar.close()
-    return matrix
+    return evaluate_images(
+        lambda sample: segment_instances(
+            model, sample.image, proposals(sample), fcn=fcn, ensemble=ensemble, crf=crf,
+            **kwargs,
+        ),
+        dataset, num_classes, progress,
+    )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,14 @@ from tqdm.auto import tqdm
 from ..data.transforms import to_tensor
 from ..metrics import ConfusionMatrix
 
-__all__ = ["network_input_size", "predict_scores", "segment", "evaluate"]
+__all__ = [
+    "eval_mode",
+    "evaluate",
+    "evaluate_images",
+    "network_input_size",
+    "predict_scores",
+    "segment",
+]
 
 
 def network_input_size(model: nn.Module) -> int | None:
@@ -24,8 +32,21 @@ def network_input_size(model: nn.Module) -> int | None:
     return getattr(module, "input_size", None)
 
 
-def _device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's parameters."""
     return next(model.parameters()).device
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode (BN population statistics) for the block, whatever mode the
+    caller left it in; that mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -44,18 +65,14 @@ def predict_scores(
     if any(im.shape[:2] != (h, w) for im in images):
         raise ValueError("predict_scores: images of one call must share their size")
     size = size or network_input_size(model)
-    was_training = model.training
-    model.eval()  # inference: BN population statistics, whatever mode the caller left
-    x = torch.stack([to_tensor(im) for im in images]).to(_device(model))
+    x = torch.stack([to_tensor(im) for im in images]).to(model_device(model))
     if size is not None:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     else:  # fully convolutional: pad to what five 2x2 pools divide, crop the scores back
         ph, pw = -h % 32, -w % 32
         x = F.pad(x, (0, pw, 0, ph))
-    try:
+    with eval_mode(model):
         scores = model(x).float().softmax(1)
-    finally:
-        model.train(was_training)
     if size is not None:
         scores = F.interpolate(scores, size=(h, w), mode="bilinear", align_corners=False)
     else:
@@ -91,8 +108,6 @@ def evaluate(
 ) -> ConfusionMatrix:
     """Whole-image confusion matrix of ``model`` over ``dataset`` (items with ``.image`` and
     ``.label``, e.g. :class:`~deconvkernels.data.Sample`; ``None`` items are skipped)."""
-    was_training = model.training
-    model.eval()
     matrix = ConfusionMatrix(num_classes)
     bar = tqdm(total=len(dataset), desc="eval", unit="img", disable=not progress, leave=False)
     try:
@@ -102,5 +117,27 @@ def evaluate(
             bar.update(len(batch))
     finally:
         bar.close()
-        model.train(was_training)
+    return matrix
+
+
+def evaluate_images(
+    segment_fn: Callable[[Any], np.ndarray],
+    dataset: Sequence[Any],
+    num_classes: int,
+    progress: bool = True,
+    desc: str = "eval",
+) -> ConfusionMatrix:
+    """Confusion matrix of ``segment_fn(item) -> (H, W) labels`` over ``dataset``, one image
+    at a time (items with ``.image`` and ``.label``; ``None`` items, unreadable files already
+    reported by the dataset, are skipped), with a progress bar over images."""
+    matrix = ConfusionMatrix(num_classes)
+    bar = tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, leave=False)
+    try:
+        for i in range(len(dataset)):
+            sample = dataset[i]
+            if sample is not None:
+                matrix.update(segment_fn(sample), sample.label)
+            bar.update(1)
+    finally:
+        bar.close()
     return matrix

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..models import build_model, model_config
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "load_weights"]
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> str:
@@ -51,14 +51,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+def load_weights(model: nn.Module, ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """Copy a checkpoint's weights into ``model`` (or a DDP wrapper's module); a checkpoint
+    of another architecture is a ``ValueError`` naming ``path``."""
+    module = model.module if hasattr(model, "module") else model
+    try:
+        module.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {os.fspath(path)!r} does not fit this model: {e}") from e
+
+
 def load_model(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint was saved from; returns ``(model in eval mode, ckpt)``."""
     ckpt = load_checkpoint(path)
     model = build_model(**ckpt["model_config"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise ValueError(f"checkpoint {os.fspath(path)!r} does not fit its model: {e}") from e
+    load_weights(model, ckpt, path)
     return model.to(device).eval(), ckpt

@@ -18,13 +18,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..data import collate_skip_none
+from ..data.sample import IGNORE_INDEX  # VOC's "void": borders and padding carry no loss
+from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .config import TrainConfig
 from .distributed import rank_and_world
 
 __all__ = ["Trainer", "resolve_device", "IGNORE_INDEX"]
 
-IGNORE_INDEX = 255  # VOC's "void" label: border and ambiguous pixels carry no loss
 
 EvalFn = Callable[[nn.Module], dict[str, Any]]
 StepHook = Callable[["Trainer"], None]
@@ -120,8 +121,6 @@ class Trainer:
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Endless batches. Each epoch's order is a permutation drawn from ``(seed, epoch)``
         alone, so a resumed run skips exactly the batches it already consumed."""
-        from ..data import collate_skip_none
-
         cfg = self.config
         n = len(self.dataset)  # type: ignore[arg-type]
         b = cfg.batch_size
@@ -212,11 +211,7 @@ class Trainer:
         ckpt = load_checkpoint(path)
         if "trainer" not in ckpt:
             raise ValueError(f"{path!r} holds weights only, not a resumable training state")
-        module = self.model.module if hasattr(self.model, "module") else self.model
-        try:
-            module.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            raise ValueError(f"checkpoint {path!r} does not fit this model: {e}") from e
+        load_weights(self.model, ckpt, path)
         self.load_state_dict(ckpt["trainer"])
 
     # -- loop ------------------------------------------------------------------------
