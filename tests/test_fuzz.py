@@ -89,22 +89,24 @@ def geometry_args(draw):
     return kernel, stride, padding, dilation, draw(st.booleans())
 
 
+def _int_pair(v):
+    """``[a, b]`` for an int or a pair of ints (bools excluded), else None."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return [v, v]
+    if isinstance(v, tuple) and len(v) == 2 and all(
+        isinstance(e, int) and not isinstance(e, bool) for e in v
+    ):
+        return list(v)
+    return None
+
+
 def _normalised(kernel, stride, padding, dilation):
     """The raw ops' int lists, or None when the arguments are not ints/pairs of ints."""
-    def p(v):
-        if isinstance(v, bool):
-            return None
-        if isinstance(v, int):
-            return [v, v]
-        if isinstance(v, tuple) and len(v) == 2 and all(
-            isinstance(e, int) and not isinstance(e, bool) for e in v
-        ):
-            return list(v)
-        return None
-
-    k = p(kernel)
-    s = k if stride is None else p(stride)
-    geo = [k, s, p(padding), p(dilation)]
+    k = _int_pair(kernel)
+    s = k if stride is None else _int_pair(stride)
+    geo = [k, s, _int_pair(padding), _int_pair(dilation)]
     return None if any(g is None for g in geo) else geo
 
 
@@ -377,18 +379,6 @@ def pool_geometry_args(draw):
     padding = (draw(st.integers(0, k[0] // 2)), draw(st.integers(0, k[1] // 2)))
     dilation = draw(st.one_of(st.just(1), int_or_pair(1, 2)))
     return k, stride, padding, dilation, draw(st.booleans())
-
-
-def _int_pair(v):
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return [v, v]
-    if isinstance(v, tuple) and len(v) == 2 and all(
-        isinstance(e, int) and not isinstance(e, bool) for e in v
-    ):
-        return list(v)
-    return None
 
 
 @settings(FUZZ, max_examples=60)

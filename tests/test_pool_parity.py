@@ -189,6 +189,23 @@ EMPTY_WINDOW_CASES = [
 ]
 
 
+def _pool_on_each_backend(target, x, geo, ceil, clear_error):
+    """``{backend: (y, switches) or None}``: the pool on both public backends (or the emulated
+    kernel); None where it raised a ValueError/RuntimeError, which ``clear_error`` must accept."""
+    outcomes = {}
+    for backend in ("extension", "reference") if target.public else ("emulated",):
+        try:
+            if target.public:
+                with dk.use_backend(backend):
+                    outcomes[backend] = target.pool(x, *geo, ceil)
+            else:
+                outcomes[backend] = target.pool(x, *geo, ceil)
+        except (ValueError, RuntimeError) as exc:
+            assert clear_error(exc), f"{backend}: unclear error: {exc}"
+            outcomes[backend] = None
+    return outcomes
+
+
 @pytest.mark.parametrize(
     "hw, geo, ceil", EMPTY_WINDOW_CASES, ids=[f"{c[0]}-{geo_id(c[1:])}" for c in EMPTY_WINDOW_CASES]
 )
@@ -200,20 +217,12 @@ def test_pool_windows_without_inbounds_tap(target, hw, geo, ceil):
     assert has_empty_window(hw, geo, ceil)
     x = make_values((1, 2, *hw), torch.float32, "randn")
     ey, _ = torch_pool(x, geo, ceil)
-    backends = ("extension", "reference") if target.public else ("emulated",)
-    outcomes = {}
-    for backend in backends:
-        try:
-            if target.public:
-                with dk.use_backend(backend):
-                    outcomes[backend] = target.pool(x, *geo, ceil)
-            else:
-                outcomes[backend] = target.pool(x, *geo, ceil)
-        except (ValueError, RuntimeError) as exc:
-            assert any(w in str(exc) for w in ("padding", "dilation", "window")) and (
-                "indices" not in str(exc)  # the user passed no indices
-            ), f"{backend}: unclear error: {exc}"
-            outcomes[backend] = None
+    def clear(exc: Exception) -> bool:
+        message = str(exc)  # names the geometry, not indices (the user passed none)
+        return any(w in message for w in ("padding", "dilation", "window")) and (
+            "indices" not in message)
+
+    outcomes = _pool_on_each_backend(target, x, geo, ceil, clear)
     assert len({r is None for r in outcomes.values()}) == 1, f"backends disagree: {outcomes}"
     for backend, result in outcomes.items():
         if result is not None:
@@ -328,18 +337,7 @@ def test_pool_padding_past_torch_limit(target, case):
     oracle) or a clear error naming padding; and both backends must behave the same."""
     geo, ceil = case
     x = make_values((2, 3, 9, 10), torch.float32, "special")
-    outcomes = {}
-    backends = ("extension", "reference") if target.public else ("emulated",)
-    for backend in backends:
-        try:
-            if target.public:
-                with dk.use_backend(backend):
-                    outcomes[backend] = target.pool(x, *geo, ceil)
-            else:
-                outcomes[backend] = target.pool(x, *geo, ceil)
-        except (ValueError, RuntimeError) as exc:
-            assert "padding" in str(exc), f"{backend}: error does not name padding: {exc}"
-            outcomes[backend] = None
+    outcomes = _pool_on_each_backend(target, x, geo, ceil, lambda exc: "padding" in str(exc))
     results = list(outcomes.values())
     assert all(r is None for r in results) or all(r is not None for r in results), (
         f"backends disagree on whether this geometry is valid: {outcomes.keys()} -> "
