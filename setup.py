@@ -114,12 +114,43 @@ ISA_FLAGS = {
         "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512", "-mavx512f", "-mavx512bw",
         "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
     ],
+    # AVX512 plus the bfloat16 dot product (vdpbf16ps): ATen's vectors stay AVX512's.
+    "avx512bf16": [
+        "-DCPU_CAPABILITY=AVX512_BF16", "-DCPU_CAPABILITY_AVX512", "-DDK_BF16_DOT=1",
+        "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma",
+        "-mf16c",
+    ],
 }
+
+
+def compiler_accepts(flag: str) -> bool:
+    """Whether the C++ compiler takes ``flag`` (an old compiler may lack -mavx512bf16)."""
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        done = subprocess.run([cxx, flag, "-x", "c++", "-fsyntax-only", "-"], input=b"int x;",
+                              capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
 ISAS = ["default", "avx2", "avx512"] if IS_X86 else ["default"]
+if IS_X86 and compiler_accepts("-mavx512bf16"):
+    ISAS.append("avx512bf16")
+# The kernel families compiled per ISA; the bfloat16-dot level only has the fused op's
+# kernels (its pooling is AVX512's: pooling does no multiply-adds).
+ISA_KERNELS = {isa: ("pool_kernels", "unpool_deconv_kernels") for isa in ISAS}
+if "avx512bf16" in ISA_KERNELS:
+    ISA_KERNELS["avx512bf16"] = ("unpool_deconv_kernels",)
+
+
+# As deconvkernels.build_info() and set_cpu_isa() name them.
+ISA_NAMES = {"default": "DEFAULT", "avx2": "AVX2", "avx512": "AVX512",
+             "avx512bf16": "AVX512_BF16"}
 
 
 def isa_of(source: str) -> str | None:
-    m = re.search(r"_(default|avx2|avx512)\.cpp$", source)
+    m = re.search(r"_(default|avx2|avx512|avx512bf16)\.cpp$", source)
     return m.group(1) if m else None
 
 
@@ -175,20 +206,22 @@ def extension():
     if WITH_CUDA:
         sources += ["csrc/cuda/cuda_ops.cu"]
     sources += [f"csrc/cpu/isa/{kernels}_{isa}.cpp"
-                for isa in ISAS for kernels in ("pool_kernels", "unpool_deconv_kernels")]
+                for isa in ISAS for kernels in ISA_KERNELS[isa]]
 
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if WITH_CUDA else ""
     defines = {
         "DK_BUILD_CUDA": "1" if WITH_CUDA else "0",
         "DK_CUDA_ARCHS": f'"{archs}"',
         "DK_CUDA_VERSION": f'"{torch.version.cuda or ""}"' if WITH_CUDA else '""',
-        "DK_CPU_ISAS": '"' + ";".join(i.upper() for i in ISAS) + '"',
+        "DK_CPU_ISAS": '"' + ";".join(ISA_NAMES[i] for i in ISAS) + '"',
         "DK_TORCH_VERSION": f'"{torch.__version__}"',
     }
     if "avx2" in ISAS:
         defines["DK_HAVE_AVX2"] = "1"
     if "avx512" in ISAS:
         defines["DK_HAVE_AVX512"] = "1"
+    if "avx512bf16" in ISAS:
+        defines["DK_HAVE_AVX512_BF16"] = "1"
     macros = [f"-D{k}={v}" for k, v in defines.items()]
     # at::parallel_for is header code over OpenMP in torch's builds: without -fopenmp it
     # silently runs on one thread. The link resolves to the libgomp torch already loaded.

@@ -988,3 +988,77 @@ def test_fast_weight_gradient_in_passes(kernel, padding):
             out = dk.unpool_deconv2d(y, sw, weight, None, output_size=(h, w), padding=padding)
         (expected,) = torch.autograd.grad(out, weight, grad)
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+BF16_DOT_SHAPES = [
+    # (batch, C_in, C_out, unpooled h, w, kernel, padding): tiles of 64 and 32 channels with
+    # and without tails, odd pooled widths (a term without a partner), several chunks of 64
+    # input channels, kernels 1 / 3 / 5 (5: the unblocked forward on bfloat16 weights), and a
+    # map large enough for the weight gradient's passes through the float buffer
+    (2, 3, 64, 10, 14, 3, 1),
+    (1, 70, 96, 13, 11, 3, 1),
+    (2, 130, 130, 6, 10, 3, 0),
+    (1, 16, 512, 8, 6, 1, 0),
+    (2, 5, 33, 9, 7, 3, 2),
+    (1, 6, 20, 8, 10, 5, 2),
+    (2, 8, 40, 48, 50, 3, 1),
+]
+
+
+@pytest.mark.requires_extension
+@pytest.mark.skipif("AVX512_BF16" not in dk.available_cpu_isas(),
+                    reason="no AVX512_BF16 kernels here (CPU or build)")
+@pytest.mark.parametrize("shape", BF16_DOT_SHAPES, ids=str)
+@pytest.mark.parametrize("special", [False, True], ids=["randn", "nan-inf"])
+def test_bf16_dot_kernels(shape, special):
+    """The AVX512_BF16 kernels (bfloat16 pairs on vdpbf16ps) against the reference chain in
+    float64 on the same bfloat16 values, for the forward, grad-y and grad-weight. With NaN and
+    +-inf among the pooled values: NaN and inf exactly where the reference has them, except in
+    the weight gradient, whose non-finite pattern is the AVX512 float kernels' (the dense
+    reference multiplies an inf by the zero padding of grad_output where a tap leaves the
+    output, a term the sparse kernels rightly do not have)."""
+    n, cin, cout, h, w, k, p = shape
+    x = torch.randn(n, cin, h, w)
+    y, sw = dk.max_pool2d_with_switches(x, 2)
+    if special:
+        r = torch.rand(y.shape)
+        y[r < 0.05] = float("nan")
+        y[(r >= 0.05) & (r < 0.1)] = float("inf")
+        y[(r >= 0.1) & (r < 0.15)] = float("-inf")
+    y = y.bfloat16()
+    weight = (torch.randn(cin, cout, k, k) * 0.1).bfloat16()
+    bias = torch.randn(cout).bfloat16()
+    ho, wo = h - 2 * p + k - 1, w - 2 * p + k - 1
+    grad = torch.randn(n, cout, ho, wo).bfloat16()
+    geo = [[h, w], [2, 2], [2, 2], [0, 0], [1, 1], [1, 1], [p, p], [0, 0], 1, [1, 1]]
+    y64, w64, b64 = (t.double().requires_grad_() for t in (y, weight, bias))
+    with dk.use_backend("reference"):
+        ref = dk.unpool_deconv2d(y64, sw, w64, b64, output_size=(h, w), padding=p)
+    ref_gy, ref_gw = torch.autograd.grad(ref, (y64, w64), grad.double())
+    ops = torch.ops.deconvkernels
+    try:
+        assert dk.set_cpu_isa("AVX512") == "AVX512"
+        float_gw = ops.unpool_deconv2d_backward_weight(grad, y, sw, [k, k], *geo).double()
+        assert dk.set_cpu_isa("AVX512_BF16") == "AVX512_BF16"
+        got = ops.unpool_deconv2d(y, sw, weight, bias, *geo)
+        got_gy = ops.unpool_deconv2d_backward_y(grad, sw, weight, *geo)
+        got_gw = ops.unpool_deconv2d_backward_weight(grad, y, sw, [k, k], *geo)
+    finally:
+        dk.set_cpu_isa(None)
+    if special:
+        ref_gw = torch.where(float_gw.isfinite() & ref_gw.isfinite(), ref_gw, float_gw)
+    for name, out, expected, terms in (
+        ("forward", got, ref, cin * k * k),
+        ("grad_y", got_gy, ref_gy, cout * k * k),
+        ("grad_weight", got_gw, ref_gw, n * (h // 2) * (w // 2)),
+    ):
+        assert out.dtype == torch.bfloat16, name
+        out = out.double()
+        assert torch.equal(out.isnan(), expected.isnan()), f"{shape} {name}: NaN positions differ"
+        finite = expected.isfinite()
+        assert torch.equal(out[~finite & ~expected.isnan()],
+                           expected[~finite & ~expected.isnan()]), f"{shape} {name}: inf"
+        # bfloat16 rounding of the result plus float sums of `terms` products
+        tol = 2.0**-7 * expected[finite].abs() + 1e-5 * terms
+        err = (out[finite] - expected[finite]).abs()
+        assert bool((err <= tol).all()), f"{shape} {name}: max error {err.max():.3g}"

@@ -24,6 +24,8 @@ bool cpu_supports(CpuIsa isa) {
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
           __builtin_cpu_supports("fma");
+    case CpuIsa::kAvx512Bf16:
+      return cpu_supports(CpuIsa::kAvx512) && __builtin_cpu_supports("avx512bf16");
   }
   return false;
 #else
@@ -47,9 +49,18 @@ bool compiled_in(CpuIsa isa) {
 #else
       return false;
 #endif
+    case CpuIsa::kAvx512Bf16:
+#if defined(DK_HAVE_AVX512_BF16)
+      return true;
+#else
+      return false;
+#endif
   }
   return false;
 }
+
+constexpr CpuIsa kAllIsas[] = {CpuIsa::kDefault, CpuIsa::kAvx2, CpuIsa::kAvx512,
+                               CpuIsa::kAvx512Bf16};
 
 bool usable(CpuIsa isa) {
   return compiled_in(isa) && cpu_supports(isa);
@@ -61,7 +72,7 @@ CpuIsa automatic_isa() {
   const std::string aten = at::get_cpu_capability();
   CpuIsa want = CpuIsa::kDefault;
   if (aten.find("AVX512") != std::string::npos) {
-    want = CpuIsa::kAvx512;
+    want = CpuIsa::kAvx512Bf16;  // AVX512 where the CPU lacks the bfloat16 dot product
   } else if (aten.find("AVX2") != std::string::npos) {
     want = CpuIsa::kAvx2;
   }
@@ -87,13 +98,15 @@ std::string isa_name(CpuIsa isa) {
       return "AVX2";
     case CpuIsa::kAvx512:
       return "AVX512";
+    case CpuIsa::kAvx512Bf16:
+      return "AVX512_BF16";
   }
   return "?";
 }
 
 std::vector<std::string> available_isas() {
   std::vector<std::string> out;
-  for (CpuIsa isa : {CpuIsa::kDefault, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+  for (CpuIsa isa : kAllIsas) {
     if (usable(isa)) out.push_back(isa_name(isa));
   }
   return out;
@@ -106,7 +119,7 @@ std::string set_isa(const std::string& name) {
   }
   std::string upper = name;
   std::transform(upper.begin(), upper.end(), upper.begin(), ::toupper);
-  for (CpuIsa isa : {CpuIsa::kDefault, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+  for (CpuIsa isa : kAllIsas) {
     if (isa_name(isa) == upper) {
       TORCH_CHECK(
           usable(isa), "cpu isa ", upper, " is not available here (compiled in: ",
@@ -115,12 +128,13 @@ std::string set_isa(const std::string& name) {
       return upper;
     }
   }
-  TORCH_CHECK(false, "cpu isa must be one of DEFAULT, AVX2, AVX512 (or empty), got '", name, "'");
+  TORCH_CHECK(false, "cpu isa must be one of DEFAULT, AVX2, AVX512, AVX512_BF16 (or empty), got '", name, "'");
 }
 
 const PoolKernelTable& pool_kernels() {
   switch (current_isa()) {
 #if defined(DK_HAVE_AVX512)
+    case CpuIsa::kAvx512Bf16:  // pooling does no multiply-adds: AVX512's kernels
     case CpuIsa::kAvx512:
       return AVX512::pool_kernel_table();
 #endif
@@ -139,6 +153,10 @@ namespace deconvkernels::cpu {
 
 const UnpoolDeconvKernelTable& unpool_deconv_kernels() {
   switch (current_isa()) {
+#if defined(DK_HAVE_AVX512_BF16)
+    case CpuIsa::kAvx512Bf16:
+      return AVX512_BF16::unpool_deconv_kernel_table();
+#endif
 #if defined(DK_HAVE_AVX512)
     case CpuIsa::kAvx512:
       return AVX512::unpool_deconv_kernel_table();

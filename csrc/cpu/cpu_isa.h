@@ -8,7 +8,9 @@
 
 namespace deconvkernels::cpu {
 
-enum class CpuIsa { kDefault, kAvx2, kAvx512 };
+// In order of preference. kAvx512Bf16 is AVX512 plus the bfloat16 dot product
+// (vdpbf16ps); only the fused op's bfloat16 kernels differ from AVX512's.
+enum class CpuIsa { kDefault, kAvx2, kAvx512, kAvx512Bf16 };
 
 CpuIsa current_isa();
 std::string isa_name(CpuIsa isa);

@@ -40,12 +40,19 @@ at::ScalarType acc_type(const Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// The weight as (kh, kw, C_in, C_out) in the accumulation type (output channels
-// contiguous), as the forward and grad-y kernels read it. Not cached between the forward
+// The dtype the chosen kernels read the weight and grad_output in: the accumulation type,
+// or bfloat16 itself for the dot-product kernels (UnpoolDeconvKernelTable::bf16_operands).
+at::ScalarType operand_type(const cpu::UnpoolDeconvKernelTable& kernels, const Tensor& t) {
+  return kernels.bf16_operands && t.scalar_type() == at::kBFloat16 ? at::kBFloat16
+                                                                    : acc_type(t);
+}
+
+// The weight as (kh, kw, C_in, C_out) in the operand type (output channels contiguous),
+// as the forward and grad-y kernels read it. Not cached between the forward
 // and the backward: a version-counter check would miss writes through `.data` (which
 // gradcheck and hand-written optimisers do), so each op pays one relayout.
-Tensor weight_taps_first(const Tensor& weight, at::ScalarType acc) {
-  return weight.permute({2, 3, 0, 1}).to(acc).contiguous();
+Tensor weight_taps_first(const Tensor& weight, at::ScalarType dtype) {
+  return weight.permute({2, 3, 0, 1}).to(dtype).contiguous();
 }
 
 // The fast kernels' view of a call; y may be undefined (grad_y needs no values).
@@ -91,21 +98,44 @@ Tensor unpool_deconv2d_cpu(
   Tensor out = empty_like_format(y4, d.cout, d.Ho, d.Wo, y.scalar_type());
   if (out.numel() == 0) return plan.batched ? out : out.squeeze(0);
   validate_switches_cpu(plan.switches, plan.geo.pool);
-  const Tensor wt = weight_taps_first(weight, acc_type(y));
+  const cpu::UnpoolDeconvKernelTable& kernels = cpu::unpool_deconv_kernels();
+  const Tensor wt = weight_taps_first(weight, operand_type(kernels, y));
   const Tensor b = bias.has_value() ? bias->to(acc_type(y)).contiguous() : Tensor();
   cpu::UnpoolDeconvFastArgs a = fast_args(plan, y4, y.scalar_type());
   a.weight_t = wt.const_data_ptr();
   a.bias = b.defined() ? b.const_data_ptr() : nullptr;
   a.out = out.mutable_data_ptr();
   a.os = strides_of(out);
-  cpu::unpool_deconv_kernels().forward(a);
+  kernels.forward(a);
   return plan.batched ? out : out.squeeze(0);
 }
 
-// grad_output as (N, Ho, Wo, C_out) contiguous in the accumulation type: a no-op for a
-// float channels_last gradient, one pass otherwise (never the unpooled map's size).
-Tensor grad_nhwc(const Tensor& g4) {
-  return g4.to(acc_type(g4)).contiguous(at::MemoryFormat::ChannelsLast);
+// grad_output as (N, Ho, Wo, C_out) contiguous in the operand type: a no-op for a
+// channels_last gradient of that type, one pass otherwise (never the unpooled map's size).
+Tensor grad_nhwc(const Tensor& g4, at::ScalarType dtype) {
+  return g4.to(dtype).contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+// grad_output for the kernels in `gr`: as grad_nhwc, or zero-padded in bfloat16 for the
+// bfloat16 dot-product kernels (UnpoolDeconvFastGrads, grad_padding). Returns the tensor
+// that owns the memory.
+Tensor prepare_grad(const Tensor& g4, const cpu::UnpoolDeconvKernelTable& kernels,
+                    const cpu::UnpoolDeconvFastArgs& a, cpu::UnpoolDeconvFastGrads& gr) {
+  if (operand_type(kernels, g4) != at::kBFloat16) {
+    Tensor gn = grad_nhwc(g4, acc_type(g4));
+    gr.grad_nhwc = gn.const_data_ptr();
+    return gn;
+  }
+  int64_t pad[4];
+  cpu::grad_padding(a, pad);
+  gr.pad_top = pad[0];
+  gr.pad_left = pad[2];
+  gr.padded_h = a.Ho + pad[0] + pad[1];
+  gr.padded_w = a.Wo + pad[2] + pad[3];
+  Tensor padded = at::zeros({a.N, gr.padded_h, gr.padded_w, a.Cout}, g4.options());
+  padded.narrow(1, pad[0], a.Ho).narrow(2, pad[2], a.Wo).copy_(g4.permute({0, 2, 3, 1}));
+  gr.grad_nhwc = padded.const_data_ptr();
+  return padded;
 }
 
 Tensor unpool_deconv2d_backward_y_cpu(
@@ -120,15 +150,15 @@ Tensor unpool_deconv2d_backward_y_cpu(
       plan.switches, plan.geo.pool.OH, plan.geo.pool.OW, grad_output.scalar_type());
   if (grad_y.numel() == 0) return plan.batched ? grad_y : grad_y.squeeze(0);
   validate_switches_cpu(plan.switches, plan.geo.pool);
-  const Tensor gn = grad_nhwc(g);
-  const Tensor wt = weight_taps_first(weight, acc_type(g));
+  const cpu::UnpoolDeconvKernelTable& kernels = cpu::unpool_deconv_kernels();
+  const Tensor wt = weight_taps_first(weight, operand_type(kernels, g));
   cpu::UnpoolDeconvFastArgs a = fast_args(plan, Tensor(), g.scalar_type());
   a.weight_t = wt.const_data_ptr();
   cpu::UnpoolDeconvFastGrads gr{};
-  gr.grad_nhwc = gn.const_data_ptr();
+  const Tensor gn = prepare_grad(g, kernels, a, gr);
   gr.grad_y = grad_y.mutable_data_ptr();
   gr.gys = strides_of(grad_y);
-  cpu::unpool_deconv_kernels().backward_y(a, gr);
+  kernels.backward_y(a, gr);
   return plan.batched ? grad_y : grad_y.squeeze(0);
 }
 
@@ -147,9 +177,11 @@ Tensor unpool_deconv2d_backward_weight_cpu(
     return launch::unpool_deconv2d_backward_weight_planned<ParallelCpuExec>(wp, y);
   }
   const cpu::UnpoolDeconvFastArgs a = fast_args(plan, as_batched(y), y.scalar_type());
+  const cpu::UnpoolDeconvKernelTable& kernels = cpu::unpool_deconv_kernels();
   const auto acc = acc_type(y);
-  const bool direct = cpu::weight_grad_direct(
-      a, y.scalar_type() == acc, static_cast<int64_t>(c10::elementSize(acc)));
+  const auto operand = operand_type(kernels, y);
+  const bool direct =
+      cpu::weight_grad_direct(a, static_cast<int64_t>(c10::elementSize(operand)));
   Tensor grad_w = at::empty({d.cin, d.cout, d.kh, d.kw}, y.options());
   Tensor buf;
   if (!direct) buf = at::zeros({d.cin, d.kh, d.kw, d.cout}, y.options().dtype(acc));
@@ -157,12 +189,11 @@ Tensor unpool_deconv2d_backward_weight_cpu(
     return direct ? grad_w.zero_() : buf.permute({0, 3, 1, 2}).to(y.scalar_type()).contiguous();
   }
   validate_switches_cpu(plan.switches, plan.geo.pool);
-  const Tensor gn = grad_nhwc(g);
   cpu::UnpoolDeconvFastGrads gr{};
-  gr.grad_nhwc = gn.const_data_ptr();
+  const Tensor gn = prepare_grad(g, kernels, a, gr);
   gr.grad_weight = grad_w.mutable_data_ptr();
   gr.grad_weight_c = direct ? nullptr : buf.mutable_data_ptr();
-  cpu::unpool_deconv_kernels().backward_weight(a, gr);
+  kernels.backward_weight(a, gr);
   return direct ? grad_w : buf.permute({0, 3, 1, 2}).to(y.scalar_type()).contiguous();
 }
 

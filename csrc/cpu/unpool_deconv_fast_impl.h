@@ -16,7 +16,12 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
+
+#if defined(DK_BF16_DOT)
+#include <immintrin.h>
+#endif
 
 #include "unpool_deconv_fast.h"
 
@@ -25,35 +30,39 @@ namespace {
 
 using at::vec::Vectorized;
 
-// Register-blocked accumulation for one output row, kernel width KW and kBlock vectors of
-// output channels: a pooled column ow reaches the KW + 1 output pixels starting at
-// 2 * ow - pw whatever its switch, so their accumulators for a block of channels live in
-// registers while all (tap row, input channel) contributions are added; then they are
-// added to the row. One weight load per multiply-add, none of the accumulator.
-//
-// Which values reach the row, and at which column of their window, depends on each
-// switch: as branches that is a coin flip per value (half the time mispredicted), so the
-// values are first sorted, without branches, into per-(tap row, column, channel chunk)
-// lists of those landing in column 0 (from the front) and column 1 (from the back).
-template <typename T, int KW>
-void accumulate_row_blocked(
-    const UnpoolDeconvFastArgs& a, int64_t n, int64_t zh, typename AccType<T>::type* row,
-    std::vector<int32_t>& list_ci, std::vector<typename AccType<T>::type>& list_v) {
-  using acc_t = typename AccType<T>::type;
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t V = Vec::size();
-  constexpr int kBlock = 4;
-  // Input channels in chunks, so that the weights of one (channel block, chunk) pair
-  // (kh * KW * 64 * kBlock vectors, 147 KiB for 3x3 float) stay in L2 across the row.
-  constexpr int64_t kChunk = 64;
+// The pooled values that reach output row zh, sorted without branches into lists per
+// (tap row ka, pooled column ow, chunk of kChunk input channels): those landing in column 0
+// of their window fill the list from the front, those in column 1 from the back. Which
+// values reach the row, and at which column, depends on each switch: as branches that is
+// a coin flip per value (half the time mispredicted). `Stored` is what the kernel wants
+// of a value (the accumulation type, or bfloat16 bits for the dot-product kernels).
+constexpr int64_t kChunk = 64;
+
+template <typename Stored>
+struct RowEntries {
+  int64_t chunks = 0, per_ka = 0;
+  std::vector<int32_t> ci;
+  std::vector<Stored> v;
+  std::vector<int32_t> count0, count1;
+
+  int64_t base(int64_t ka, int64_t ow, int64_t ch) const {
+    return ka * per_ka + (ow * chunks + ch) * kChunk;
+  }
+  int64_t slot(int64_t ka, int64_t ow, int64_t ch, int64_t OW) const {
+    return (ka * OW + ow) * chunks + ch;
+  }
+};
+
+template <typename T, typename Stored, typename Convert>
+void sort_row_entries(const UnpoolDeconvFastArgs& a, int64_t n, int64_t zh,
+                      RowEntries<Stored>& e, Convert convert) {
   const T* y = static_cast<const T*>(a.y);
-  const acc_t* wt = static_cast<const acc_t*>(a.weight_t);
-  const int64_t Cout = a.Cout, tap_stride = a.Cin * Cout;
-  const int64_t chunks = (a.Cin + kChunk - 1) / kChunk;
-  const int64_t per_ka = a.OW * chunks * kChunk;
-  list_ci.resize(a.kh * per_ka);
-  list_v.resize(a.kh * per_ka);
-  std::vector<int32_t> count0(a.kh * a.OW * chunks, 0), count1(a.kh * a.OW * chunks, 0);
+  e.chunks = (a.Cin + kChunk - 1) / kChunk;
+  e.per_ka = a.OW * e.chunks * kChunk;
+  e.ci.resize(a.kh * e.per_ka);
+  e.v.resize(a.kh * e.per_ka);
+  e.count0.assign(a.kh * a.OW * e.chunks, 0);
+  e.count1.assign(a.kh * a.OW * e.chunks, 0);
   for (int64_t ka = 0; ka < a.kh; ++ka) {
     const int64_t ih = zh + a.ph - ka;
     if (ih < 0 || ih >= 2 * a.OH) continue;  // rows past the windows stay zero
@@ -61,45 +70,64 @@ void accumulate_row_blocked(
     for (int64_t ow = 0; ow < a.OW; ++ow) {
       const T* yp = y + n * a.ys.n + oh * a.ys.h + ow * a.ys.w;
       const uint8_t* sp = a.switches + n * a.ss.n + oh * a.ss.h + ow * a.ss.w;
-      for (int64_t ch = 0; ch < chunks; ++ch) {
-        const int64_t base = ka * per_ka + (ow * chunks + ch) * kChunk;
+      for (int64_t ch = 0; ch < e.chunks; ++ch) {
+        const int64_t base = e.base(ka, ow, ch);
         int32_t k0 = 0, k1 = 0;
         for (int64_t ci = ch * kChunk; ci < std::min<int64_t>(a.Cin, (ch + 1) * kChunk); ++ci) {
           const int64_t sw = sp[ci * a.ss.c];
-          const acc_t v = static_cast<acc_t>(yp[ci * a.ys.c]);
+          const Stored v = convert(yp[ci * a.ys.c]);
           const int64_t front = base + k0, back = base + kChunk - 1 - k1;
-          list_ci[front] = static_cast<int32_t>(ci);
-          list_v[front] = v;
-          list_ci[back] = static_cast<int32_t>(ci);
-          list_v[back] = v;
+          e.ci[front] = static_cast<int32_t>(ci);
+          e.v[front] = v;
+          e.ci[back] = static_cast<int32_t>(ci);
+          e.v[back] = v;
           k0 += sw == 2 * ky;
           k1 += sw == 2 * ky + 1;
         }
-        count0[(ka * a.OW + ow) * chunks + ch] = k0;
-        count1[(ka * a.OW + ow) * chunks + ch] = k1;
+        e.count0[e.slot(ka, ow, ch, a.OW)] = k0;
+        e.count1[e.slot(ka, ow, ch, a.OW)] = k1;
       }
     }
   }
+}
+
+// Register-blocked accumulation for one output row, kernel width KW and kBlock vectors of
+// output channels: a pooled column ow reaches the KW + 1 output pixels starting at
+// 2 * ow - pw whatever its switch, so their accumulators for a block of channels live in
+// registers while all (tap row, input channel) contributions are added; then they are
+// added to the row. One weight load per multiply-add, none of the accumulator. Input
+// channels go in chunks of kChunk, so that the weights of one (channel block, chunk) pair
+// (kh * KW * 64 * kBlock vectors, 147 KiB for 3x3 float) stay in L2 across the row.
+template <typename T, int KW>
+void accumulate_row_blocked(
+    const UnpoolDeconvFastArgs& a, int64_t n, int64_t zh, typename AccType<T>::type* row,
+    RowEntries<typename AccType<T>::type>& e) {
+  using acc_t = typename AccType<T>::type;
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  constexpr int kBlock = 4;
+  const acc_t* wt = static_cast<const acc_t*>(a.weight_t);
+  const int64_t Cout = a.Cout, tap_stride = a.Cin * Cout;
+  sort_row_entries<T>(a, n, zh, e, [](T v) { return static_cast<acc_t>(v); });
   for (int64_t c0 = 0; c0 < Cout; c0 += kBlock * V) {
-    for (int64_t ch = 0; ch < chunks; ++ch) {
+    for (int64_t ch = 0; ch < e.chunks; ++ch) {
       for (int64_t ow = 0; ow < a.OW; ++ow) {
         Vec acc[KW + 1][kBlock];
         for (int p = 0; p <= KW; ++p)
           for (int j = 0; j < kBlock; ++j) acc[p][j] = Vec(acc_t(0));
         for (int64_t ka = 0; ka < a.kh; ++ka) {
-          const int64_t slot = (ka * a.OW + ow) * chunks + ch;
-          const int64_t base = ka * per_ka + (ow * chunks + ch) * kChunk;
+          const int64_t slot = e.slot(ka, ow, ch, a.OW), base = e.base(ka, ow, ch);
           const acc_t* wa = wt + ka * KW * tap_stride + c0;
-          for (int64_t e = base, stop = base + count0[slot]; e < stop; ++e) {  // column 0
-            const Vec v(list_v[e]);
-            const acc_t* w = wa + list_ci[e] * Cout;
+          for (int64_t i = base, stop = base + e.count0[slot]; i < stop; ++i) {  // column 0
+            const Vec v(e.v[i]);
+            const acc_t* w = wa + e.ci[i] * Cout;
             for (int b = 0; b < KW; ++b)
               for (int j = 0; j < kBlock; ++j)
                 acc[b][j] = at::vec::fmadd(v, Vec::loadu(w + b * tap_stride + j * V), acc[b][j]);
           }
-          for (int64_t e = base + kChunk - count1[slot]; e < base + kChunk; ++e) {  // column 1
-            const Vec v(list_v[e]);
-            const acc_t* w = wa + list_ci[e] * Cout;
+          for (int64_t i = base + kChunk - e.count1[slot]; i < base + kChunk; ++i) {  // column 1
+            const Vec v(e.v[i]);
+            const acc_t* w = wa + e.ci[i] * Cout;
             for (int b = 0; b < KW; ++b)
               for (int j = 0; j < kBlock; ++j)
                 acc[b + 1][j] =
@@ -118,33 +146,72 @@ void accumulate_row_blocked(
   }
 }
 
+#if defined(DK_BF16_DOT)
+#include "unpool_deconv_bf16_dot.h"
+constexpr bool kBf16Dot = true;
+#else
+constexpr bool kBf16Dot = false;
+#endif
+
+// Whether T's kernels take bfloat16 weights and grad_output (the table's bf16_operands).
+template <typename T>
+constexpr bool kBf16Operands = kBf16Dot && std::is_same_v<T, c10::BFloat16>;
+
+// The element type of `weight_t` and `grad_nhwc` for T's kernels.
+template <typename T>
+using operand_t =
+    std::conditional_t<kBf16Operands<T>, c10::BFloat16, typename AccType<T>::type>;
+
+// n (<= V) operand values as a vector of the accumulation type, zeros after them.
+template <typename T>
+Vectorized<typename AccType<T>::type> load_operand(const operand_t<T>* p, int64_t n) {
+  using Vec = Vectorized<typename AccType<T>::type>;
+  if constexpr (std::is_same_v<operand_t<T>, typename AccType<T>::type>) {
+    return n >= Vec::size() ? Vec::loadu(p) : Vec::loadu(p, n);
+  } else {
+    __at_align__ float lanes[Vec::size()] = {};
+    for (int64_t l = 0; l < std::min<int64_t>(n, Vec::size()); ++l) lanes[l] = float(p[l]);
+    return Vec::loadu(lanes);
+  }
+}
+
 template <typename T>
 void forward_rows(const UnpoolDeconvFastArgs& a) {
   using acc_t = typename AccType<T>::type;
   using Vec = Vectorized<acc_t>;
+  using Stored = std::conditional_t<kBf16Operands<T>, uint16_t, acc_t>;
   constexpr int64_t V = Vec::size();
   const T* y = static_cast<const T*>(a.y);
-  const acc_t* wt = static_cast<const acc_t*>(a.weight_t);
+  const operand_t<T>* wt = static_cast<const operand_t<T>*>(a.weight_t);
   const acc_t* bias = static_cast<const acc_t*>(a.bias);
   T* out = static_cast<T*>(a.out);
   const int64_t Cout = a.Cout;
-  // The register-blocked path covers DeconvNet's layers (kernel 1 or 3, channels in
+  // The register-blocked path covers DeconvNet's layers (kernel 1 or 3; float: channels in
   // multiples of four vectors); anything else adds each contribution to the row directly.
-  const int64_t blocked_kw =
-      (Cout % (4 * V) == 0 && (a.kw == 1 || a.kw == 3)) ? a.kw : 0;
+  const bool blocked_channels = kBf16Operands<T> || Cout % (4 * V) == 0;
+  const int64_t blocked_kw = (blocked_channels && (a.kw == 1 || a.kw == 3)) ? a.kw : 0;
   at::parallel_for(0, a.N * a.Ho, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> row(a.Wo * Cout);
-    std::vector<int32_t> list_ci;
-    std::vector<acc_t> list_v;
+    RowEntries<Stored> entries;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / a.Ho, zh = task % a.Ho;
       for (int64_t zw = 0; zw < a.Wo; ++zw)
         for (int64_t co = 0; co < Cout; ++co)
           row[zw * Cout + co] = bias != nullptr ? bias[co] : acc_t(0);
-      if (blocked_kw == 1) {
-        accumulate_row_blocked<T, 1>(a, n, zh, row.data(), list_ci, list_v);
-      } else if (blocked_kw == 3) {
-        accumulate_row_blocked<T, 3>(a, n, zh, row.data(), list_ci, list_v);
+      if constexpr (kBf16Operands<T>) {
+#if defined(DK_BF16_DOT)
+        if (blocked_kw == 1) {
+          accumulate_row_bf16dot<1>(a, n, zh, row.data(), entries);
+        } else if (blocked_kw == 3) {
+          accumulate_row_bf16dot<3>(a, n, zh, row.data(), entries);
+        }
+#endif
+      } else {
+        if (blocked_kw == 1) {
+          accumulate_row_blocked<T, 1>(a, n, zh, row.data(), entries);
+        } else if (blocked_kw == 3) {
+          accumulate_row_blocked<T, 3>(a, n, zh, row.data(), entries);
+        }
       }
       for (int64_t ka = 0; blocked_kw == 0 && ka < a.kh; ++ka) {
         const int64_t ih = zh + a.ph - ka;  // stride 1, dilation 1
@@ -153,7 +220,7 @@ void forward_rows(const UnpoolDeconvFastArgs& a) {
         for (int64_t ci = 0; ci < a.Cin; ++ci) {
           const T* yr = y + n * a.ys.n + ci * a.ys.c + oh * a.ys.h;
           const uint8_t* sr = a.switches + n * a.ss.n + ci * a.ss.c + oh * a.ss.h;
-          const acc_t* wa = wt + (ka * a.kw * a.Cin + ci) * Cout;
+          const operand_t<T>* wa = wt + (ka * a.kw * a.Cin + ci) * Cout;
           for (int64_t ow = 0; ow < a.OW; ++ow) {
             const int64_t s = sr[ow * a.ss.w];
             if ((s >> 1) != ky) continue;  // this value went to the window's other row
@@ -163,13 +230,14 @@ void forward_rows(const UnpoolDeconvFastArgs& a) {
               const int64_t zw = iw - a.pw + kb;
               if (zw < 0 || zw >= a.Wo) continue;
               acc_t* dst = row.data() + zw * Cout;
-              const acc_t* w = wa + kb * a.Cin * Cout;
+              const operand_t<T>* w = wa + kb * a.Cin * Cout;
               int64_t co = 0;
               for (; co + V <= Cout; co += V)
-                at::vec::fmadd(v, Vec::loadu(w + co), Vec::loadu(dst + co)).store(dst + co);
+                at::vec::fmadd(v, load_operand<T>(w + co, V), Vec::loadu(dst + co))
+                    .store(dst + co);
               if (co < Cout) {
                 const int64_t r = Cout - co;
-                at::vec::fmadd(v, Vec::loadu(w + co, r), Vec::loadu(dst + co, r))
+                at::vec::fmadd(v, load_operand<T>(w + co, r), Vec::loadu(dst + co, r))
                     .store(dst + co, r);
               }
             }
@@ -189,6 +257,9 @@ void forward_rows(const UnpoolDeconvFastArgs& a) {
 // vector loaded serves eight multiply-adds; a tap outside the output reads a zero row.
 template <typename T>
 void backward_y_rows(const UnpoolDeconvFastArgs& a, const UnpoolDeconvFastGrads& gr) {
+#if defined(DK_BF16_DOT)
+  if constexpr (kBf16Operands<T>) return backward_y_bf16dot(a, gr);
+#endif
   using acc_t = typename AccType<T>::type;
   using Vec = Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
@@ -362,12 +433,20 @@ void backward_weight_blocks(const UnpoolDeconvFastArgs& a, const UnpoolDeconvFas
   // and the per-channel accumulators are flushed once per pass.
   const int64_t slice_row = (K + 1) * a.Wo * kBlockLanes * static_cast<int64_t>(sizeof(acc_t));
   const int64_t rows_per_chunk = std::max<int64_t>(1, (int64_t(256) << 10) / slice_row);
-  const bool direct = weight_grad_direct(
-      a, std::is_same_v<T, acc_t>, static_cast<int64_t>(sizeof(acc_t)));
+  const bool direct = weight_grad_direct(a, static_cast<int64_t>(sizeof(operand_t<T>)));
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t co0 = blk * kBlockLanes;
-      if (co0 + kBlockLanes <= a.Cout) {
+      if constexpr (kBf16Operands<T>) {
+#if defined(DK_BF16_DOT)
+        static_assert(kBlockLanes == 32, "the dot-product tile is 32 channels");
+        if (co0 + kBlockLanes <= a.Cout) {
+          backward_weight_block_bf16dot<K, true>(a, gr, co0, rows_per_chunk, direct);
+        } else {
+          backward_weight_block_bf16dot<K, false>(a, gr, co0, rows_per_chunk, direct);
+        }
+#endif
+      } else if (co0 + kBlockLanes <= a.Cout) {
         backward_weight_block<T, K, true>(a, gr, co0, rows_per_chunk, direct);
       } else {
         backward_weight_block<T, K, false>(a, gr, co0, rows_per_chunk, direct);
@@ -425,7 +504,7 @@ void forward(const UnpoolDeconvFastArgs& a) {
 }  // namespace
 
 const UnpoolDeconvKernelTable& unpool_deconv_kernel_table() {
-  static const UnpoolDeconvKernelTable table{&forward, &backward_y, &backward_weight};
+  static const UnpoolDeconvKernelTable table{kBf16Dot, &forward, &backward_y, &backward_weight};
   return table;
 }
 
