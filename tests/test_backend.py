@@ -227,7 +227,7 @@ def test_build_info():
 
 # ----------------------------------------------------------------------------- CPU ISA
 
-_ISA_ORDER = ["DEFAULT", "AVX2", "AVX512"]
+_ISA_ORDER = ["DEFAULT", "AVX2", "AVX512", "AVX512_BF16"]
 
 
 @pytest.mark.requires_extension
@@ -241,6 +241,14 @@ def test_cpu_isas_cover_this_cpu():
     if capability in _ISA_ORDER:
         expected = _ISA_ORDER[: _ISA_ORDER.index(capability) + 1]
         assert set(expected) <= set(isas), f"CPU supports {capability}, extension offers {isas}"
+    # ATen has no name for AVX512 + the bfloat16 dot product: ask the kernel (Linux)
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read().split()
+    except OSError:
+        flags = []
+    if capability == "AVX512" and "avx512_bf16" in flags:
+        assert "AVX512_BF16" in isas, f"CPU has avx512_bf16, extension offers {isas}"
 
 
 @pytest.mark.requires_extension
