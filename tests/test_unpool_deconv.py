@@ -1062,3 +1062,50 @@ def test_bf16_dot_kernels(shape, special):
         tol = 2.0**-7 * expected[finite].abs() + 1e-5 * terms
         err = (out[finite] - expected[finite]).abs()
         assert bool((err <= tol).all()), f"{shape} {name}: max error {err.max():.3g}"
+
+
+TILED_SHAPES = [
+    # (batch, C_in, C_out, unpooled h, w, kernel h, w, padding h, w): outputs over several
+    # 8x16 tiles with partial ones at the edges, input channels over several chunks (8 float,
+    # 4 double), output channels over a partial second tile of 32, kernels 1 to 5, and an
+    # odd-sized map whose last unpooled row and column no window covers
+    (2, 19, 40, 20, 34, 3, 3, 1, 1),
+    (1, 5, 33, 17, 19, 5, 5, 2, 2),
+    (1, 9, 7, 9, 16, 1, 3, 0, 1),
+    (2, 3, 64, 12, 12, 3, 5, 0, 2),
+]
+
+
+@pytest.mark.requires_extension
+@pytest.mark.parametrize("shape", TILED_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [F32, F64, BF16], ids=str)
+@pytest.mark.parametrize("special", [False, True], ids=["randn", "nan-inf"])
+def test_tiled_cuda_forward_emulated(shape, dtype, special):
+    """The GPU's tiled forward for DeconvNet's case (shared-memory tiles, phases at barriers)
+    through the CPU emulator, against the reference chain in float64 on the same values: tile,
+    chunk and channel-tile edges, NaN and inf among the pooled values."""
+    n, cin, cout, h, w, kh, kw, ph, pw = shape
+    x = torch.randn(n, cin, h, w, dtype=F64)
+    y, sw = dk.max_pool2d_with_switches(x, 2)
+    if special:
+        r = torch.rand(y.shape)
+        y[r < 0.05] = float("nan")
+        y[(r >= 0.05) & (r < 0.1)] = float("inf")
+        y[(r >= 0.1) & (r < 0.15)] = float("-inf")
+    y = y.to(dtype)
+    weight, bias = torch.randn(cin, cout, kh, kw).to(dtype), torch.randn(cout).to(dtype)
+    geo = [[h, w], [2, 2], [2, 2], [0, 0], [1, 1], [1, 1], [ph, pw], [0, 0], 1, [1, 1]]
+    got = torch.ops.deconvkernels._emulated_unpool_deconv2d(y, sw, weight, bias, *geo)
+    with dk.use_backend("reference"):
+        expected = dk.unpool_deconv2d(y.double(), sw, weight.double(), bias.double(),
+                                      output_size=(h, w), padding=(ph, pw))
+    assert got.dtype == dtype and got.shape == expected.shape
+    got = got.double()
+    assert torch.equal(got.isnan(), expected.isnan()), f"{shape}: NaN positions differ"
+    inf = expected.isinf()
+    assert torch.equal(got[inf], expected[inf]), f"{shape}: inf differs"
+    finite = expected.isfinite()
+    scale = 2.0**-7 if dtype == BF16 else 1e-5
+    tol = scale * (expected[finite].abs() + cin * kh * kw)
+    err = (got[finite] - expected[finite]).abs()
+    assert bool((err <= tol).all()), f"{shape}: max error {err.max():.3g}"

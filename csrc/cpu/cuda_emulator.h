@@ -8,6 +8,10 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cstring>
+#include <memory>
+#include <vector>
+
 #include "../kernels/common.h"
 
 namespace deconvkernels {
@@ -32,6 +36,34 @@ struct EmulatedExec {
             for (unsigned ty = 0; ty < block.y; ++ty)
               for (unsigned tx = 0; tx < block.x; ++tx)
                 Kernel::run(ThreadCoord{{bx, by, bz}, {tx, ty, tz}, block, grid}, args);
+  }
+
+  // Kernels with barriers (Kernel::phase, num_phases, Shared, State; see
+  // unpool_deconv_tiled.h): per block, one Shared and one State per thread; every thread
+  // runs phase p before any runs phase p + 1.
+  static constexpr bool kPhasedKernels = true;
+  template <class Kernel>
+  static void launch_phased(Dim3 grid, Dim3 block, const typename Kernel::Args& args) {
+    const int64_t threads = static_cast<int64_t>(block.x) * block.y * block.z;
+    const int64_t phases = Kernel::num_phases(args);
+    auto shared = std::make_unique<typename Kernel::Shared>();
+    std::vector<typename Kernel::State> states(threads);
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+      for (unsigned by = 0; by < grid.y; ++by)
+        for (unsigned bx = 0; bx < grid.x; ++bx) {
+          // garbage, as a GPU's uninitialised shared memory and registers would hold
+          std::memset(static_cast<void*>(shared.get()), 0xA5, sizeof(typename Kernel::Shared));
+          std::memset(static_cast<void*>(states.data()), 0xA5,
+                      sizeof(typename Kernel::State) * states.size());
+          for (int64_t p = 0; p < phases; ++p)
+            for (unsigned tz = 0; tz < block.z; ++tz)
+              for (unsigned ty = 0; ty < block.y; ++ty)
+                for (unsigned tx = 0; tx < block.x; ++tx) {
+                  const int64_t tid = (static_cast<int64_t>(tz) * block.y + ty) * block.x + tx;
+                  Kernel::phase(p, ThreadCoord{{bx, by, bz}, {tx, ty, tz}, block, grid}, args,
+                                *shared, states[tid]);
+                }
+        }
   }
 
   static void check_device(const at::Tensor& t, const char* name) {

@@ -19,6 +19,13 @@ struct ParallelCpuExec {
   // One "thread" per element, one thread per block: the grid-stride loops then run once
   // each, and the work splits evenly over the cores however small the launch.
   static constexpr unsigned kThreadsPerBlock = 1;
+  // No phased (shared-memory) kernels here: the CPU has its own fast kernels for the cases
+  // they cover (unpool_deconv_fast.h).
+  static constexpr bool kPhasedKernels = false;
+  template <class Kernel>
+  static void launch_phased(Dim3, Dim3, const typename Kernel::Args&) {
+    TORCH_CHECK(false, "ParallelCpuExec runs no phased kernels");
+  }
 
   static int64_t max_blocks() {
     return int64_t(1) << 30;

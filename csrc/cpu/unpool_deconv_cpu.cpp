@@ -20,11 +20,7 @@ namespace {
 using at::Tensor;
 
 bool fast_path_applies(const UnpoolDeconvPlan& plan) {
-  const PoolGeom& g = plan.geo.pool;
-  const DeconvGeom& d = plan.geo.dc;
-  return g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 &&
-      g.dh == 1 && g.dw == 1 && 2 * g.OH <= g.H && 2 * g.OW <= g.W && d.sh == 1 && d.sw == 1 &&
-      d.dh == 1 && d.dw == 1 && d.groups == 1;
+  return launch::deconvnet_case(plan);
 }
 
 #define DK_UD_PARAMS                                                                          \

@@ -27,6 +27,24 @@ __global__ void grid_stride_entry(const typename Kernel::Args args) {
   Kernel::run(t, args);
 }
 
+// Kernels with barriers: the phases of Kernel::phase in order, __syncthreads() after each
+// (the CPU emulator runs them the same way; see unpool_deconv_tiled.h).
+template <class Kernel>
+__global__ void phased_entry(const typename Kernel::Args args) {
+  __shared__ typename Kernel::Shared shared;
+  typename Kernel::State state;
+  const ThreadCoord t{
+      {blockIdx.x, blockIdx.y, blockIdx.z},
+      {threadIdx.x, threadIdx.y, threadIdx.z},
+      {blockDim.x, blockDim.y, blockDim.z},
+      {gridDim.x, gridDim.y, gridDim.z}};
+  const int64_t phases = Kernel::num_phases(args);
+  for (int64_t p = 0; p < phases; ++p) {
+    Kernel::phase(p, t, args, shared, state);
+    __syncthreads();
+  }
+}
+
 // Data-dependent checks (a switch outside its window) read one flag back, which
 // synchronises. DECONVKERNELS_CUDA_ASYNC_CHECKS=1, or a CUDA graph being captured, turns
 // that into a device-side assertion instead (PyTorch's own convention for bad indices):
@@ -51,6 +69,15 @@ struct CudaExec {
   template <class Kernel>
   static void launch(Dim3 grid, Dim3 block, const typename Kernel::Args& args) {
     grid_stride_entry<Kernel><<<
+        dim3(grid.x, grid.y, grid.z), dim3(block.x, block.y, block.z), 0,
+        at::cuda::getCurrentCUDAStream()>>>(args);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  static constexpr bool kPhasedKernels = true;
+  template <class Kernel>
+  static void launch_phased(Dim3 grid, Dim3 block, const typename Kernel::Args& args) {
+    phased_entry<Kernel><<<
         dim3(grid.x, grid.y, grid.z), dim3(block.x, block.y, block.z), 0,
         at::cuda::getCurrentCUDAStream()>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "../kernels/unpool_deconv_kernels.h"
+#include "../kernels/unpool_deconv_tiled.h"
 #include "../pool_args.h"
 #include "../unpool_deconv_args.h"
 #include "pool_launchers.h"
@@ -37,6 +38,46 @@ inline UnpoolDeconvArgs ud_args(
 #define DK_UD_FORWARD_ARGS                                                                   \
   ud_args(output_size, pool_kernel_size, pool_stride, pool_padding, pool_dilation, stride,    \
           padding, output_padding, groups, dilation)
+
+// DeconvNet's case: 2x2 stride-2 pool windows inside the input and a stride-1, dilation-1,
+// ungrouped transposed convolution. After such an unpool one position in four is non-zero,
+// and the fast kernels (the CPU's vectorised ones, the GPU's tiled ones) walk only those.
+inline bool deconvnet_case(const UnpoolDeconvPlan& plan) {
+  const PoolGeom& g = plan.geo.pool;
+  const DeconvGeom& d = plan.geo.dc;
+  return g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 &&
+      g.dh == 1 && g.dw == 1 && 2 * g.OH <= g.H && 2 * g.OW <= g.W && d.sh == 1 && d.sw == 1 &&
+      d.dh == 1 && d.dw == 1 && d.groups == 1;
+}
+
+// The tiled forward (unpool_deconv_tiled.h), for executors that run phased kernels (the
+// GPU and its emulator): DeconvNet's case with kernels up to 5x5, a grid within CUDA's
+// limits. Returns false, having done nothing, otherwise.
+template <class Exec, typename scalar_t>
+bool try_tiled_forward(const UnpoolDeconvPlan& plan, const Tensor& y4, const Tensor& weight,
+                       const std::optional<Tensor>& bias, Tensor& out) {
+  using S = TiledForwardShape;
+  const DeconvGeom& d = plan.geo.dc;
+  const int64_t tiles_h = (d.Ho + S::kTileH - 1) / S::kTileH;
+  const int64_t tiles_w = (d.Wo + S::kTileW - 1) / S::kTileW;
+  const int64_t co_tiles = (d.cout + S::kCoTile - 1) / S::kCoTile;
+  if (!Exec::kPhasedKernels || !deconvnet_case(plan) || d.kh > S::kMaxK || d.kw > S::kMaxK ||
+      tiles_h * tiles_w > (int64_t(1) << 31) - 1 || co_tiles > 65535 || y4.size(0) > 65535) {
+    return false;
+  }
+  using K = UnpoolDeconvTiledForwardKernel<scalar_t>;
+  typename K::Args a{
+      y4.const_data_ptr<scalar_t>(), plan.switches.const_data_ptr<uint8_t>(),
+      weight.const_data_ptr<scalar_t>(),
+      bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr,
+      out.mutable_data_ptr<scalar_t>(), strides_of(y4), strides_of(plan.switches),
+      strides_of(out), weight_strides(weight), plan.geo.pool, d, tiles_w};
+  Exec::template launch_phased<K>(
+      Dim3{static_cast<unsigned>(tiles_h * tiles_w), static_cast<unsigned>(co_tiles),
+           static_cast<unsigned>(y4.size(0))},
+      Dim3{S::kThreads, 1, 1}, a);
+  return true;
+}
 
 // Each op below is "check and plan" then "run the plan": the CPU's fast kernels share the
 // first half and fall back to the second, so a call is checked and planned once.
@@ -65,6 +106,7 @@ Tensor unpool_deconv2d_planned(
     validate_switches<Exec>(plan.switches, plan.geo.pool);
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, y.scalar_type(), "unpool_deconv2d", [&] {
+          if (try_tiled_forward<Exec, scalar_t>(plan, y4, weight, bias, out)) return;
           using K = UnpoolDeconvForwardKernel<scalar_t>;
           typename K::Args a{
               y4.const_data_ptr<scalar_t>(), plan.switches.const_data_ptr<uint8_t>(),

@@ -1,0 +1,183 @@
+// The GPU's tiled forward of the fused unpool + transposed convolution for DeconvNet's case
+// (2x2/2 pool windows inside the input; stride-1, dilation-1, ungrouped deconvolution with
+// kernels up to 5x5), written once as a phased host-device body:
+//
+// * a block owns a tile of kTileH x kTileW output pixels and kCoTile output channels of
+//   one image; each thread owns one pixel and kCoPerThread channels, in registers (State);
+// * the input channels go in chunks of kCiTile. Phase "load": the block copies the chunk's
+//   weights for its channels and the pooled values and switches of every 2x2 window its
+//   tile can reach into shared memory (Shared). Phase "add": each thread visits only the
+//   windows whose 3x3 (kh x kw) patch can reach its pixel, asks the switch where the
+//   window's value sits, and adds value x weight of that one tap: a quarter of a dense
+//   transposed convolution's multiply-adds, and no unpooled map anywhere. A barrier ends
+//   every phase (the next load overwrites what the add phase reads);
+// * the last phase adds the bias and stores the tile.
+//
+// On the GPU the phases run in one kernel with __syncthreads() between them
+// (csrc/cuda/cuda_ops.cu, phased_entry); the CPU emulator runs each phase for every thread
+// of a block before the next (csrc/cpu/cuda_emulator.h), which is what the barrier
+// guarantees, so the tests run this body on the CPU. Every output is summed in one fixed
+// order (chunk, channel, window row, window column): deterministic, no atomics.
+#pragma once
+
+#include "unpool_deconv_kernels.h"
+
+namespace deconvkernels {
+
+// The tile's shape, shared by the kernel and its launcher.
+struct TiledForwardShape {
+  static constexpr int kTileH = 8, kTileW = 16;  // output pixels of a block
+  static constexpr int kPixels = kTileH * kTileW;
+  static constexpr int kCoPerThread = 16;
+  static constexpr int kCoTile = 32;  // output channels of a block
+  static constexpr int kThreads = kPixels * (kCoTile / kCoPerThread);  // 256
+  static constexpr int kMaxK = 5;  // largest deconvolution kernel side
+  // pooled windows a tile's patches can reach: kTileH + kMaxK - 1 unpooled rows span at
+  // most half of them plus two partial windows
+  static constexpr int kWinH = (kTileH + kMaxK - 1) / 2 + 2;
+  static constexpr int kWinW = (kTileW + kMaxK - 1) / 2 + 2;
+  static constexpr uint8_t kNoWindow = 255;  // outside the pooled map
+};
+
+DK_ISA_NAMESPACE_BEGIN
+
+DK_HD_INLINE int64_t floor_half(int64_t v) {
+  return v >= 0 ? v / 2 : -((1 - v) / 2);
+}
+
+template <typename T>
+struct UnpoolDeconvTiledForwardKernel {
+  using acc_t = typename AccType<T>::type;
+  using S = TiledForwardShape;
+  // 8 float or 4 double channels: 25 KiB of weights in shared memory either way
+  static constexpr int kCiTile = static_cast<int>(32 / sizeof(acc_t));
+
+  struct Args {
+    const T* y;
+    const uint8_t* switches;
+    const T* weight;
+    const T* bias;  // may be null
+    T* out;
+    Strides4 ys, ss, os;
+    WeightStrides ws;
+    PoolGeom pool;
+    DeconvGeom dc;
+    int64_t tiles_w;  // blockIdx.x = tile row * tiles_w + tile column
+  };
+  struct Shared {
+    acc_t w[kCiTile][S::kMaxK * S::kMaxK][S::kCoTile];
+    acc_t v[kCiTile][S::kWinH][S::kWinW];
+    uint8_t s[kCiTile][S::kWinH][S::kWinW];
+  };
+  struct State {
+    acc_t acc[S::kCoPerThread];
+  };
+
+  // The block's tile: output origin, first channel, image, first window.
+  struct Tile {
+    int64_t zh0, zw0, co0, n, oh0, ow0;
+  };
+  static DK_HD_INLINE Tile tile_of(const ThreadCoord& t, const Args& a) {
+    Tile b;
+    b.zh0 = static_cast<int64_t>(t.block.x / a.tiles_w) * S::kTileH;
+    b.zw0 = static_cast<int64_t>(t.block.x % a.tiles_w) * S::kTileW;
+    b.co0 = static_cast<int64_t>(t.block.y) * S::kCoTile;
+    b.n = t.block.z;
+    // the first unpooled row a tap of the tile reads: zh0 + ph - (kh - 1)
+    b.oh0 = floor_half(b.zh0 + a.dc.ph - (a.dc.kh - 1));
+    b.ow0 = floor_half(b.zw0 + a.dc.pw - (a.dc.kw - 1));
+    return b;
+  }
+
+  static DK_HD_INLINE int64_t chunks(const Args& a) {
+    return (a.dc.cin + kCiTile - 1) / kCiTile;
+  }
+  static DK_HD_INLINE int64_t num_phases(const Args& a) {
+    return 2 * chunks(a) + 1;
+  }
+
+  static DK_HD void phase(int64_t p, const ThreadCoord& t, const Args& a, Shared& sh,
+                          State& st) {
+    const int64_t tid = t.thread.x;
+    const Tile b = tile_of(t, a);
+    if (p == 2 * chunks(a)) return store(tid, b, a, st);
+    const int64_t ci0 = (p / 2) * kCiTile;
+    if (p % 2 == 0) {
+      if (p == 0) {
+        for (int j = 0; j < S::kCoPerThread; ++j) st.acc[j] = acc_t(0);
+      }
+      return load(tid, b, ci0, a, sh);
+    }
+    add(tid, b, ci0, a, sh, st);
+  }
+
+  // Phase "load": weights (ci, tap, co) and windows (ci, row, column) of the chunk.
+  static DK_HD void load(int64_t tid, const Tile& b, int64_t ci0, const Args& a, Shared& sh) {
+    const DeconvGeom& d = a.dc;
+    const int64_t taps = d.kh * d.kw;
+    for (int64_t i = tid; i < kCiTile * taps * S::kCoTile; i += S::kThreads) {
+      const int64_t cl = i / (taps * S::kCoTile), tap = (i / S::kCoTile) % taps;
+      const int64_t j = i % S::kCoTile, ci = ci0 + cl, co = b.co0 + j;
+      acc_t w = acc_t(0);
+      if (ci < d.cin && co < d.cout) {
+        w = static_cast<acc_t>(a.weight[ci * a.ws.ci + co * a.ws.co + (tap / d.kw) * a.ws.a +
+                                        (tap % d.kw) * a.ws.b]);
+      }
+      sh.w[cl][tap][j] = w;
+    }
+    for (int64_t i = tid; i < kCiTile * S::kWinH * S::kWinW; i += S::kThreads) {
+      const int64_t cl = i / (S::kWinH * S::kWinW), r = (i / S::kWinW) % S::kWinH;
+      const int64_t c = i % S::kWinW, ci = ci0 + cl, oh = b.oh0 + r, ow = b.ow0 + c;
+      const bool inside = ci < d.cin && oh >= 0 && oh < a.pool.OH && ow >= 0 && ow < a.pool.OW;
+      sh.v[cl][r][c] =
+          inside ? static_cast<acc_t>(a.y[offset_of(a.ys, b.n, ci, oh, ow)]) : acc_t(0);
+      sh.s[cl][r][c] = inside ? a.switches[offset_of(a.ss, b.n, ci, oh, ow)] : S::kNoWindow;
+    }
+  }
+
+  // Phase "add": the chunk's contributions to this thread's pixel and channels.
+  static DK_HD void add(int64_t tid, const Tile& b, int64_t ci0, const Args& a,
+                        const Shared& sh, State& st) {
+    const DeconvGeom& d = a.dc;
+    const int64_t px = tid % S::kPixels, cg = tid / S::kPixels;
+    const int64_t zh = b.zh0 + px / S::kTileW, zw = b.zw0 + px % S::kTileW;
+    if (zh >= d.Ho || zw >= d.Wo) return;
+    // windows whose unpooled rows (2 oh, 2 oh + 1) meet [zh + ph - kh + 1, zh + ph]
+    const int64_t r0 = floor_half(zh + d.ph - (d.kh - 1)) - b.oh0;
+    const int64_t r1 = floor_half(zh + d.ph) - b.oh0;
+    const int64_t c0 = floor_half(zw + d.pw - (d.kw - 1)) - b.ow0;
+    const int64_t c1 = floor_half(zw + d.pw) - b.ow0;
+    const int64_t cls = d.cin - ci0 < kCiTile ? d.cin - ci0 : kCiTile;
+    for (int64_t cl = 0; cl < cls; ++cl) {
+      for (int64_t r = r0; r <= r1; ++r) {
+        for (int64_t c = c0; c <= c1; ++c) {
+          const uint8_t s = sh.s[cl][r][c];
+          if (s == S::kNoWindow) continue;
+          const int64_t ih = 2 * (b.oh0 + r) + (s >> 1), iw = 2 * (b.ow0 + c) + (s & 1);
+          const int64_t ka = zh + d.ph - ih, kb = zw + d.pw - iw;
+          if (ka < 0 || ka >= d.kh || kb < 0 || kb >= d.kw) continue;
+          const acc_t v = sh.v[cl][r][c];
+          const acc_t* w = sh.w[cl][ka * d.kw + kb] + cg * S::kCoPerThread;
+          for (int j = 0; j < S::kCoPerThread; ++j) st.acc[j] += v * w[j];
+        }
+      }
+    }
+  }
+
+  // Last phase: bias, conversion, store.
+  static DK_HD void store(int64_t tid, const Tile& b, const Args& a, const State& st) {
+    const DeconvGeom& d = a.dc;
+    const int64_t px = tid % S::kPixels, cg = tid / S::kPixels;
+    const int64_t zh = b.zh0 + px / S::kTileW, zw = b.zw0 + px % S::kTileW;
+    if (zh >= d.Ho || zw >= d.Wo) return;
+    for (int j = 0; j < S::kCoPerThread; ++j) {
+      const int64_t co = b.co0 + cg * S::kCoPerThread + j;
+      if (co >= d.cout) break;
+      const acc_t bias = a.bias != nullptr ? static_cast<acc_t>(a.bias[co]) : acc_t(0);
+      a.out[offset_of(a.os, b.n, co, zh, zw)] = static_cast<T>(bias + st.acc[j]);
+    }
+  }
+};
+
+DK_ISA_NAMESPACE_END
+}  // namespace deconvkernels
