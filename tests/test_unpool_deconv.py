@@ -1109,3 +1109,40 @@ def test_tiled_cuda_forward_emulated(shape, dtype, special):
     tol = scale * (expected[finite].abs() + cin * kh * kw)
     err = (got[finite] - expected[finite]).abs()
     assert bool((err <= tol).all()), f"{shape}: max error {err.max():.3g}"
+
+
+@pytest.mark.requires_extension
+@pytest.mark.parametrize("shape", TILED_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [F32, F64, BF16], ids=str)
+def test_tiled_cuda_grad_y_emulated(shape, dtype):
+    """The GPU's tiled grad-y for DeconvNet's case through the CPU emulator, against autograd
+    of the reference chain in float64 on the same values: window-tile, channel-tile and
+    output-chunk edges; NaN and inf in grad_output."""
+    n, cin, cout, h, w, kh, kw, ph, pw = shape
+    x = torch.randn(n, cin, h, w, dtype=F64)
+    y, sw = dk.max_pool2d_with_switches(x, 2)
+    weight = torch.randn(cin, cout, kh, kw).to(dtype)
+    ho, wo = h - 2 * ph + kh - 1, w - 2 * pw + kw - 1
+    grad = torch.randn(n, cout, ho, wo).to(dtype)
+    grad[0, 0, 0, 0] = float("nan")
+    grad[-1, -1, -1, -1] = float("inf")
+    geo = [[h, w], [2, 2], [2, 2], [0, 0], [1, 1], [1, 1], [ph, pw], [0, 0], 1, [1, 1]]
+    got = torch.ops.deconvkernels._emulated_unpool_deconv2d_backward_y(grad, sw, weight, *geo)
+    expected = torch.ops.deconvkernels.unpool_deconv2d_backward_y(
+        grad.double(), sw, weight.double(), *geo)  # the CPU's float64 kernels: same taps
+    with dk.use_backend("reference"):
+        y64 = y.double().requires_grad_()
+        out = dk.unpool_deconv2d(y64, sw, weight.double(), None, output_size=(h, w),
+                                 padding=(ph, pw))
+    (ref,) = torch.autograd.grad(out, y64, torch.nan_to_num(grad.double(), nan=0.0, posinf=0.0))
+    assert got.dtype == dtype and got.shape == expected.shape
+    got = got.double()
+    assert torch.equal(got.isnan(), expected.isnan()), f"{shape}: NaN positions differ"
+    inf = expected.isinf()
+    assert torch.equal(got[inf], expected[inf]), f"{shape}: inf differs"
+    finite = expected.isfinite()
+    scale = 2.0**-7 if dtype == BF16 else 1e-5
+    tol = scale * (expected[finite].abs() + cout * kh * kw)
+    assert bool(((got[finite] - expected[finite]).abs() <= tol).all()), shape
+    # where no NaN or inf is reached, the float64 CPU kernels agree with the reference
+    torch.testing.assert_close(expected[finite], ref[finite], rtol=1e-9, atol=1e-9)

@@ -79,6 +79,32 @@ bool try_tiled_forward(const UnpoolDeconvPlan& plan, const Tensor& y4, const Ten
   return true;
 }
 
+// The tiled grad_y (unpool_deconv_tiled.h), under the same conditions.
+template <class Exec, typename scalar_t>
+bool try_tiled_grad_y(const UnpoolDeconvPlan& plan, const Tensor& g, const Tensor& weight,
+                      Tensor& grad_y) {
+  using S = TiledGradYShape;
+  const DeconvGeom& d = plan.geo.dc;
+  const PoolGeom& pg = plan.geo.pool;
+  const int64_t tiles_h = (pg.OH + S::kWinH - 1) / S::kWinH;
+  const int64_t tiles_w = (pg.OW + S::kWinW - 1) / S::kWinW;
+  const int64_t ci_tiles = (d.cin + S::kCiTile - 1) / S::kCiTile;
+  if (!Exec::kPhasedKernels || !deconvnet_case(plan) || d.kh > S::kMaxK || d.kw > S::kMaxK ||
+      tiles_h * tiles_w > (int64_t(1) << 31) - 1 || ci_tiles > 65535 || g.size(0) > 65535) {
+    return false;
+  }
+  using K = UnpoolDeconvTiledGradYKernel<scalar_t>;
+  typename K::Args a{
+      g.const_data_ptr<scalar_t>(), plan.switches.const_data_ptr<uint8_t>(),
+      weight.const_data_ptr<scalar_t>(), grad_y.mutable_data_ptr<scalar_t>(), strides_of(g),
+      strides_of(plan.switches), strides_of(grad_y), weight_strides(weight), pg, d, tiles_w};
+  Exec::template launch_phased<K>(
+      Dim3{static_cast<unsigned>(tiles_h * tiles_w), static_cast<unsigned>(ci_tiles),
+           static_cast<unsigned>(g.size(0))},
+      Dim3{S::kThreads, 1, 1}, a);
+  return true;
+}
+
 // Each op below is "check and plan" then "run the plan": the CPU's fast kernels share the
 // first half and fall back to the second, so a call is checked and planned once.
 
@@ -151,6 +177,7 @@ Tensor unpool_deconv2d_backward_y_planned(
     validate_switches<Exec>(plan.switches, plan.geo.pool);
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, grad_output.scalar_type(), "unpool_deconv2d_backward_y", [&] {
+          if (try_tiled_grad_y<Exec, scalar_t>(plan, g, weight, grad_y)) return;
           using K = UnpoolDeconvGradYKernel<scalar_t>;
           typename K::Args a{
               g.const_data_ptr<scalar_t>(), plan.switches.const_data_ptr<uint8_t>(),

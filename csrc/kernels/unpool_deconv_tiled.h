@@ -1,4 +1,5 @@
-// The GPU's tiled forward of the fused unpool + transposed convolution for DeconvNet's case
+// The GPU's tiled forward (and, at the end, grad-y) of the fused unpool + transposed
+// convolution for DeconvNet's case
 // (2x2/2 pool windows inside the input; stride-1, dilation-1, ungrouped deconvolution with
 // kernels up to 5x5), written once as a phased host-device body:
 //
@@ -175,6 +176,130 @@ struct UnpoolDeconvTiledForwardKernel {
       if (co >= d.cout) break;
       const acc_t bias = a.bias != nullptr ? static_cast<acc_t>(a.bias[co]) : acc_t(0);
       a.out[offset_of(a.os, b.n, co, zh, zw)] = static_cast<T>(bias + st.acc[j]);
+    }
+  }
+};
+
+// grad_y for DeconvNet's case, tiled the same way: a block owns kWinH x kWinW pooled windows
+// of kCiTile input channels of one image, a thread one (channel, window). Per chunk of
+// output channels, phase "load" copies the chunk's weights of the block's channels and the
+// grad_output patch its windows' taps can reach into shared memory; phase "add" adds, for
+// the one position each thread's switch names, the dot product over the chunk's channels
+// and the taps inside the output. Fixed order (chunk, channel, tap): deterministic.
+struct TiledGradYShape {
+  static constexpr int kWinH = 4, kWinW = 8;  // pooled windows of a block
+  static constexpr int kWindows = kWinH * kWinW;
+  static constexpr int kCiTile = 8;  // input channels of a block
+  static constexpr int kThreads = kWindows * kCiTile;  // 256
+  static constexpr int kMaxK = 5;
+  // grad_output rows the taps of 2 kWinH unpooled rows reach: 2 kWinH + kh - 1
+  static constexpr int kPatchH = 2 * kWinH + kMaxK - 1;
+  static constexpr int kPatchW = 2 * kWinW + kMaxK - 1;
+};
+
+template <typename T>
+struct UnpoolDeconvTiledGradYKernel {
+  using acc_t = typename AccType<T>::type;
+  using S = TiledGradYShape;
+  // 8 float or 4 double output channels a chunk: 13 KiB of shared memory either way
+  static constexpr int kCoChunk = static_cast<int>(32 / sizeof(acc_t));
+
+  struct Args {
+    const T* grad_out;
+    const uint8_t* switches;
+    const T* weight;
+    T* grad_y;
+    Strides4 gs, ss, ys;
+    WeightStrides ws;
+    PoolGeom pool;
+    DeconvGeom dc;
+    int64_t tiles_w;  // blockIdx.x = tile row * tiles_w + tile column; blockIdx.y: channels
+  };
+  struct Shared {
+    acc_t w[S::kCiTile][S::kMaxK * S::kMaxK][kCoChunk];
+    acc_t g[kCoChunk][S::kPatchH][S::kPatchW];
+  };
+  struct State {
+    acc_t acc;
+    uint8_t s;  // this thread's switch, or kNoWindow
+  };
+  struct Tile {
+    int64_t oh0, ow0, ci0, n, zh0, zw0;  // first window, channel, image, patch origin
+  };
+  static DK_HD_INLINE Tile tile_of(const ThreadCoord& t, const Args& a) {
+    Tile b;
+    b.oh0 = static_cast<int64_t>(t.block.x / a.tiles_w) * S::kWinH;
+    b.ow0 = static_cast<int64_t>(t.block.x % a.tiles_w) * S::kWinW;
+    b.ci0 = static_cast<int64_t>(t.block.y) * S::kCiTile;
+    b.n = t.block.z;
+    b.zh0 = 2 * b.oh0 - a.dc.ph;  // output row of tap 0 of the first unpooled row
+    b.zw0 = 2 * b.ow0 - a.dc.pw;
+    return b;
+  }
+  static DK_HD_INLINE int64_t chunks(const Args& a) {
+    return (a.dc.cout + kCoChunk - 1) / kCoChunk;
+  }
+  static DK_HD_INLINE int64_t num_phases(const Args& a) {
+    return 2 * chunks(a) + 1;
+  }
+
+  static DK_HD void phase(int64_t p, const ThreadCoord& t, const Args& a, Shared& sh,
+                          State& st) {
+    const int64_t tid = t.thread.x;
+    const Tile b = tile_of(t, a);
+    const int64_t cl = tid / S::kWindows, win = tid % S::kWindows;
+    const int64_t ci = b.ci0 + cl, oh = b.oh0 + win / S::kWinW, ow = b.ow0 + win % S::kWinW;
+    const bool mine = ci < a.dc.cin && oh < a.pool.OH && ow < a.pool.OW;
+    if (p == 2 * chunks(a)) {  // store
+      if (mine) a.grad_y[offset_of(a.ys, b.n, ci, oh, ow)] = static_cast<T>(st.acc);
+      return;
+    }
+    const int64_t co0 = (p / 2) * kCoChunk;
+    if (p % 2 == 0) {
+      if (p == 0) {
+        st.acc = acc_t(0);
+        st.s = mine ? a.switches[offset_of(a.ss, b.n, ci, oh, ow)] : TiledForwardShape::kNoWindow;
+      }
+      return load(tid, b, co0, a, sh);
+    }
+    if (st.s == TiledForwardShape::kNoWindow) return;
+    const DeconvGeom& d = a.dc;
+    const int64_t ih = 2 * oh + (st.s >> 1), iw = 2 * ow + (st.s & 1);
+    const int64_t cos = d.cout - co0 < kCoChunk ? d.cout - co0 : kCoChunk;
+    for (int64_t j = 0; j < cos; ++j) {
+      for (int64_t ka = 0; ka < d.kh; ++ka) {
+        const int64_t zh = ih - d.ph + ka;
+        if (zh < 0 || zh >= d.Ho) continue;
+        for (int64_t kb = 0; kb < d.kw; ++kb) {
+          const int64_t zw = iw - d.pw + kb;
+          if (zw < 0 || zw >= d.Wo) continue;
+          st.acc += sh.g[j][zh - b.zh0][zw - b.zw0] * sh.w[cl][ka * d.kw + kb][j];
+        }
+      }
+    }
+  }
+
+  // Phase "load": weights (ci, tap, co) of the block's channels and the grad_output patch
+  // (co, row, column) of the chunk; zeros outside.
+  static DK_HD void load(int64_t tid, const Tile& b, int64_t co0, const Args& a, Shared& sh) {
+    const DeconvGeom& d = a.dc;
+    const int64_t taps = d.kh * d.kw;
+    for (int64_t i = tid; i < S::kCiTile * taps * kCoChunk; i += S::kThreads) {
+      const int64_t cl = i / (taps * kCoChunk), tap = (i / kCoChunk) % taps;
+      const int64_t j = i % kCoChunk, ci = b.ci0 + cl, co = co0 + j;
+      acc_t w = acc_t(0);
+      if (ci < d.cin && co < d.cout) {
+        w = static_cast<acc_t>(a.weight[ci * a.ws.ci + co * a.ws.co + (tap / d.kw) * a.ws.a +
+                                        (tap % d.kw) * a.ws.b]);
+      }
+      sh.w[cl][tap][j] = w;
+    }
+    for (int64_t i = tid; i < kCoChunk * S::kPatchH * S::kPatchW; i += S::kThreads) {
+      const int64_t j = i / (S::kPatchH * S::kPatchW), r = (i / S::kPatchW) % S::kPatchH;
+      const int64_t c = i % S::kPatchW, co = co0 + j, zh = b.zh0 + r, zw = b.zw0 + c;
+      const bool inside = co < d.cout && zh >= 0 && zh < d.Ho && zw >= 0 && zw < d.Wo;
+      sh.g[j][r][c] =
+          inside ? static_cast<acc_t>(a.grad_out[offset_of(a.gs, b.n, co, zh, zw)]) : acc_t(0);
     }
   }
 };
