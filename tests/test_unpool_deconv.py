@@ -990,6 +990,20 @@ def test_fast_weight_gradient_in_passes(kernel, padding):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
+def assert_matches_specials(got, expected, rel: float, abs_: float, what: str):
+    """``got`` (any dtype) against float64 ``expected``: NaN exactly where it has NaN, the same
+    infs, and finite values within ``rel * |expected| + abs_``."""
+    got = got.double()
+    assert torch.equal(got.isnan(), expected.isnan()), f"{what}: NaN positions differ"
+    inf = expected.isinf()
+    assert torch.equal(got[inf], expected[inf]), f"{what}: inf differs"
+    finite = expected.isfinite()
+    err = (got[finite] - expected[finite]).abs()
+    assert bool((err <= rel * expected[finite].abs() + abs_).all()), (
+        f"{what}: max error {err.max():.3g}"
+    )
+
+
 BF16_DOT_SHAPES = [
     # (batch, C_in, C_out, unpooled h, w, kernel, padding): tiles of 64 and 32 channels with
     # and without tails, odd pooled widths (a term without a partner), several chunks of 64
@@ -1053,15 +1067,8 @@ def test_bf16_dot_kernels(shape, special):
         ("grad_weight", got_gw, ref_gw, n * (h // 2) * (w // 2)),
     ):
         assert out.dtype == torch.bfloat16, name
-        out = out.double()
-        assert torch.equal(out.isnan(), expected.isnan()), f"{shape} {name}: NaN positions differ"
-        finite = expected.isfinite()
-        assert torch.equal(out[~finite & ~expected.isnan()],
-                           expected[~finite & ~expected.isnan()]), f"{shape} {name}: inf"
         # bfloat16 rounding of the result plus float sums of `terms` products
-        tol = 2.0**-7 * expected[finite].abs() + 1e-5 * terms
-        err = (out[finite] - expected[finite]).abs()
-        assert bool((err <= tol).all()), f"{shape} {name}: max error {err.max():.3g}"
+        assert_matches_specials(out, expected, 2.0**-7, 1e-5 * terms, f"{shape} {name}")
 
 
 TILED_SHAPES = [
@@ -1100,15 +1107,8 @@ def test_tiled_cuda_forward_emulated(shape, dtype, special):
         expected = dk.unpool_deconv2d(y.double(), sw, weight.double(), bias.double(),
                                       output_size=(h, w), padding=(ph, pw))
     assert got.dtype == dtype and got.shape == expected.shape
-    got = got.double()
-    assert torch.equal(got.isnan(), expected.isnan()), f"{shape}: NaN positions differ"
-    inf = expected.isinf()
-    assert torch.equal(got[inf], expected[inf]), f"{shape}: inf differs"
-    finite = expected.isfinite()
     scale = 2.0**-7 if dtype == BF16 else 1e-5
-    tol = scale * (expected[finite].abs() + cin * kh * kw)
-    err = (got[finite] - expected[finite]).abs()
-    assert bool((err <= tol).all()), f"{shape}: max error {err.max():.3g}"
+    assert_matches_specials(got, expected, scale, scale * cin * kh * kw, str(shape))
 
 
 @pytest.mark.requires_extension
@@ -1136,13 +1136,8 @@ def test_tiled_cuda_grad_y_emulated(shape, dtype):
                                  padding=(ph, pw))
     (ref,) = torch.autograd.grad(out, y64, torch.nan_to_num(grad.double(), nan=0.0, posinf=0.0))
     assert got.dtype == dtype and got.shape == expected.shape
-    got = got.double()
-    assert torch.equal(got.isnan(), expected.isnan()), f"{shape}: NaN positions differ"
-    inf = expected.isinf()
-    assert torch.equal(got[inf], expected[inf]), f"{shape}: inf differs"
-    finite = expected.isfinite()
     scale = 2.0**-7 if dtype == BF16 else 1e-5
-    tol = scale * (expected[finite].abs() + cout * kh * kw)
-    assert bool(((got[finite] - expected[finite]).abs() <= tol).all()), shape
+    assert_matches_specials(got, expected, scale, scale * cout * kh * kw, str(shape))
+    finite = expected.isfinite()
     # where no NaN or inf is reached, the float64 CPU kernels agree with the reference
     torch.testing.assert_close(expected[finite], ref[finite], rtol=1e-9, atol=1e-9)

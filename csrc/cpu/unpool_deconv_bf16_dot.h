@@ -296,40 +296,27 @@ void backward_weight_block_bf16dot(
       }
     }
   };
-  if (direct) {  // the batch at once, one store per element into (Cin, Cout, K, K)
-    c10::BFloat16* out = static_cast<c10::BFloat16*>(gr.grad_weight);
-    for (int64_t ci = 0; ci < a.Cin; ++ci) {
-      Tile acc;
-      zero(acc);
-      for (int64_t n = 0; n < a.N; ++n) accumulate(acc, n, 0, a.OH, ci);
-      for (int t = 0; t < K * K; ++t) {
-        __at_align__ float vals[32];
-        __m512 first, second;
-        unpermute(acc[t][0], acc[t][1], first, second);
-        _mm512_store_ps(vals, first);
-        _mm512_store_ps(vals + 16, second);
-        for (int64_t l = 0; l < lanes; ++l)
-          out[(ci * Cout + co0 + l) * (K * K) + t] = c10::BFloat16(vals[l]);
-      }
-    }
-    return;
-  }
+  c10::BFloat16* out = static_cast<c10::BFloat16*>(gr.grad_weight);
   float* dw = static_cast<float*>(gr.grad_weight_c);
-  for (int64_t n = 0; n < a.N; ++n) {
-    for (int64_t oh0 = 0; oh0 < a.OH; oh0 += rows_per_chunk) {
-      const int64_t oh1 = std::min<int64_t>(a.OH, oh0 + rows_per_chunk);
-      for (int64_t ci = 0; ci < a.Cin; ++ci) {
-        Tile acc;
-        zero(acc);
-        accumulate(acc, n, oh0, oh1, ci);
-        for (int t = 0; t < K * K; ++t) {
-          __m512 first, second;
-          unpermute(acc[t][0], acc[t][1], first, second);
-          float* dst = dw + (ci * K * K + t) * Cout + co0;
-          add_to(dst, first, lanes);
-          add_to(dst + 16, second, lanes - 16);
-        }
-      }
+  auto store = [&](const Tile& acc, int64_t ci) {  // into (Cin, Cout, K, K), converted
+    for (int t = 0; t < K * K; ++t) {
+      __at_align__ float vals[32];
+      __m512 first, second;
+      unpermute(acc[t][0], acc[t][1], first, second);
+      _mm512_store_ps(vals, first);
+      _mm512_store_ps(vals + 16, second);
+      for (int64_t l = 0; l < lanes; ++l)
+        out[(ci * Cout + co0 + l) * (K * K) + t] = c10::BFloat16(vals[l]);
     }
-  }
+  };
+  auto add = [&](const Tile& acc, int64_t ci) {  // to the (Cin, K, K, Cout) float buffer
+    for (int t = 0; t < K * K; ++t) {
+      __m512 first, second;
+      unpermute(acc[t][0], acc[t][1], first, second);
+      float* dst = dw + (ci * K * K + t) * Cout + co0;
+      add_to(dst, first, lanes);
+      add_to(dst + 16, second, lanes - 16);
+    }
+  };
+  weight_grad_schedule<Tile>(a, rows_per_chunk, direct, zero, accumulate, store, add);
 }

@@ -91,6 +91,37 @@ void sort_row_entries(const UnpoolDeconvFastArgs& a, int64_t n, int64_t zh,
   }
 }
 
+// The weight gradient's schedule for one block of output channels, shared by the float and
+// the bfloat16 kernels (their register tiles differ). With `direct`, one tile per input
+// channel sums the whole batch and is stored once, converted, into the result; otherwise a
+// tile sums `rows_per_chunk` pooled rows of one image and is added to the float buffer.
+// The kernel's zero(tile), accumulate(tile, n, oh0, oh1, ci), store(tile, ci) and
+// add(tile, ci) do the work; the order of the sums is fixed here.
+template <typename Tile, typename Zero, typename Accumulate, typename Store, typename Add>
+void weight_grad_schedule(const UnpoolDeconvFastArgs& a, int64_t rows_per_chunk, bool direct,
+                          Zero zero, Accumulate accumulate, Store store, Add add) {
+  if (direct) {
+    for (int64_t ci = 0; ci < a.Cin; ++ci) {
+      Tile acc;
+      zero(acc);
+      for (int64_t n = 0; n < a.N; ++n) accumulate(acc, n, 0, a.OH, ci);
+      store(acc, ci);
+    }
+    return;
+  }
+  for (int64_t n = 0; n < a.N; ++n) {
+    for (int64_t oh0 = 0; oh0 < a.OH; oh0 += rows_per_chunk) {
+      const int64_t oh1 = std::min<int64_t>(a.OH, oh0 + rows_per_chunk);
+      for (int64_t ci = 0; ci < a.Cin; ++ci) {
+        Tile acc;
+        zero(acc);
+        accumulate(acc, n, oh0, oh1, ci);
+        add(acc, ci);
+      }
+    }
+  }
+}
+
 // Register-blocked accumulation for one output row, kernel width KW and kBlock vectors of
 // output channels: a pooled column ow reaches the KW + 1 output pixels starting at
 // 2 * ow - pw whatever its switch, so their accumulators for a block of channels live in
@@ -385,41 +416,28 @@ void backward_weight_block(
       }
     }
   };
-  if (direct) {  // the batch at once, one store per element into (Cin, Cout, K, K)
-    T* out = static_cast<T*>(gr.grad_weight);
-    for (int64_t ci = 0; ci < a.Cin; ++ci) {
-      Tile acc;
-      zero(acc);
-      for (int64_t n = 0; n < a.N; ++n) accumulate(acc, n, 0, a.OH, ci);
-      for (int t = 0; t < K * K; ++t) {
-        for (int j = 0; j < kVecs; ++j) {
-          __at_align__ acc_t lanes[V];
-          acc[t][j].store(lanes);
-          for (int64_t l = 0; l < count[j]; ++l)
-            out[(ci * Cout + co0 + j * V + l) * (K * K) + t] = static_cast<T>(lanes[l]);
-        }
-      }
-    }
-    return;
-  }
+  T* out = static_cast<T*>(gr.grad_weight);
   acc_t* dw = static_cast<acc_t*>(gr.grad_weight_c);
-  for (int64_t n = 0; n < a.N; ++n) {
-    for (int64_t oh0 = 0; oh0 < a.OH; oh0 += rows_per_chunk) {
-      const int64_t oh1 = std::min<int64_t>(a.OH, oh0 + rows_per_chunk);
-      for (int64_t ci = 0; ci < a.Cin; ++ci) {
-        Tile acc;
-        zero(acc);
-        accumulate(acc, n, oh0, oh1, ci);
-        for (int t = 0; t < K * K; ++t) {
-          acc_t* dst = dw + (ci * K * K + t) * Cout + co0;
-          for (int j = 0; j < kVecs; ++j) {
-            const Vec sum = load(dst + j * V, j) + acc[t][j];
-            kFull ? sum.store(dst + j * V) : sum.store(dst + j * V, count[j]);
-          }
-        }
+  auto store = [&](const Tile& acc, int64_t ci) {  // into (Cin, Cout, K, K), converted
+    for (int t = 0; t < K * K; ++t) {
+      for (int j = 0; j < kVecs; ++j) {
+        __at_align__ acc_t lanes[V];
+        acc[t][j].store(lanes);
+        for (int64_t l = 0; l < count[j]; ++l)
+          out[(ci * Cout + co0 + j * V + l) * (K * K) + t] = static_cast<T>(lanes[l]);
       }
     }
-  }
+  };
+  auto add = [&](const Tile& acc, int64_t ci) {  // to the (Cin, K, K, Cout) buffer
+    for (int t = 0; t < K * K; ++t) {
+      acc_t* dst = dw + (ci * K * K + t) * Cout + co0;
+      for (int j = 0; j < kVecs; ++j) {
+        const Vec sum = load(dst + j * V, j) + acc[t][j];
+        kFull ? sum.store(dst + j * V) : sum.store(dst + j * V, count[j]);
+      }
+    }
+  };
+  weight_grad_schedule<Tile>(a, rows_per_chunk, direct, zero, accumulate, store, add);
 }
 
 template <typename T, int K>

@@ -46,6 +46,25 @@ DK_HD_INLINE int64_t floor_half(int64_t v) {
   return v >= 0 ? v / 2 : -((1 - v) / 2);
 }
 
+// The block's threads (tid of `threads`) copy weight[ci0 + cl, co0 + j, tap] into
+// tile[cl][tap][j] in the accumulation type, zeros where the channel is past the weight.
+template <typename T, typename acc_t, int kCi, int kTaps, int kCo>
+DK_HD_INLINE void load_weight_tile(acc_t (&tile)[kCi][kTaps][kCo], const T* weight,
+                                   const WeightStrides& ws, const DeconvGeom& d, int64_t ci0,
+                                   int64_t co0, int64_t tid, int64_t threads) {
+  const int64_t taps = d.kh * d.kw;
+  for (int64_t i = tid; i < kCi * taps * kCo; i += threads) {
+    const int64_t cl = i / (taps * kCo), tap = (i / kCo) % taps;
+    const int64_t j = i % kCo, ci = ci0 + cl, co = co0 + j;
+    acc_t w = acc_t(0);
+    if (ci < d.cin && co < d.cout) {
+      w = static_cast<acc_t>(
+          weight[ci * ws.ci + co * ws.co + (tap / d.kw) * ws.a + (tap % d.kw) * ws.b]);
+    }
+    tile[cl][tap][j] = w;
+  }
+}
+
 template <typename T>
 struct UnpoolDeconvTiledForwardKernel {
   using acc_t = typename AccType<T>::type;
@@ -115,17 +134,7 @@ struct UnpoolDeconvTiledForwardKernel {
   // Phase "load": weights (ci, tap, co) and windows (ci, row, column) of the chunk.
   static DK_HD void load(int64_t tid, const Tile& b, int64_t ci0, const Args& a, Shared& sh) {
     const DeconvGeom& d = a.dc;
-    const int64_t taps = d.kh * d.kw;
-    for (int64_t i = tid; i < kCiTile * taps * S::kCoTile; i += S::kThreads) {
-      const int64_t cl = i / (taps * S::kCoTile), tap = (i / S::kCoTile) % taps;
-      const int64_t j = i % S::kCoTile, ci = ci0 + cl, co = b.co0 + j;
-      acc_t w = acc_t(0);
-      if (ci < d.cin && co < d.cout) {
-        w = static_cast<acc_t>(a.weight[ci * a.ws.ci + co * a.ws.co + (tap / d.kw) * a.ws.a +
-                                        (tap % d.kw) * a.ws.b]);
-      }
-      sh.w[cl][tap][j] = w;
-    }
+    load_weight_tile(sh.w, a.weight, a.ws, d, ci0, b.co0, tid, S::kThreads);
     for (int64_t i = tid; i < kCiTile * S::kWinH * S::kWinW; i += S::kThreads) {
       const int64_t cl = i / (S::kWinH * S::kWinW), r = (i / S::kWinW) % S::kWinH;
       const int64_t c = i % S::kWinW, ci = ci0 + cl, oh = b.oh0 + r, ow = b.ow0 + c;
@@ -283,17 +292,7 @@ struct UnpoolDeconvTiledGradYKernel {
   // (co, row, column) of the chunk; zeros outside.
   static DK_HD void load(int64_t tid, const Tile& b, int64_t co0, const Args& a, Shared& sh) {
     const DeconvGeom& d = a.dc;
-    const int64_t taps = d.kh * d.kw;
-    for (int64_t i = tid; i < S::kCiTile * taps * kCoChunk; i += S::kThreads) {
-      const int64_t cl = i / (taps * kCoChunk), tap = (i / kCoChunk) % taps;
-      const int64_t j = i % kCoChunk, ci = b.ci0 + cl, co = co0 + j;
-      acc_t w = acc_t(0);
-      if (ci < d.cin && co < d.cout) {
-        w = static_cast<acc_t>(a.weight[ci * a.ws.ci + co * a.ws.co + (tap / d.kw) * a.ws.a +
-                                        (tap % d.kw) * a.ws.b]);
-      }
-      sh.w[cl][tap][j] = w;
-    }
+    load_weight_tile(sh.w, a.weight, a.ws, d, b.ci0, co0, tid, S::kThreads);
     for (int64_t i = tid; i < kCoChunk * S::kPatchH * S::kPatchW; i += S::kThreads) {
       const int64_t j = i / (S::kPatchH * S::kPatchW), r = (i / S::kPatchW) % S::kPatchH;
       const int64_t c = i % S::kPatchW, co = co0 + j, zh = b.zh0 + r, zw = b.zw0 + c;
