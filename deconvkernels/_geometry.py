@@ -112,8 +112,14 @@ def pooled_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> i
 
 
 def _window_without_input(size: int, out: int, k: int, s: int, p: int, d: int) -> bool:
-    """True when a window along this dimension covers padding only (dilation skips the input)."""
-    for o in range(out):
+    """True when a window along this dimension covers padding only (dilation skips the input).
+
+    A window whose first tap ``o * s - p`` lies inside the input is never empty, and no
+    window starts past the input (``pooled_size`` stops before that), so only the windows
+    that start in the padding, ``o * s < p``, need a look: at most ``p`` of them, whatever
+    the input size (this runs on every call).
+    """
+    for o in range(min(out, -(-p // s))):
         start = o * s - p
         if not any(0 <= start + j * d < size for j in range(k)):
             return True

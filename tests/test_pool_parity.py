@@ -140,15 +140,19 @@ def test_pool_unbatched_equals_batched(target):
         assert_identical(sw3, sw4.squeeze(0), f"{dtype}: switches")
 
 
-@pytest.mark.parametrize("width", [16, 17, 18, 31, 32, 33, 34, 47, 48, 64, 65])
+@pytest.mark.parametrize("width", [16, 17, 18, 31, 32, 33, 34, 47, 48, 64, 65, 97, 1026, 1091])
 def test_pool_2x2_fast_path(target, width):
-    """The DeconvNet pool (2x2, stride 2) at widths that are and are not multiples of 16/32."""
+    """The DeconvNet pool (2x2, stride 2) at widths that are and are not multiples of 16/32.
+
+    Pooled rows of 32+ columns take the AVX-512 kernel's two-pass form, in chunks of 512
+    columns (1026 and 1091 cross a chunk edge); ties, NaN and inf in every width.
+    """
     geo = geometry(2)
     for dtype, layout, ceil in itertools.product(
         FLOAT_DTYPES, ("contiguous", "channels_last"), (False, True)
     ):
-        for n, c, h in [(1, 3, 6), (2, 17, 5)]:
-            x = arrange(make_values((n, c, h, width), dtype, "ties" if c == 3 else "randn"), layout)
+        for n, c, h, kind in [(1, 3, 6, "ties"), (2, 17, 5, "randn"), (1, 2, 6, "special")]:
+            x = arrange(make_values((n, c, h, width), dtype, kind), layout)
             y, sw = check_pool(target, x, geo, ceil, f"{dtype} {layout} {tuple(x.shape)}")
             if layout == "channels_last":
                 assert is_channels_last(y) and is_channels_last(sw)
@@ -204,6 +208,30 @@ def _pool_on_each_backend(target, x, geo, ceil, clear_error):
             assert clear_error(exc), f"{backend}: unclear error: {exc}"
             outcomes[backend] = None
     return outcomes
+
+
+def test_empty_window_check_matches_brute_force():
+    """pooled_shape looks only at the windows that start in the padding (it runs on every
+    call); on every small geometry it must refuse exactly where some window has no input."""
+    from deconvkernels._geometry import pooled_shape, pooled_size
+
+    checked = 0
+    for k, s, d, size, ceil in itertools.product(
+        range(1, 6), range(1, 5), range(1, 4), range(1, 12), (False, True)
+    ):
+        for p in range(k // 2 + 1):
+            if pooled_size(size, k, s, p, d, ceil) < 1:
+                continue
+            geo = ((k, 1), (s, 1), (p, 0), (d, 1))
+            expect_refusal = has_empty_window((size, 1), geo, ceil)
+            try:
+                pooled_shape((size, 1), PoolParams(*geo), ceil)
+                refused = False
+            except ValueError:
+                refused = True
+            assert refused == expect_refusal, (size, k, s, p, d, ceil)
+            checked += 1
+    assert checked > 1000
 
 
 @pytest.mark.parametrize(

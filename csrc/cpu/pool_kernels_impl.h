@@ -8,6 +8,8 @@
 //    merged back with interleave2. One read of the input, one write of each output.
 //  * NHWC, any geometry: vectors run along channels, which are contiguous.
 //  * NCHW, any other geometry: the shared scalar bodies of csrc/kernels/pool_kernels.h.
+//  * AVX-512 builds: the forward of 2x2 stride-2 pools in float / bfloat16 / half runs the
+//    intrinsics kernels of pool_kernels_avx512.h instead (why: see there).
 // Work is split over (plane, row) or (pixel) items so a small N * C still uses every core.
 #pragma once
 
@@ -99,10 +101,19 @@ bool is_2x2_stride2_inside(const PoolGeom& g) {
       g.dh == 1 && g.dw == 1 && 2 * g.OH <= g.H && 2 * g.OW <= g.W;
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+#include "pool_kernels_avx512.h"
+#endif
+
 // ------------------------------------------------------------------ max pool forward
 
 template <typename T>
 void max_pool_nchw(const PoolKernelArgs& a) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (avx512_pool::kSupported<T>) {
+    if (is_2x2_stride2_inside(a.g)) return avx512_pool::max_pool_nchw_2x2<T>(a);
+  }
+#endif
   using L = Lanes<T>;
   using Vec = typename L::Vec;
   constexpr int64_t V = L::kSize;
@@ -142,6 +153,11 @@ void max_pool_nchw(const PoolKernelArgs& a) {
 
 template <typename T>
 void max_pool_nhwc(const PoolKernelArgs& a) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (avx512_pool::kSupported<T>) {
+    if (is_2x2_stride2_inside(a.g)) return avx512_pool::max_pool_nhwc_2x2<T>(a);
+  }
+#endif
   using L = Lanes<T>;
   using Vec = typename L::Vec;
   constexpr int64_t V = L::kSize;
