@@ -230,8 +230,13 @@ void scatter_nchw(const PoolKernelArgs& a, bool sum) {
   const bool fast = is_2x2_stride2_inside(g);
   const int64_t rows = a.N * a.C * g.H;
   at::parallel_for(0, rows, grain_for(g.W), [&](int64_t begin, int64_t end) {
+    // (plane, ih) counted along: a 64-bit division per row costs as much as a short row.
+    int64_t plane = begin / g.H, ih = begin % g.H - 1;
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t plane = r / g.H, ih = r % g.H;
+      if (++ih == g.H) {
+        ih = 0;
+        ++plane;
+      }
       T* orow = out + r * g.W;
       const T* vp = v + plane * g.OH * g.OW;
       const uint8_t* sp = sw + plane * g.OH * g.OW;
@@ -369,8 +374,12 @@ void gather_nchw(const PoolKernelArgs& a, bool only_if_last) {
   const bool fast = is_2x2_stride2_inside(g);  // no overlap: only_if_last is moot
   const int64_t rows = a.N * a.C * g.OH;
   at::parallel_for(0, rows, grain_for(g.OW * 4), [&](int64_t begin, int64_t end) {
+    int64_t plane = begin / g.OH, oh = begin % g.OH - 1;  // counted along, as in scatter
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t plane = r / g.OH, oh = r % g.OH;
+      if (++oh == g.OH) {
+        oh = 0;
+        ++plane;
+      }
       const T* sp = src + plane * g.H * g.W;
       const uint8_t* swp = sw + plane * g.OH * g.OW;
       const uint8_t* sr = swp + oh * g.OW;
