@@ -481,6 +481,29 @@ def test_unpool_keeps_negative_zero(target):
         assert_identical(out, torch_unpool(y, idx, geo, (4, 4)), f"{dtype}")
 
 
+@pytest.mark.parametrize("channels", [1, 15, 16, 17, 31, 32, 33, 48, 63, 65])
+def test_unpool_channels_last_channel_counts(target, channels):
+    """Channels-last scatters vectorise over C (16 lanes of float32, 32 of 16-bit types on
+    AVX-512): counts around the vector widths, for the unpool and the pool's backward."""
+    geo = geometry(2)
+    for dtype, ceil in itertools.product(FLOAT_DTYPES, (False, True)):
+        hw = (7, 6)
+        sw, idx = random_valid_switches((2, channels), hw, geo, ceil)
+        y = make_values(sw.shape, dtype, "special")
+        what = f"{dtype} C={channels} ceil={ceil}"
+        out = target.unpool(arrange(y, "channels_last"), arrange(sw, "channels_last"), *geo,
+                            output_size=hw)
+        assert channels == 1 or is_channels_last(out), what  # C=1: both formats at once
+        assert_equal_values(out, torch_unpool(y, idx, geo, hw), what)
+        x = arrange(make_values((2, channels, *hw), dtype, "special"), "channels_last")
+        oh, ow = pooled_hw(hw, geo, ceil)
+        gy = _small_int_grad((2, channels, oh, ow), dtype)
+        _, _, gx = target.pool_grad(x, gy, geo, ceil)
+        xr = x.clone().requires_grad_(True)
+        (egx,) = torch.autograd.grad(F.max_pool2d(xr, 2, ceil_mode=ceil), xr, gy)
+        assert_equal_values(gx, egx, f"{what}: grad_x")
+
+
 @pytest.mark.parametrize("layout", ("channels_last", "transposed", "sliced", "mixed", "3d"))
 def test_unpool_layouts(target, layout):
     for (geo, ceil), dtype in itertools.product(

@@ -251,4 +251,85 @@ void max_pool_nhwc_2x2(const PoolKernelArgs& a) {
   });
 }
 
+
+// ------------------------------------------------------------------------------------------
+// Scatter through the switches, NHWC, 2x2 stride-2 windows inside the output (unpool forward
+// and pool backward: without overlap each position gets at most one value, so sum == last).
+// No arithmetic at all: each pooled value's raw bits go to the one position its switch
+// names and zeros to the other three, by masked moves, 16 lanes of 32-bit types or 32 lanes
+// of 16-bit types per instruction (at::vec widened bfloat16 to float and rounded it back).
+
+template <int kBytes>
+struct RawLanes;
+
+template <>
+struct RawLanes<4> {
+  static constexpr int64_t kLanes = 16;
+  static void scatter(const void* v, const uint8_t* s, void* const dst[4], int64_t n) {
+    const __mmask16 m = first_lanes(n);
+    const __m512i val = _mm512_maskz_loadu_epi32(m, v);
+    const __m128i sw = _mm_maskz_loadu_epi8(m, s);
+    for (int k = 0; k < 4; ++k) {
+      const __mmask16 hit = _mm_mask_cmpeq_epi8_mask(m, sw, _mm_set1_epi8(static_cast<char>(k)));
+      _mm512_mask_storeu_epi32(dst[k], m, _mm512_maskz_mov_epi32(hit, val));
+    }
+  }
+};
+
+template <>
+struct RawLanes<2> {
+  static constexpr int64_t kLanes = 32;
+  static void scatter(const void* v, const uint8_t* s, void* const dst[4], int64_t n) {
+    const __mmask32 m = n >= 32 ? 0xFFFFFFFFu : static_cast<__mmask32>((1u << n) - 1);
+    const __m512i val = _mm512_maskz_loadu_epi16(m, v);
+    const __m256i sw = _mm256_maskz_loadu_epi8(m, s);
+    for (int k = 0; k < 4; ++k) {
+      const __mmask32 hit =
+          _mm256_mask_cmpeq_epi8_mask(m, sw, _mm256_set1_epi8(static_cast<char>(k)));
+      _mm512_mask_storeu_epi16(dst[k], m, _mm512_maskz_mov_epi16(hit, val));
+    }
+  }
+};
+
+template <typename T>
+void scatter_nhwc_2x2(const PoolKernelArgs& a) {
+  using R = RawLanes<sizeof(T)>;
+  const PoolGeom g = a.g;
+  const int64_t C = a.C;
+  const T* v = static_cast<const T*>(a.in);
+  T* out = static_cast<T*>(a.out);
+  const uint8_t* sw = a.switches;
+  const int64_t rows = a.N * g.OH;  // one task item: a pooled row and its two output rows
+  at::parallel_for(0, rows, grain_for(g.OW * C * 4), [&](int64_t begin, int64_t end) {
+    int64_t n = begin / g.OH, oh = begin % g.OH - 1;  // counted along
+    for (int64_t r = begin; r < end; ++r) {
+      if (++oh == g.OH) {
+        oh = 0;
+        ++n;
+      }
+      T* o0 = out + ((n * g.H + 2 * oh) * g.W) * C;
+      T* o1 = o0 + g.W * C;
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        const int64_t pooled = (r * g.OW + ow) * C;
+        T* p00 = o0 + 2 * ow * C;
+        T* p10 = o1 + 2 * ow * C;
+        for (int64_t c = 0; c < C; c += R::kLanes) {
+          void* const dst[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
+          R::scatter(v + pooled + c, sw + pooled + c, dst, C - c);
+        }
+      }
+      if (g.W > 2 * g.OW) {  // odd width: the last column of both rows
+        std::fill(o0 + 2 * g.OW * C, o0 + g.W * C, T(0));
+        std::fill(o1 + 2 * g.OW * C, o1 + g.W * C, T(0));
+      }
+    }
+  });
+  if (g.H > 2 * g.OH) {  // odd height: the last row of every image
+    for (int64_t n = 0; n < a.N; ++n) {
+      T* row = out + ((n * g.H + 2 * g.OH) * g.W) * C;
+      std::fill(row, row + (g.H - 2 * g.OH) * g.W * C, T(0));
+    }
+  }
+}
+
 }  // namespace avx512_pool

@@ -8,8 +8,9 @@
 //    merged back with interleave2. One read of the input, one write of each output.
 //  * NHWC, any geometry: vectors run along channels, which are contiguous.
 //  * NCHW, any other geometry: the shared scalar bodies of csrc/kernels/pool_kernels.h.
-//  * AVX-512 builds: the forward of 2x2 stride-2 pools in float / bfloat16 / half runs the
-//    intrinsics kernels of pool_kernels_avx512.h instead (why: see there).
+//  * AVX-512 builds: the forward of 2x2 stride-2 pools in float / bfloat16 / half, and the
+//    NHWC scatter of such pools, run the intrinsics kernels of pool_kernels_avx512.h
+//    instead (why: see there).
 // Work is split over (plane, row) or (pixel) items so a small N * C still uses every core.
 #pragma once
 
@@ -318,6 +319,11 @@ void scatter_nhwc_2x2(const PoolKernelArgs& a) {
 
 template <typename T>
 void scatter_nhwc(const PoolKernelArgs& a, bool sum) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (avx512_pool::kSupported<T>) {
+    if (is_2x2_stride2_inside(a.g)) return avx512_pool::scatter_nhwc_2x2<T>(a);
+  }
+#endif
   if (is_2x2_stride2_inside(a.g)) return scatter_nhwc_2x2<T>(a);
   using L = Lanes<T>;
   using Vec = typename L::Vec;
