@@ -198,19 +198,13 @@ void max_pool_nchw_2x2(const PoolKernelArgs& a) {
   const bool two_pass = g.OW >= 32;
   const int64_t rows = a.N * a.C * g.OH;
   at::parallel_for(0, rows, grain_for(g.OW * 4), [&](int64_t begin, int64_t end) {
-    // (plane, oh) counted along, not divided out per row: a 64-bit division per row cost
-    // as much as the row itself on the 14x14 to 56x56 maps.
-    int64_t plane = begin / g.OH, oh = begin % g.OH;
-    for (int64_t r = begin; r < end; ++r) {
-      const T* r0 = x + plane * g.H * g.W + 2 * oh * g.W;
+    CountedIndex row(begin, g.OH);  // (plane, oh)
+    for (int64_t r = begin; r < end; ++r, row.next()) {
+      const T* r0 = x + row.outer * g.H * g.W + 2 * row.inner * g.W;
       if (two_pass) {
         pool_row_two_pass(r0, r0 + g.W, y + r * g.OW, sw + r * g.OW, g.OW);
       } else {
         pool_row_one_pass(r0, r0 + g.W, y + r * g.OW, sw + r * g.OW, g.OW);
-      }
-      if (++oh == g.OH) {
-        oh = 0;
-        ++plane;
       }
     }
   });
@@ -226,9 +220,10 @@ void max_pool_nhwc_2x2(const PoolKernelArgs& a) {
   uint8_t* sw = a.out_switches;
   const int64_t pixels = a.N * g.OH * g.OW;
   at::parallel_for(0, pixels, grain_for(C * 4), [&](int64_t begin, int64_t end) {
-    // (n, oh, ow) counted along, not divided out per pixel (see max_pool_nchw_2x2).
-    int64_t n = begin / (g.OH * g.OW), oh = begin / g.OW % g.OH, ow = begin % g.OW;
-    for (int64_t i = begin; i < end; ++i) {
+    CountedIndex pixel(begin, g.OW);          // (n * OH + oh, ow)
+    CountedIndex image(pixel.outer, g.OH);    // (n, oh): advances when pixel wraps
+    for (int64_t i = begin; i < end; ++i, pixel.next() && image.next()) {
+      const int64_t n = image.outer, oh = image.inner, ow = pixel.inner;
       const T* p00 = x + ((n * g.H + 2 * oh) * g.W + 2 * ow) * C;
       const T* p10 = p00 + g.W * C;
       for (int64_t c = 0; c < C; c += 16) {
@@ -239,13 +234,6 @@ void max_pool_nhwc_2x2(const PoolKernelArgs& a) {
         const __mmask16 t3 = best.update(L::load(p10 + C + c, m));
         L::store(y + i * C + c, m, best.raw);
         _mm_mask_storeu_epi8(sw + i * C + c, m, switches_from(t1, t2, t3));
-      }
-      if (++ow == g.OW) {
-        ow = 0;
-        if (++oh == g.OH) {
-          oh = 0;
-          ++n;
-        }
       }
     }
   });
@@ -291,44 +279,14 @@ struct RawLanes<2> {
   }
 };
 
+// One pooled pixel's channels to its 2x2 block (dst: the four positions in raster order);
+// the walk over pixels is pool_kernels_impl.h's scatter_nhwc_2x2.
 template <typename T>
-void scatter_nhwc_2x2(const PoolKernelArgs& a) {
+void scatter_pixel_2x2(const T* v, const uint8_t* s, T* const dst[4], int64_t C) {
   using R = RawLanes<sizeof(T)>;
-  const PoolGeom g = a.g;
-  const int64_t C = a.C;
-  const T* v = static_cast<const T*>(a.in);
-  T* out = static_cast<T*>(a.out);
-  const uint8_t* sw = a.switches;
-  const int64_t rows = a.N * g.OH;  // one task item: a pooled row and its two output rows
-  at::parallel_for(0, rows, grain_for(g.OW * C * 4), [&](int64_t begin, int64_t end) {
-    int64_t n = begin / g.OH, oh = begin % g.OH - 1;  // counted along
-    for (int64_t r = begin; r < end; ++r) {
-      if (++oh == g.OH) {
-        oh = 0;
-        ++n;
-      }
-      T* o0 = out + ((n * g.H + 2 * oh) * g.W) * C;
-      T* o1 = o0 + g.W * C;
-      for (int64_t ow = 0; ow < g.OW; ++ow) {
-        const int64_t pooled = (r * g.OW + ow) * C;
-        T* p00 = o0 + 2 * ow * C;
-        T* p10 = o1 + 2 * ow * C;
-        for (int64_t c = 0; c < C; c += R::kLanes) {
-          void* const dst[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
-          R::scatter(v + pooled + c, sw + pooled + c, dst, C - c);
-        }
-      }
-      if (g.W > 2 * g.OW) {  // odd width: the last column of both rows
-        std::fill(o0 + 2 * g.OW * C, o0 + g.W * C, T(0));
-        std::fill(o1 + 2 * g.OW * C, o1 + g.W * C, T(0));
-      }
-    }
-  });
-  if (g.H > 2 * g.OH) {  // odd height: the last row of every image
-    for (int64_t n = 0; n < a.N; ++n) {
-      T* row = out + ((n * g.H + 2 * g.OH) * g.W) * C;
-      std::fill(row, row + (g.H - 2 * g.OH) * g.W * C, T(0));
-    }
+  for (int64_t c = 0; c < C; c += R::kLanes) {
+    void* const at[4] = {dst[0] + c, dst[1] + c, dst[2] + c, dst[3] + c};
+    R::scatter(v + c, s + c, at, C - c);
   }
 }
 

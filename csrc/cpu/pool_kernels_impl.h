@@ -9,8 +9,8 @@
 //  * NHWC, any geometry: vectors run along channels, which are contiguous.
 //  * NCHW, any other geometry: the shared scalar bodies of csrc/kernels/pool_kernels.h.
 //  * AVX-512 builds: the forward of 2x2 stride-2 pools in float / bfloat16 / half, and the
-//    NHWC scatter of such pools, run the intrinsics kernels of pool_kernels_avx512.h
-//    instead (why: see there).
+//    per-pixel step of the NHWC scatter of such pools, run the intrinsics of
+//    pool_kernels_avx512.h instead (why: see there).
 // Work is split over (plane, row) or (pixel) items so a small N * C still uses every core.
 #pragma once
 
@@ -101,6 +101,21 @@ bool is_2x2_stride2_inside(const PoolGeom& g) {
   return g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 &&
       g.dh == 1 && g.dw == 1 && 2 * g.OH <= g.H && 2 * g.OW <= g.W;
 }
+
+// (outer, inner) of a flat item index, counted along a parallel range instead of divided
+// out per item: a 64-bit division per row or pixel cost as much as a short row (14x14 to
+// 56x56 maps). next() returns whether inner wrapped.
+struct CountedIndex {
+  int64_t outer, inner;
+  int64_t size;
+  CountedIndex(int64_t flat, int64_t size) : outer(flat / size), inner(flat % size), size(size) {}
+  bool next() {
+    if (++inner < size) return false;
+    inner = 0;
+    ++outer;
+    return true;
+  }
+};
 
 #if defined(CPU_CAPABILITY_AVX512)
 #include "pool_kernels_avx512.h"
@@ -231,13 +246,9 @@ void scatter_nchw(const PoolKernelArgs& a, bool sum) {
   const bool fast = is_2x2_stride2_inside(g);
   const int64_t rows = a.N * a.C * g.H;
   at::parallel_for(0, rows, grain_for(g.W), [&](int64_t begin, int64_t end) {
-    // (plane, ih) counted along: a 64-bit division per row costs as much as a short row.
-    int64_t plane = begin / g.H, ih = begin % g.H - 1;
-    for (int64_t r = begin; r < end; ++r) {
-      if (++ih == g.H) {
-        ih = 0;
-        ++plane;
-      }
+    CountedIndex row(begin, g.H);  // (plane, ih)
+    for (int64_t r = begin; r < end; ++r, row.next()) {
+      const int64_t plane = row.outer, ih = row.inner;
       T* orow = out + r * g.W;
       const T* vp = v + plane * g.OH * g.OW;
       const uint8_t* sp = sw + plane * g.OH * g.OW;
@@ -270,12 +281,25 @@ void scatter_nchw(const PoolKernelArgs& a, bool sum) {
 
 // NHWC, 2x2 stride-2 windows inside the input: walk pooled pixels and write each one's
 // 2x2 output block (every value once, switch compares along channels); then zero the
-// odd last row / column that no window covers.
+// odd last row / column that no window covers. The per-pixel step is at::vec's here and
+// raw-bits masked moves on AVX-512 (avx512_pool::scatter_pixel_2x2).
 template <typename T>
-void scatter_nhwc_2x2(const PoolKernelArgs& a) {
+void scatter_pixel_2x2(const T* vp, const uint8_t* sp, T* const dst[4], int64_t C) {
   using L = Lanes<T>;
   using Vec = typename L::Vec;
   constexpr int64_t V = L::kSize;
+  const Vec zero = L::splat(0);
+  for (int64_t c = 0; c < C; c += V) {
+    const int64_t nc = std::min<int64_t>(V, C - c);
+    const Vec val = L::load(vp + c, nc);
+    const Vec s = L::load_switches(sp + c, nc);
+    for (int k = 0; k < 4; ++k)
+      L::store(dst[k] + c, Vec::blendv(zero, val, s == L::splat(k)), nc);
+  }
+}
+
+template <typename T>
+void scatter_nhwc_2x2(const PoolKernelArgs& a) {
   const PoolGeom g = a.g;
   const int64_t C = a.C;
   const T* v = static_cast<const T*>(a.in);
@@ -283,25 +307,22 @@ void scatter_nhwc_2x2(const PoolKernelArgs& a) {
   const uint8_t* sw = a.switches;
   const int64_t rows = a.N * g.OH;  // one task item: a pooled row and its two output rows
   at::parallel_for(0, rows, grain_for(g.OW * C * 4), [&](int64_t begin, int64_t end) {
-    const Vec zero = L::splat(0);
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / g.OH, oh = r % g.OH;
-      T* o0 = out + ((n * g.H + 2 * oh) * g.W) * C;
+    CountedIndex row(begin, g.OH);  // (n, oh)
+    for (int64_t r = begin; r < end; ++r, row.next()) {
+      T* o0 = out + ((row.outer * g.H + 2 * row.inner) * g.W) * C;
       T* o1 = o0 + g.W * C;
       for (int64_t ow = 0; ow < g.OW; ++ow) {
-        const T* vp = v + (r * g.OW + ow) * C;
-        const uint8_t* sp = sw + (r * g.OW + ow) * C;
+        const int64_t pooled = (r * g.OW + ow) * C;
         T* p00 = o0 + 2 * ow * C;
         T* p10 = o1 + 2 * ow * C;
-        for (int64_t c = 0; c < C; c += V) {
-          const int64_t nc = std::min<int64_t>(V, C - c);
-          const Vec val = L::load(vp + c, nc);
-          const Vec s = L::load_switches(sp + c, nc);
-          L::store(p00 + c, Vec::blendv(zero, val, s == L::splat(0)), nc);
-          L::store(p00 + C + c, Vec::blendv(zero, val, s == L::splat(1)), nc);
-          L::store(p10 + c, Vec::blendv(zero, val, s == L::splat(2)), nc);
-          L::store(p10 + C + c, Vec::blendv(zero, val, s == L::splat(3)), nc);
+        T* const dst[4] = {p00, p00 + C, p10, p10 + C};
+#if defined(CPU_CAPABILITY_AVX512)
+        if constexpr (avx512_pool::kSupported<T>) {
+          avx512_pool::scatter_pixel_2x2(v + pooled, sw + pooled, dst, C);
+          continue;
         }
+#endif
+        scatter_pixel_2x2(v + pooled, sw + pooled, dst, C);
       }
       if (g.W > 2 * g.OW) {  // odd width: the last column of both rows
         std::fill(o0 + 2 * g.OW * C, o0 + g.W * C, T(0));
@@ -319,11 +340,6 @@ void scatter_nhwc_2x2(const PoolKernelArgs& a) {
 
 template <typename T>
 void scatter_nhwc(const PoolKernelArgs& a, bool sum) {
-#if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (avx512_pool::kSupported<T>) {
-    if (is_2x2_stride2_inside(a.g)) return avx512_pool::scatter_nhwc_2x2<T>(a);
-  }
-#endif
   if (is_2x2_stride2_inside(a.g)) return scatter_nhwc_2x2<T>(a);
   using L = Lanes<T>;
   using Vec = typename L::Vec;
@@ -380,12 +396,9 @@ void gather_nchw(const PoolKernelArgs& a, bool only_if_last) {
   const bool fast = is_2x2_stride2_inside(g);  // no overlap: only_if_last is moot
   const int64_t rows = a.N * a.C * g.OH;
   at::parallel_for(0, rows, grain_for(g.OW * 4), [&](int64_t begin, int64_t end) {
-    int64_t plane = begin / g.OH, oh = begin % g.OH - 1;  // counted along, as in scatter
-    for (int64_t r = begin; r < end; ++r) {
-      if (++oh == g.OH) {
-        oh = 0;
-        ++plane;
-      }
+    CountedIndex row(begin, g.OH);  // (plane, oh)
+    for (int64_t r = begin; r < end; ++r, row.next()) {
+      const int64_t plane = row.outer, oh = row.inner;
       const T* sp = src + plane * g.H * g.W;
       const uint8_t* swp = sw + plane * g.OH * g.OW;
       const uint8_t* sr = swp + oh * g.OW;
