@@ -129,6 +129,14 @@ class Case:
         return "-".join(parts)
 
 
+def plant_specials(y: torch.Tensor, fraction: float) -> None:
+    """Make about ``fraction`` of ``y`` NaN, as many +inf and as many -inf, in place."""
+    r = torch.rand(y.shape)
+    y[r < fraction] = float("nan")
+    y[(r >= fraction) & (r < 2 * fraction)] = float("inf")
+    y[(r >= 2 * fraction) & (r < 3 * fraction)] = float("-inf")
+
+
 def _arrange_weight(w: torch.Tensor, layout: str) -> torch.Tensor:
     if layout == "contiguous":
         return w.contiguous()
@@ -160,10 +168,7 @@ def make_inputs(c: Case, kind: str = "randn"):
         sw, idx = sw[:0], idx[:0]
     y = torch.randn(sw.shape, dtype=torch.float64)
     if kind == "special":  # NaN and +-inf among the pooled values
-        r = torch.rand(sw.shape)
-        y[r < 0.1] = float("nan")
-        y[(r >= 0.1) & (r < 0.2)] = float("inf")
-        y[(r >= 0.2) & (r < 0.3)] = float("-inf")
+        plant_specials(y, 0.1)
     w = torch.randn(c.cin, c.cout // c.groups, *c.kernel, dtype=torch.float64)
     b = torch.randn(c.cout, dtype=torch.float64) if c.bias else None
     y, sw = _arrange_pooled(y.to(c.dtype), sw, c.layout)
@@ -1035,10 +1040,7 @@ def test_bf16_dot_kernels(shape, special):
     x = torch.randn(n, cin, h, w)
     y, sw = dk.max_pool2d_with_switches(x, 2)
     if special:
-        r = torch.rand(y.shape)
-        y[r < 0.05] = float("nan")
-        y[(r >= 0.05) & (r < 0.1)] = float("inf")
-        y[(r >= 0.1) & (r < 0.15)] = float("-inf")
+        plant_specials(y, 0.05)
     y = y.bfloat16()
     weight = (torch.randn(cin, cout, k, k) * 0.1).bfloat16()
     bias = torch.randn(cout).bfloat16()
@@ -1095,10 +1097,7 @@ def test_tiled_cuda_forward_emulated(shape, dtype, special):
     x = torch.randn(n, cin, h, w, dtype=F64)
     y, sw = dk.max_pool2d_with_switches(x, 2)
     if special:
-        r = torch.rand(y.shape)
-        y[r < 0.05] = float("nan")
-        y[(r >= 0.05) & (r < 0.1)] = float("inf")
-        y[(r >= 0.1) & (r < 0.15)] = float("-inf")
+        plant_specials(y, 0.05)
     y = y.to(dtype)
     weight, bias = torch.randn(cin, cout, kh, kw).to(dtype), torch.randn(cout).to(dtype)
     geo = [[h, w], [2, 2], [2, 2], [0, 0], [1, 1], [1, 1], [ph, pw], [0, 0], 1, [1, 1]]
