@@ -30,6 +30,14 @@
 
 namespace avx512_pool {
 
+// Masks of the first n lanes (all of them from 16 / 32 on).
+inline __mmask16 first_lanes(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+}
+inline __mmask32 first_lanes32(int64_t n) {
+  return n >= 32 ? static_cast<__mmask32>(0xFFFFFFFFu) : static_cast<__mmask32>((1u << n) - 1);
+}
+
 // 16 lanes of T: Raw holds the values as stored, to_float widens them for comparisons.
 template <typename T>
 struct Lanes16;
@@ -51,8 +59,7 @@ struct Lanes16<float> {
   }
   // 2n consecutive values (n <= 16) -> (even, odd) columns.
   static std::pair<Raw, Raw> load_pairs(const float* p, int64_t n) {
-    const __mmask16 lo = n >= 8 ? 0xFFFF : static_cast<__mmask16>((1u << (2 * n)) - 1);
-    const __mmask16 hi = n >= 8 ? static_cast<__mmask16>((1u << (2 * n - 16)) - 1) : 0;
+    const __mmask16 lo = first_lanes(2 * n), hi = first_lanes(std::max<int64_t>(0, 2 * n - 16));
     const __m512 a = _mm512_maskz_loadu_ps(lo, p), b = _mm512_maskz_loadu_ps(hi, p + 16);
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
@@ -76,7 +83,7 @@ struct Lanes16<c10::Half> {
   }
   // One load of 2n 16-bit values; each 32-bit lane holds a (even, odd) pair.
   static std::pair<Raw, Raw> load_pairs(const c10::Half* p, int64_t n) {
-    const __mmask32 m = n >= 16 ? 0xFFFFFFFFu : static_cast<__mmask32>((1u << (2 * n)) - 1);
+    const __mmask32 m = first_lanes32(2 * n);
     const __m512i both = _mm512_maskz_loadu_epi16(m, p);
     return {_mm512_cvtepi32_epi16(both), _mm512_cvtepi32_epi16(_mm512_srli_epi32(both, 16))};
   }
@@ -105,7 +112,7 @@ struct Lanes16<c10::BFloat16> {
     return _mm512_mask_mov_ps(keep, take, v);
   }
   static std::pair<Raw, Raw> load_pairs(const c10::BFloat16* p, int64_t n) {
-    const __mmask32 m = n >= 16 ? 0xFFFFFFFFu : static_cast<__mmask32>((1u << (2 * n)) - 1);
+    const __mmask32 m = first_lanes32(2 * n);
     const __m512i both = _mm512_maskz_loadu_epi16(m, p);
     return {_mm512_castsi512_ps(_mm512_slli_epi32(both, 16)),
             _mm512_castsi512_ps(_mm512_and_si512(both, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))))};
@@ -116,9 +123,6 @@ template <typename T>
 inline constexpr bool kSupported = std::is_same_v<T, float> ||
     std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
 
-inline __mmask16 first_lanes(int64_t n) {
-  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
-}
 
 // The running max of one window position over 16 lanes, in both forms.
 template <typename T>
@@ -239,7 +243,6 @@ void max_pool_nhwc_2x2(const PoolKernelArgs& a) {
   });
 }
 
-
 // ------------------------------------------------------------------------------------------
 // Scatter through the switches, NHWC, 2x2 stride-2 windows inside the output (unpool forward
 // and pool backward: without overlap each position gets at most one value, so sum == last).
@@ -268,7 +271,7 @@ template <>
 struct RawLanes<2> {
   static constexpr int64_t kLanes = 32;
   static void scatter(const void* v, const uint8_t* s, void* const dst[4], int64_t n) {
-    const __mmask32 m = n >= 32 ? 0xFFFFFFFFu : static_cast<__mmask32>((1u << n) - 1);
+    const __mmask32 m = first_lanes32(n);
     const __m512i val = _mm512_maskz_loadu_epi16(m, v);
     const __m256i sw = _mm256_maskz_loadu_epi8(m, s);
     for (int k = 0; k < 4; ++k) {
