@@ -1082,6 +1082,8 @@ TILED_SHAPES = [
     (1, 5, 33, 17, 19, 5, 5, 2, 2),
     (1, 9, 7, 9, 16, 1, 3, 0, 1),
     (2, 3, 64, 12, 12, 3, 5, 0, 2),
+    # grad-weight: 36 chunks of 4x8 windows over 6 splits of the reduction
+    (3, 4, 8, 26, 40, 3, 3, 1, 1),
 ]
 
 
@@ -1140,3 +1142,47 @@ def test_tiled_cuda_grad_y_emulated(shape, dtype):
     finite = expected.isfinite()
     # where no NaN or inf is reached, the float64 CPU kernels agree with the reference
     torch.testing.assert_close(expected[finite], ref[finite], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.requires_extension
+@pytest.mark.parametrize("shape", TILED_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [F32, F64, BF16], ids=str)
+@pytest.mark.parametrize("special", [False, True], ids=["randn", "nan-inf"])
+def test_tiled_cuda_grad_weight_emulated(shape, dtype, special):
+    """The GPU's tiled grad-weight for DeconvNet's case through the CPU emulator: channel
+    tiles of 8 x 32, chunks of 4x8 (float) or 4x4 (double) windows, the reduction split over
+    blocks for few-channel shapes (the emulator asks for 6 blocks) and summed in order;
+    against the CPU's float64 kernels (same taps, NaN and inf included) and, where those are
+    finite, autograd of the reference chain."""
+    n, cin, cout, h, w, kh, kw, ph, pw = shape
+    x = torch.randn(n, cin, h, w, dtype=F64)
+    y, sw = dk.max_pool2d_with_switches(x, 2)
+    ho, wo = h - 2 * ph + kh - 1, w - 2 * pw + kw - 1
+    grad = torch.randn(n, cout, ho, wo, dtype=F64)
+    if special:
+        # infinite pooled values at the map's corners meet taps that leave the output
+        # (they must add nothing there, not inf * 0), NaN and inf in grad_output
+        plant_specials(y, 0.03)
+        y[0, :, 0, 0] = float("inf")
+        y[-1, :, -1, -1] = float("-inf")
+        grad[0, 0, 1, 1] = float("nan")
+        grad[-1, -1, -1, 0] = float("inf")
+    y, grad = y.to(dtype), grad.to(dtype)
+    geo = [[h, w], [2, 2], [2, 2], [0, 0], [1, 1], [1, 1], [ph, pw], [0, 0], 1, [1, 1]]
+    got = torch.ops.deconvkernels._emulated_unpool_deconv2d_backward_weight(
+        grad, y, sw, [kh, kw], *geo)
+    expected = torch.ops.deconvkernels.unpool_deconv2d_backward_weight(
+        grad.double(), y.double(), sw, [kh, kw], *geo)  # the CPU's float64 kernels
+    assert got.dtype == dtype and got.shape == expected.shape == (cin, cout, kh, kw)
+    scale = 2.0**-7 if dtype == BF16 else 1e-5
+    terms = n * (h // 2) * (w // 2)
+    assert_matches_specials(got, expected, scale, scale * terms, str(shape))
+    if special:
+        assert not expected.isfinite().all(), "the specials reached no weight"
+        return
+    with dk.use_backend("reference"):
+        y64 = y.double().requires_grad_()
+        w64 = torch.randn(cin, cout, kh, kw, dtype=F64, requires_grad=True)
+        out = dk.unpool_deconv2d(y64, sw, w64, None, output_size=(h, w), padding=(ph, pw))
+    (ref,) = torch.autograd.grad(out, w64, grad.double())
+    torch.testing.assert_close(expected, ref, rtol=1e-9, atol=1e-9)

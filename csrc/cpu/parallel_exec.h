@@ -26,6 +26,9 @@ struct ParallelCpuExec {
   static void launch_phased(Dim3, Dim3, const typename Kernel::Args&) {
     TORCH_CHECK(false, "ParallelCpuExec runs no phased kernels");
   }
+  static int64_t phased_blocks_wanted() {
+    return 1;
+  }
 
   static int64_t max_blocks() {
     return int64_t(1) << 30;

@@ -75,6 +75,12 @@ struct CudaExec {
   }
 
   static constexpr bool kPhasedKernels = true;
+  // Blocks of a phased kernel (256 threads, up to 37 KiB of shared memory) that keep every
+  // SM busy: a kernel with fewer (the tiled grad-weight of a few-channel layer) splits its
+  // reduction until it has about this many.
+  static int64_t phased_blocks_wanted() {
+    return static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 4;
+  }
   template <class Kernel>
   static void launch_phased(Dim3 grid, Dim3 block, const typename Kernel::Args& args) {
     phased_entry<Kernel><<<

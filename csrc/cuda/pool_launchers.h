@@ -5,7 +5,9 @@
 // So the launch geometry, the strides handed to the kernels and the edge handling that
 // a GPU would run are the ones CI runs. The executor provides:
 //   Guard(device), kThreadsPerBlock, max_blocks(), launch<Kernel>(grid, block, args),
-//   check_device(tensor, name), check_flag(flag, message).
+//   check_device(tensor, name), check_flag(flag, message); and for the kernels with
+//   barriers (unpool_deconv_tiled.h) kPhasedKernels, launch_phased<Kernel>(grid, block,
+//   args), phased_blocks_wanted().
 #pragma once
 
 #include <ATen/Dispatch.h>

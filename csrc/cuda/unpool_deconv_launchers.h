@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
+#include <algorithm>
 #include <optional>
 
 #include "../kernels/unpool_deconv_kernels.h"
@@ -102,6 +103,58 @@ bool try_tiled_grad_y(const UnpoolDeconvPlan& plan, const Tensor& g, const Tenso
       Dim3{static_cast<unsigned>(tiles_h * tiles_w), static_cast<unsigned>(ci_tiles),
            static_cast<unsigned>(g.size(0))},
       Dim3{S::kThreads, 1, 1}, a);
+  return true;
+}
+
+// The tiled grad_weight (unpool_deconv_tiled.h), under the same conditions. The chunks of
+// pooled windows are split over blockIdx.z until the grid has about
+// Exec::phased_blocks_wanted() blocks; the splits' float sums are then added in order.
+template <class Exec, typename scalar_t>
+bool try_tiled_grad_weight(const UnpoolDeconvPlan& plan, const Tensor& g, const Tensor& y4,
+                           Tensor& grad_w) {
+  using S = TiledGradWeightShape;
+  using K = UnpoolDeconvTiledGradWeightKernel<scalar_t>;
+  using acc_t = typename K::acc_t;
+  const DeconvGeom& d = plan.geo.dc;
+  const PoolGeom& pg = plan.geo.pool;
+  const int64_t ci_tiles = (d.cin + S::kCiTile - 1) / S::kCiTile;
+  const int64_t co_tiles = (d.cout + S::kCoTile - 1) / S::kCoTile;
+  if (!Exec::kPhasedKernels || !deconvnet_case(plan) || d.kh > S::kMaxK || d.kw > S::kMaxK ||
+      ci_tiles > (int64_t(1) << 31) - 1 || co_tiles > 65535) {
+    return false;
+  }
+  const int64_t tiles_w = (pg.OW + K::kWinW - 1) / K::kWinW;
+  const int64_t tiles = ((pg.OH + S::kWinH - 1) / S::kWinH) * tiles_w;
+  const int64_t chunks = y4.size(0) * tiles;
+  if (chunks == 0) {
+    grad_w.zero_();
+    return true;
+  }
+  const int64_t blocks = ci_tiles * co_tiles;
+  const int64_t wanted = std::clamp<int64_t>(
+      (Exec::phased_blocks_wanted() + blocks - 1) / blocks, 1, 65535);
+  const int64_t per_split = (chunks + wanted - 1) / wanted;
+  const int64_t splits = (chunks + per_split - 1) / per_split;  // none left empty
+  Tensor partial;
+  if (splits > 1) {
+    partial = at::empty({splits, grad_w.numel()},
+                        grad_w.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  }
+  typename K::Args a{
+      g.const_data_ptr<scalar_t>(), y4.const_data_ptr<scalar_t>(),
+      plan.switches.const_data_ptr<uint8_t>(), grad_w.mutable_data_ptr<scalar_t>(),
+      splits > 1 ? partial.mutable_data_ptr<acc_t>() : nullptr, strides_of(g), strides_of(y4),
+      strides_of(plan.switches), pg, d, tiles_w, tiles, chunks, per_split};
+  Exec::template launch_phased<K>(
+      Dim3{static_cast<unsigned>(ci_tiles), static_cast<unsigned>(co_tiles),
+           static_cast<unsigned>(splits)},
+      Dim3{S::kThreads, 1, 1}, a);
+  if (splits > 1) {
+    using R = SplitSumKernel<scalar_t>;
+    typename R::Args r{partial.const_data_ptr<acc_t>(), grad_w.mutable_data_ptr<scalar_t>(),
+                       splits, grad_w.numel()};
+    launch_elementwise<Exec, R>(r.total, r);
+  }
   return true;
 }
 
@@ -242,6 +295,7 @@ Tensor unpool_deconv2d_backward_weight_planned(const WeightGradPlan& wp, const T
     validate_switches<Exec>(plan.switches, plan.geo.pool);
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, y.scalar_type(), "unpool_deconv2d_backward_weight", [&] {
+          if (try_tiled_grad_weight<Exec, scalar_t>(plan, g, y4, grad_w)) return;
           using K = UnpoolDeconvGradWeightKernel<scalar_t>;
           typename K::Args a{
               g.const_data_ptr<scalar_t>(), y4.const_data_ptr<scalar_t>(),

@@ -15,6 +15,14 @@
 #define DK_HD_INLINE inline __attribute__((always_inline))
 #endif
 
+// Unroll the next loop on the GPU, so that a small array indexed by its counters stays in
+// registers; the host compiler decides for itself.
+#if defined(__CUDA_ARCH__)
+#define DK_UNROLL _Pragma("unroll")
+#else
+#define DK_UNROLL
+#endif
+
 // Code in these headers is compiled once per CPU ISA (csrc/cpu/isa/*.cpp define
 // CPU_CAPABILITY, as ATen's per-ISA kernels do). The ISA-named inline namespace keeps
 // the AVX-512 copy of an inline function from replacing the baseline copy at link time.

@@ -1,4 +1,4 @@
-// The GPU's tiled forward (and, at the end, grad-y) of the fused unpool + transposed
+// The GPU's tiled forward (and, further down, grad-y and grad-weight) of the fused unpool + transposed
 // convolution for DeconvNet's case
 // (2x2/2 pool windows inside the input; stride-1, dilation-1, ungrouped deconvolution with
 // kernels up to 5x5), written once as a phased host-device body:
@@ -299,6 +299,200 @@ struct UnpoolDeconvTiledGradYKernel {
       const bool inside = co < d.cout && zh >= 0 && zh < d.Ho && zw >= 0 && zw < d.Wo;
       sh.g[j][r][c] =
           inside ? static_cast<acc_t>(a.grad_out[offset_of(a.gs, b.n, co, zh, zw)]) : acc_t(0);
+    }
+  }
+};
+
+// grad_weight for DeconvNet's case as a fixed-order reduction over the pooled values:
+//
+//   grad_w[ci, co, ka, kb] = sum over (n, oh, ow) of y[n, ci, oh, ow] x
+//                            grad_out[n, co, ih - ph + ka, iw - pw + kb]
+//
+// where (ih, iw) is the unpooled position the switch names (taps leaving the output add
+// nothing). A block owns kCiTile x kCoTile weight channels, a thread one (ci, co) pair with
+// its kh x kw accumulators in registers. The pooled map goes in chunks of one image's
+// kWinH x kWinW windows: phase "load" copies the chunk's pooled values and switches of the
+// block's input channels, and the grad_output patch their taps reach for the block's output
+// channels, into shared memory; phase "add" adds, for each window, value x patch at the
+// kh x kw taps around the position its switch names (a quarter of a dense transposed
+// convolution's multiply-adds). A warp's 32 threads share ci (one broadcast value and
+// switch) and read 32 channels of the patch (padded to an odd plane: different banks).
+//
+// Few-channel layers have few (ci, co) blocks, so the chunks are split over blockIdx.z:
+// each split sums its contiguous range of chunks into a float workspace, and
+// SplitSumKernel adds the splits in order. Both orders are fixed by the shape and the
+// split count: deterministic, no atomics.
+struct TiledGradWeightShape {
+  static constexpr int kCiTile = 8;   // input channels of a block
+  static constexpr int kCoTile = 32;  // output channels of a block: one warp
+  static constexpr int kThreads = kCiTile * kCoTile;  // 256
+  static constexpr int kWinH = 4;     // pooled window rows of a chunk
+  static constexpr int kMaxK = 5;
+};
+
+template <typename T>
+struct UnpoolDeconvTiledGradWeightKernel {
+  using acc_t = typename AccType<T>::type;
+  using S = TiledGradWeightShape;
+  // 8 float or 4 double window columns: a 30 or 36 KiB patch
+  static constexpr int kWinW = static_cast<int>(32 / sizeof(acc_t));
+  static constexpr int kWindows = S::kWinH * kWinW;
+  static constexpr int kPatchH = 2 * S::kWinH + S::kMaxK - 1;
+  static constexpr int kPatchW = 2 * kWinW + S::kMaxK - 1;
+  static constexpr int kPlane = (kPatchH * kPatchW) | 1;  // odd: no bank conflicts
+
+  struct Args {
+    const T* grad_out;
+    const T* y;
+    const uint8_t* switches;
+    T* grad_weight;  // contiguous (C_in, C_out, kh, kw); written when there is one split
+    acc_t* partial;  // (splits, C_in * C_out * kh * kw) when there are more, else null
+    Strides4 gs, ys, ss;
+    PoolGeom pool;
+    DeconvGeom dc;
+    int64_t tiles_w;  // window tiles of a pooled row
+    int64_t tiles;  // window tiles of an image
+    int64_t chunks;  // batch x tiles
+    int64_t chunks_per_split;
+  };
+  struct Shared {
+    acc_t g[S::kCoTile][kPlane];
+    acc_t v[S::kCiTile][kWindows];
+    uint8_t s[S::kCiTile][kWindows];
+  };
+  struct State {
+    acc_t acc[S::kMaxK * S::kMaxK];
+  };
+  // The chunk's image, first window and the output position of its patch's origin.
+  struct Chunk {
+    int64_t n, oh0, ow0, zh0, zw0;
+  };
+  static DK_HD_INLINE Chunk chunk_of(int64_t q, const Args& a) {
+    Chunk c;
+    c.n = q / a.tiles;
+    const int64_t t = q % a.tiles;
+    c.oh0 = (t / a.tiles_w) * S::kWinH;
+    c.ow0 = (t % a.tiles_w) * kWinW;
+    c.zh0 = 2 * c.oh0 - a.dc.ph;  // tap 0 of the first unpooled row
+    c.zw0 = 2 * c.ow0 - a.dc.pw;
+    return c;
+  }
+  static DK_HD_INLINE int64_t num_phases(const Args& a) {
+    return 2 * a.chunks_per_split + 1;
+  }
+
+  static DK_HD void phase(int64_t p, const ThreadCoord& t, const Args& a, Shared& sh,
+                          State& st) {
+    const int64_t tid = t.thread.x;
+    const int64_t ci0 = static_cast<int64_t>(t.block.x) * S::kCiTile;
+    const int64_t co0 = static_cast<int64_t>(t.block.y) * S::kCoTile;
+    if (p == 2 * a.chunks_per_split) return store(tid, ci0, co0, t.block.z, a, st);
+    if (p == 0) {
+      DK_UNROLL
+      for (int i = 0; i < S::kMaxK * S::kMaxK; ++i) st.acc[i] = acc_t(0);
+    }
+    const int64_t q = static_cast<int64_t>(t.block.z) * a.chunks_per_split + p / 2;
+    if (q >= a.chunks) return;  // the last split's tail: nothing to load or add
+    const Chunk c = chunk_of(q, a);
+    if (p % 2 == 0) return load(tid, c, ci0, co0, a, sh);
+    add(tid, c, a, sh, st);
+  }
+
+  // Phase "load": values and switches (ci, window), the grad_output patch (co, row, column);
+  // zeros outside the output (only read by channels past C_out, which are not stored).
+  static DK_HD void load(int64_t tid, const Chunk& c, int64_t ci0, int64_t co0, const Args& a,
+                         Shared& sh) {
+    const DeconvGeom& d = a.dc;
+    for (int64_t i = tid; i < S::kCiTile * kWindows; i += S::kThreads) {
+      const int64_t cl = i / kWindows, win = i % kWindows, ci = ci0 + cl;
+      const int64_t oh = c.oh0 + win / kWinW, ow = c.ow0 + win % kWinW;
+      const bool inside = ci < d.cin && oh < a.pool.OH && ow < a.pool.OW;
+      sh.v[cl][win] =
+          inside ? static_cast<acc_t>(a.y[offset_of(a.ys, c.n, ci, oh, ow)]) : acc_t(0);
+      sh.s[cl][win] =
+          inside ? a.switches[offset_of(a.ss, c.n, ci, oh, ow)] : TiledForwardShape::kNoWindow;
+    }
+    // only the rows and columns this kernel size reaches
+    const int64_t rows = 2 * S::kWinH + d.kh - 1, cols = 2 * kWinW + d.kw - 1;
+    for (int64_t i = tid; i < S::kCoTile * rows * cols; i += S::kThreads) {
+      const int64_t j = i / (rows * cols), r = (i / cols) % rows, col = i % cols;
+      const int64_t co = co0 + j, zh = c.zh0 + r, zw = c.zw0 + col;
+      const bool inside = co < d.cout && zh >= 0 && zh < d.Ho && zw >= 0 && zw < d.Wo;
+      sh.g[j][r * kPatchW + col] =
+          inside ? static_cast<acc_t>(a.grad_out[offset_of(a.gs, c.n, co, zh, zw)]) : acc_t(0);
+    }
+  }
+
+  // Phase "add": the chunk's products for this thread's (ci, co), window by window in
+  // raster order. Taps are bounds-tested rather than left to the zero padding: an infinite
+  // value times a tap outside the output must add nothing, not NaN.
+  static DK_HD void add(int64_t tid, const Chunk& c, const Args& a, const Shared& sh,
+                        State& st) {
+    const DeconvGeom& d = a.dc;
+    const int64_t cl = tid / S::kCoTile, j = tid % S::kCoTile;
+    const acc_t* g = sh.g[j];
+    for (int win = 0; win < kWindows; ++win) {
+      const uint8_t s = sh.s[cl][win];
+      if (s == TiledForwardShape::kNoWindow) continue;
+      const acc_t v = sh.v[cl][win];
+      // the switch's position in the patch, and the taps that stay inside the output
+      const int64_t r = 2 * (win / kWinW) + (s >> 1), col = 2 * (win % kWinW) + (s & 1);
+      const int64_t ka_lo = -(c.zh0 + r), ka_hi = d.Ho - (c.zh0 + r);
+      const int64_t kb_lo = -(c.zw0 + col), kb_hi = d.Wo - (c.zw0 + col);
+      const acc_t* gp = g + r * kPatchW + col;
+      DK_UNROLL
+      for (int ka = 0; ka < S::kMaxK; ++ka) {
+        if (ka >= d.kh || ka < ka_lo || ka >= ka_hi) continue;
+        DK_UNROLL
+        for (int kb = 0; kb < S::kMaxK; ++kb) {
+          if (kb >= d.kw || kb < kb_lo || kb >= kb_hi) continue;
+          st.acc[ka * S::kMaxK + kb] += v * gp[ka * kPatchW + kb];
+        }
+      }
+    }
+  }
+
+  // Last phase: this thread's kh x kw sums, to grad_weight or to its split's workspace row.
+  static DK_HD void store(int64_t tid, int64_t ci0, int64_t co0, int64_t split, const Args& a,
+                          const State& st) {
+    const DeconvGeom& d = a.dc;
+    const int64_t ci = ci0 + tid / S::kCoTile, co = co0 + tid % S::kCoTile;
+    if (ci >= d.cin || co >= d.cout) return;
+    const int64_t taps = d.kh * d.kw, first = (ci * d.cout + co) * taps;
+    // constant bounds, so that the unrolled loops index the accumulators by constants and
+    // they stay in registers (a loop to d.kh would put them on the stack)
+    DK_UNROLL
+    for (int ka = 0; ka < S::kMaxK; ++ka) {
+      DK_UNROLL
+      for (int kb = 0; kb < S::kMaxK; ++kb) {
+        if (ka >= d.kh || kb >= d.kw) continue;
+        const acc_t v = st.acc[ka * S::kMaxK + kb];
+        const int64_t i = first + ka * d.kw + kb;
+        if (a.partial != nullptr) {
+          a.partial[split * d.cin * d.cout * taps + i] = v;
+        } else {
+          a.grad_weight[i] = static_cast<T>(v);
+        }
+      }
+    }
+  }
+};
+
+// out[i] = the sum of partial[s, i] over the splits s in order (grid-stride).
+template <typename T>
+struct SplitSumKernel {
+  using acc_t = typename AccType<T>::type;
+  struct Args {
+    const acc_t* partial;  // (splits, total)
+    T* out;
+    int64_t splits;
+    int64_t total;
+  };
+  static DK_HD void run(const ThreadCoord& t, const Args& a) {
+    for (int64_t i = t.global_x(); i < a.total; i += t.stride_x()) {
+      acc_t acc = acc_t(0);
+      for (int64_t s = 0; s < a.splits; ++s) acc += a.partial[s * a.total + i];
+      a.out[i] = static_cast<T>(acc);
     }
   }
 };
