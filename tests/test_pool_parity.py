@@ -504,6 +504,28 @@ def test_unpool_channels_last_channel_counts(target, channels):
         assert_equal_values(gx, egx, f"{what}: grad_x")
 
 
+@pytest.mark.parametrize("width", [2, 15, 31, 32, 33, 34, 63, 65, 130])
+def test_unpool_nchw_row_widths(target, width):
+    """NCHW scatters of 2x2 pools go along rows (16 pooled values a step on AVX-512, each
+    interleaved into 32 outputs): pooled widths around the step, even and odd input widths
+    (ceil_mode: a last window of one column), for the unpool and the pool's backward."""
+    geo = geometry(2)
+    for dtype, ceil in itertools.product(FLOAT_DTYPES, (False, True)):
+        hw = (5, width)
+        sw, idx = random_valid_switches((2, 3), hw, geo, ceil)
+        y = make_values(sw.shape, dtype, "special")
+        what = f"{dtype} W={width} ceil={ceil}"
+        out = target.unpool(y, sw, *geo, output_size=hw)
+        assert_equal_values(out, torch_unpool(y, idx, geo, hw), what)
+        x = make_values((2, 3, *hw), dtype, "special")
+        oh, ow = pooled_hw(hw, geo, ceil)
+        gy = _small_int_grad((2, 3, oh, ow), dtype)
+        _, _, gx = target.pool_grad(x, gy, geo, ceil)
+        xr = x.clone().requires_grad_(True)
+        (egx,) = torch.autograd.grad(F.max_pool2d(xr, 2, ceil_mode=ceil), xr, gy)
+        assert_equal_values(gx, egx, f"{what}: grad_x")
+
+
 @pytest.mark.parametrize("layout", ("channels_last", "transposed", "sliced", "mixed", "3d"))
 def test_unpool_layouts(target, layout):
     for (geo, ceil), dtype in itertools.product(

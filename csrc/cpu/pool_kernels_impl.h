@@ -9,8 +9,8 @@
 //  * NHWC, any geometry: vectors run along channels, which are contiguous.
 //  * NCHW, any other geometry: the shared scalar bodies of csrc/kernels/pool_kernels.h.
 //  * AVX-512 builds: the forward of 2x2 stride-2 pools in float / bfloat16 / half, and the
-//    per-pixel step of the NHWC scatter of such pools, run the intrinsics of
-//    pool_kernels_avx512.h instead (why: see there).
+//    per-row (NCHW) and per-pixel (NHWC) steps of the scatter of such pools, run the
+//    intrinsics of pool_kernels_avx512.h instead (why: see there).
 // Work is split over (plane, row) or (pixel) items so a small N * C still uses every core.
 #pragma once
 
@@ -233,11 +233,30 @@ void max_pool_nhwc(const PoolKernelArgs& a) {
 
 // ---------------------------------------------------- scatter: pooled -> unpooled
 
+// NCHW, 2x2 stride-2 windows inside the output: one output row (its windows' row ky) from
+// a pooled row; raw-bits masked moves on AVX-512 (avx512_pool::scatter_row_2x2).
 template <typename T>
-void scatter_nchw(const PoolKernelArgs& a, bool sum) {
+void scatter_row_2x2(const T* vr, const uint8_t* sr, T* orow, int64_t OW, int ky) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (avx512_pool::kSupported<T>) {
+    return avx512_pool::scatter_row_2x2(vr, sr, orow, OW, ky);
+  }
+#endif
   using L = Lanes<T>;
   using Vec = typename L::Vec;
   constexpr int64_t V = L::kSize;
+  const Vec k0 = L::splat(2 * ky), k1 = L::splat(2 * ky + 1), zero = L::splat(0);
+  for (int64_t ow = 0; ow < OW; ow += V) {
+    const int64_t n = std::min<int64_t>(V, OW - ow);
+    const Vec val = L::load(vr + ow, n);
+    const Vec s = L::load_switches(sr + ow, n);
+    L::store_pairs(
+        orow + 2 * ow, Vec::blendv(zero, val, s == k0), Vec::blendv(zero, val, s == k1), n);
+  }
+}
+
+template <typename T>
+void scatter_nchw(const PoolKernelArgs& a, bool sum) {
   const PoolGeom g = a.g;
   const T* v = static_cast<const T*>(a.in);
   T* out = static_cast<T*>(a.out);
@@ -257,17 +276,8 @@ void scatter_nchw(const PoolKernelArgs& a, bool sum) {
           std::fill(orow, orow + g.W, T(0));
           continue;
         }
-        const int64_t oh = ih / 2, ky = ih % 2;
-        const T* vr = vp + oh * g.OW;
-        const uint8_t* sr = sp + oh * g.OW;
-        const Vec k0 = L::splat(2 * ky), k1 = L::splat(2 * ky + 1), zero = L::splat(0);
-        for (int64_t ow = 0; ow < g.OW; ow += V) {
-          const int64_t n = std::min<int64_t>(V, g.OW - ow);
-          const Vec val = L::load(vr + ow, n);
-          const Vec s = L::load_switches(sr + ow, n);
-          L::store_pairs(
-              orow + 2 * ow, Vec::blendv(zero, val, s == k0), Vec::blendv(zero, val, s == k1), n);
-        }
+        const int64_t oh = ih / 2;
+        scatter_row_2x2(vp + oh * g.OW, sp + oh * g.OW, orow, g.OW, static_cast<int>(ih % 2));
         std::fill(orow + 2 * g.OW, orow + g.W, T(0));
         continue;
       }
