@@ -15,7 +15,7 @@ fi
 PY="$VENV/bin/python"
 echo "== installing torch 2.14.1 and tools"
 "$PY" -m pip install -q --disable-pip-version-check \
-  "torch==2.14.1" numpy ninja pybind11 "setuptools>=64" wheel \
+  "torch==2.14.1" numpy ninja pybind11 "setuptools>=77" wheel \
   pytest pytest-benchmark hypothesis ruff tqdm matplotlib opencv-contrib-python
 # With nvcc present, the CUDA kernels must build: fail loudly rather than fall back.
 if [ -z "${DECONVKERNELS_FORCE_CUDA:-}" ] && command -v nvcc >/dev/null 2>&1; then

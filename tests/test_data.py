@@ -361,25 +361,59 @@ def test_collate_skip_none():
 
 def test_sbd_needs_scipy(voc_dir, tmp_path):
     try:
-        import scipy.io as sio
+        import scipy.io  # noqa: F401
     except ImportError:
         with pytest.raises(ImportError, match="scipy"):
             VOCSegmentation(voc_dir, "train", sbd_root=tmp_path)
         return
-    # With scipy: an SBD-only id joins the training split, read from the .mat files.
+    pytest.skip("scipy is installed: test_sbd_mat_files reads SBD's .mat files")
+
+
+def test_sbd_mat_files(voc_dir, tmp_path):
+    """SBD-only ids join the training split and are read from .mat files laid out as SBD's
+    (MATLAB structs GTcls / GTinst with their other fields, uint8 maps); a corrupt .mat is
+    skipped, counted and named, and VOC's own PNGs win where both exist."""
+    sio = pytest.importorskip("scipy.io")
     label = np.zeros((48, 64), np.uint8)
     label[10:20, 5:25] = 4
-    inst = (label > 0).astype(np.uint8)
+    label[30:40, 40:60] = 15
+    label[29, 40:60] = 255  # SBD has no ignore border, but a reader must keep one
+    inst = np.zeros_like(label)
+    inst[10:20, 5:25] = 1
+    inst[30:40, 40:60] = 2
     for sub in ("cls", "inst", "img"):
         (tmp_path / sub).mkdir()
-    sio.savemat(tmp_path / "cls" / "sbd1.mat", {"GTcls": {"Segmentation": label}})
-    sio.savemat(tmp_path / "inst" / "sbd1.mat", {"GTinst": {"Segmentation": inst}})
+    boundaries = np.empty((2, 1), dtype=object)  # a cell of per-class boundary maps
+    boundaries[0, 0] = boundaries[1, 0] = np.zeros((48, 64), np.uint8)
+    sio.savemat(tmp_path / "cls" / "sbd1.mat", {"GTcls": {
+        "Segmentation": label, "Boundaries": boundaries,
+        "CategoriesPresent": np.array([[4], [15]], np.uint8)}})
+    sio.savemat(tmp_path / "inst" / "sbd1.mat", {"GTinst": {
+        "Segmentation": inst, "Boundaries": boundaries,
+        "Categories": np.array([[4], [15]], np.uint8)}})
     cv2.imwrite(str(tmp_path / "img" / "sbd1.jpg"), np.zeros((48, 64, 3), np.uint8))
-    (tmp_path / "train.txt").write_text("sbd1\nsynthetic-000031\n")  # the latter is VOC val
+    # sbd2: its class .mat is truncated
+    sio.savemat(tmp_path / "cls" / "sbd2.mat", {"GTcls": {"Segmentation": label}})
+    data = (tmp_path / "cls" / "sbd2.mat").read_bytes()
+    (tmp_path / "cls" / "sbd2.mat").write_bytes(data[: len(data) // 2])
+    sio.savemat(tmp_path / "inst" / "sbd2.mat", {"GTinst": {"Segmentation": inst}})
+    cv2.imwrite(str(tmp_path / "img" / "sbd2.jpg"), np.zeros((48, 64, 3), np.uint8))
+    # train.txt / val.txt of SBD: synthetic-000031 is VOC val (left out), synthetic-000000 is
+    # VOC train (its PNGs are read, not the .mat that would contradict them)
+    sio.savemat(tmp_path / "cls" / "synthetic-000000.mat", {"GTcls": {"Segmentation": label}})
+    (tmp_path / "train.txt").write_text("sbd1\nsynthetic-000031\n")
+    (tmp_path / "val.txt").write_text("sbd2\nsynthetic-000000\n")
     ds = VOCSegmentation(voc_dir, "train", sbd_root=tmp_path)
-    assert len(ds) == 31 and ds.ids[-1] == "sbd1"
+    assert len(ds) == 32 and ds.ids[-2:] == ["sbd1", "sbd2"]
+    assert ds.paths(0)["label"].suffix == ".png"
     s = ds[30]
-    assert np.array_equal(s.label, label) and s.boxes.tolist() == [[5, 10, 25, 20]]
+    assert s.label.dtype == np.uint8 and np.array_equal(s.label, label)
+    assert s.boxes.tolist() == [[5, 10, 25, 20], [40, 30, 60, 40]]
+    assert s.box_classes.tolist() == [4, 15]
+    assert ds.load_annotation(30)[1].tolist() == [4, 15]
+    with pytest.warns(BadSampleWarning, match="sbd2.mat"):
+        assert ds[31] is None
+    assert ds.num_skipped == 1 and ds.skipped_paths == [str(tmp_path / "cls" / "sbd2.mat")]
 
 
 # --------------------------------------------------------------------------- crop_resize

@@ -130,7 +130,7 @@ class VOCSegmentation(Dataset):
             except ImportError as e:
                 raise ImportError(
                     "reading SBD labels (sbd_root=...) needs scipy to load its .mat files: "
-                    "pip install scipy"
+                    "pip install 'deconvkernels[sbd]' (or pip install scipy)"
                 ) from e
             if split == "train":
                 val = set(_read_ids(sets / "val.txt")) if (sets / "val.txt").is_file() else set()
