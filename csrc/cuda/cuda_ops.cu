@@ -58,12 +58,16 @@ bool async_checks() {
       at::cuda::currentStreamCaptureStatus() != at::cuda::CaptureStatus::None;
 }
 
+int64_t multiprocessors() {
+  return static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+}
+
 struct CudaExec {
   using Guard = c10::cuda::CUDAGuard;
   static constexpr unsigned kThreadsPerBlock = 256;
 
   static int64_t max_blocks() {
-    return static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
+    return multiprocessors() * 32;
   }
 
   template <class Kernel>
@@ -79,7 +83,7 @@ struct CudaExec {
   // SM busy: a kernel with fewer (the tiled grad-weight of a few-channel layer) splits its
   // reduction until it has about this many.
   static int64_t phased_blocks_wanted() {
-    return static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 4;
+    return multiprocessors() * 4;
   }
   template <class Kernel>
   static void launch_phased(Dim3 grid, Dim3 block, const typename Kernel::Args& args) {

@@ -51,6 +51,14 @@ inline bool deconvnet_case(const UnpoolDeconvPlan& plan) {
       d.dh == 1 && d.dw == 1 && d.groups == 1;
 }
 
+// Whether the tiled kernels of shape S (unpool_deconv_tiled.h) can take the plan on Exec:
+// an executor that runs phased kernels, DeconvNet's case, kernels up to S::kMaxK a side.
+template <class Exec, class S>
+bool tiled_case(const UnpoolDeconvPlan& plan) {
+  const DeconvGeom& d = plan.geo.dc;
+  return Exec::kPhasedKernels && deconvnet_case(plan) && d.kh <= S::kMaxK && d.kw <= S::kMaxK;
+}
+
 // The tiled forward (unpool_deconv_tiled.h), for executors that run phased kernels (the
 // GPU and its emulator): DeconvNet's case with kernels up to 5x5, a grid within CUDA's
 // limits. Returns false, having done nothing, otherwise.
@@ -62,8 +70,8 @@ bool try_tiled_forward(const UnpoolDeconvPlan& plan, const Tensor& y4, const Ten
   const int64_t tiles_h = (d.Ho + S::kTileH - 1) / S::kTileH;
   const int64_t tiles_w = (d.Wo + S::kTileW - 1) / S::kTileW;
   const int64_t co_tiles = (d.cout + S::kCoTile - 1) / S::kCoTile;
-  if (!Exec::kPhasedKernels || !deconvnet_case(plan) || d.kh > S::kMaxK || d.kw > S::kMaxK ||
-      tiles_h * tiles_w > (int64_t(1) << 31) - 1 || co_tiles > 65535 || y4.size(0) > 65535) {
+  if (!tiled_case<Exec, S>(plan) || tiles_h * tiles_w > (int64_t(1) << 31) - 1 ||
+      co_tiles > 65535 || y4.size(0) > 65535) {
     return false;
   }
   using K = UnpoolDeconvTiledForwardKernel<scalar_t>;
@@ -90,8 +98,8 @@ bool try_tiled_grad_y(const UnpoolDeconvPlan& plan, const Tensor& g, const Tenso
   const int64_t tiles_h = (pg.OH + S::kWinH - 1) / S::kWinH;
   const int64_t tiles_w = (pg.OW + S::kWinW - 1) / S::kWinW;
   const int64_t ci_tiles = (d.cin + S::kCiTile - 1) / S::kCiTile;
-  if (!Exec::kPhasedKernels || !deconvnet_case(plan) || d.kh > S::kMaxK || d.kw > S::kMaxK ||
-      tiles_h * tiles_w > (int64_t(1) << 31) - 1 || ci_tiles > 65535 || g.size(0) > 65535) {
+  if (!tiled_case<Exec, S>(plan) || tiles_h * tiles_w > (int64_t(1) << 31) - 1 ||
+      ci_tiles > 65535 || g.size(0) > 65535) {
     return false;
   }
   using K = UnpoolDeconvTiledGradYKernel<scalar_t>;
@@ -119,8 +127,7 @@ bool try_tiled_grad_weight(const UnpoolDeconvPlan& plan, const Tensor& g, const 
   const PoolGeom& pg = plan.geo.pool;
   const int64_t ci_tiles = (d.cin + S::kCiTile - 1) / S::kCiTile;
   const int64_t co_tiles = (d.cout + S::kCoTile - 1) / S::kCoTile;
-  if (!Exec::kPhasedKernels || !deconvnet_case(plan) || d.kh > S::kMaxK || d.kw > S::kMaxK ||
-      ci_tiles > (int64_t(1) << 31) - 1 || co_tiles > 65535) {
+  if (!tiled_case<Exec, S>(plan) || ci_tiles > (int64_t(1) << 31) - 1 || co_tiles > 65535) {
     return false;
   }
   const int64_t tiles_w = (pg.OW + K::kWinW - 1) / K::kWinW;
