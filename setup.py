@@ -200,6 +200,7 @@ def extension():
         "csrc/unpool_deconv_args.cpp",
         "csrc/cpu/cpu_isa.cpp",
         "csrc/cpu/pool_cpu.cpp",
+        "csrc/cpu/streaming_stores.cpp",
         "csrc/cpu/unpool_deconv_cpu.cpp",
         "csrc/cpu/emulated_ops.cpp",
     ]

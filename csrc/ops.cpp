@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cpu/cpu_isa.h"
+#include "cpu/streaming_stores.h"
 
 #ifndef DK_BUILD_CUDA
 #define DK_BUILD_CUDA 0
@@ -127,6 +128,16 @@ PyObject* py_set_cpu_isa(PyObject*, PyObject* arg) {
   }
 }
 
+PyObject* py_streaming_threshold(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(deconvkernels::cpu::streaming_threshold());
+}
+
+PyObject* py_set_streaming_threshold(PyObject*, PyObject* arg) {
+  const long long bytes = PyLong_AsLongLong(arg);
+  if (bytes == -1 && PyErr_Occurred()) return nullptr;
+  return PyLong_FromLongLong(deconvkernels::cpu::set_streaming_threshold(bytes));
+}
+
 PyMethodDef methods[] = {
     {"build_info", py_build_info, METH_NOARGS, "What this extension was built with."},
     {"cpu_isa", py_cpu_isa, METH_NOARGS, "The CPU kernel variant in use."},
@@ -134,6 +145,10 @@ PyMethodDef methods[] = {
      "CPU kernel variants compiled in and runnable here."},
     {"set_cpu_isa", py_set_cpu_isa, METH_O,
      "Force a CPU kernel variant by name; '' returns to the automatic choice."},
+    {"streaming_threshold", py_streaming_threshold, METH_NOARGS,
+     "Bytes a CPU pooling call must touch before it streams its outputs (-1: never)."},
+    {"set_streaming_threshold", py_set_streaming_threshold, METH_O,
+     "Set that threshold (0: always; negative: the default); returns the previous one."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {

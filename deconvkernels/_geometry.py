@@ -7,6 +7,7 @@ same clear ``ValueError`` naming the argument before any work is done.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -75,13 +76,44 @@ def _check_signs(stride: tuple[int, int], dilation: tuple[int, int],
         raise ValueError(f"padding must be non-negative, got {padding}")
 
 
+def _exact_ints(value: object) -> object:
+    """``value`` as a cache key part if it is None, an int or a sequence of ints, else raise.
+
+    Exact types only: ``True == 1`` and ``2.0 == 2`` hash alike, but ``True`` and ``2.0`` must
+    still be rejected, so a bool or float never meets a cached answer for an int.
+    """
+    if value is None or type(value) is int:
+        return value
+    if type(value) in (tuple, list) and all(type(v) is int for v in value):
+        return tuple(value)
+    raise TypeError("not a plain int geometry")
+
+
 def pool_params(
     kernel_size: IntOrPair,
     stride: IntOrPair | None = None,
     padding: IntOrPair = 0,
     dilation: IntOrPair = 1,
 ) -> PoolParams:
-    """Normalise and validate a pooling geometry (PyTorch's rules, plus the uint8 window bound)."""
+    """Normalise and validate a pooling geometry (PyTorch's rules, plus the uint8 window bound).
+
+    Valid plain-int geometries are remembered: every op call starts here.
+    """
+    if torch.compiler.is_compiling():
+        return _pool_params(kernel_size, stride, padding, dilation)
+    try:
+        key = tuple(map(_exact_ints, (kernel_size, stride, padding, dilation)))
+    except TypeError:  # SymInts, bools, floats...: checked afresh (and maybe rejected)
+        return _pool_params(kernel_size, stride, padding, dilation)
+    return _pool_params_cached(*key)
+
+
+def _pool_params(
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None,
+    padding: IntOrPair,
+    dilation: IntOrPair,
+) -> PoolParams:
     k = pair(kernel_size, "kernel_size")
     empty_stride = isinstance(stride, (list, tuple)) and len(stride) == 0
     s = k if stride is None or empty_stride else pair(stride, "stride")
@@ -100,6 +132,10 @@ def pool_params(
             f"{MAX_WINDOW}"
         )
     return PoolParams(k, s, p, d)
+
+
+# Only valid geometries are stored: lru_cache does not keep calls that raised.
+_pool_params_cached = functools.lru_cache(maxsize=256)(_pool_params)
 
 
 def pooled_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
@@ -132,8 +168,22 @@ def pooled_shape(
     """Pooled ``(H_out, W_out)`` for an input of spatial size ``input_size``.
 
     ValueError if the output would be empty, or if a window would hold no input element (with
-    dilation and padding on tiny inputs): that window has no maximum and no switch.
+    dilation and padding on tiny inputs): that window has no maximum and no switch. Answers
+    for plain-int sizes are remembered (3-4 us of Python a call otherwise).
     """
+    key = (input_size, params, bool(ceil_mode))  # input_size: a torch.Size, ints
+    try:
+        hash(key)  # SymInts (dynamic shapes) and lists are not hashable
+    except TypeError:
+        return _pooled_shape(input_size, params, ceil_mode)
+    if torch.compiler.is_compiling():
+        return _pooled_shape(input_size, params, ceil_mode)
+    return _pooled_shape_cached(*key)
+
+
+def _pooled_shape(
+    input_size: Sequence[int], params: PoolParams, ceil_mode: bool
+) -> tuple[int, int]:
     out = tuple(
         pooled_size(n, k, s, p, d, ceil_mode)
         for n, k, s, p, d in zip(input_size, *params, strict=True)
@@ -154,6 +204,9 @@ def pooled_shape(
             "pooling window covers no input element"
         )
     return out  # type: ignore[return-value]
+
+
+_pooled_shape_cached = functools.lru_cache(maxsize=1024)(_pooled_shape)
 
 
 def default_unpooled_shape(pooled: Sequence[int], params: PoolParams) -> tuple[int, int]:

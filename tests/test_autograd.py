@@ -85,6 +85,31 @@ def test_gradcheck_pool_then_unpool(public_target, case):
     assert torch.autograd.gradgradcheck(f, (x,))
 
 
+def _pool_unpool_sum(x):
+    y, sw = dk.max_pool2d_with_switches(x, 2)
+    return dk.max_unpool2d_with_switches(y * y, sw, 2, output_size=x.shape[-2:])
+
+
+def test_grad_need_decides_the_path(public_target):
+    """A graph is built exactly when a gradient is needed (the ops skip their autograd layer
+    otherwise), and both paths give the same numbers."""
+    x = torch.randn(2, 3, 6, 8, dtype=torch.float64, device=public_target.device)
+    plain = _pool_unpool_sum(x)
+    assert not plain.requires_grad and plain.grad_fn is None
+    xr = x.clone().requires_grad_(True)
+    with torch.no_grad():
+        assert not _pool_unpool_sum(xr).requires_grad
+    with torch.inference_mode():
+        assert _pool_unpool_sum(xr).is_inference()
+    tracked = _pool_unpool_sum(xr)
+    assert tracked.requires_grad
+    assert_identical(tracked.detach(), plain, "forward")
+    (gx,) = torch.autograd.grad(tracked.sum(), xr)
+    y, sw = torch.nn.functional.max_pool2d(x, 2, return_indices=True)
+    expected = torch.nn.functional.max_unpool2d(2 * y, sw, 2, output_size=x.shape[-2:])
+    assert_identical(gx, expected, "grad")
+
+
 # ----------------------------------------------------------------------------- opcheck
 
 # (op, sample id): built lazily (the ops exist only with the extension).
@@ -191,6 +216,18 @@ def test_compile_fullgraph_aot_eager(device):
     (eo, eg), (co, cg) = _eager_and_compiled("aot_eager", x, geometry(3, 1, 1), False)
     assert_identical(co, eo, "forward")
     assert_identical(cg, eg, "grad")
+
+
+@pytest.mark.requires_extension
+def test_compile_fullgraph_without_grad():
+    """The no-grad call path traces too (the graph holds the plain ops)."""
+    x = arrange(torch.randn(2, 4, 9, 8), "channels_last")
+    torch._dynamo.reset()
+    compiled = torch.compile(_pool_unpool, backend="aot_eager", fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        assert_identical(
+            compiled(x, geometry(2), False), _pool_unpool(x, geometry(2), False), "forward"
+        )
 
 
 @pytest.mark.requires_extension

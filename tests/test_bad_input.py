@@ -100,6 +100,22 @@ def test_pool_bad_geometry(public_target, kwargs, match):
         dk.max_pool2d_with_switches(x, **kwargs)
 
 
+@pytest.mark.parametrize("valid, invalid", [
+    (dict(kernel_size=1), dict(kernel_size=True)),
+    (dict(kernel_size=2), dict(kernel_size=2.0)),
+    (dict(kernel_size=(1, 2)), dict(kernel_size=(True, 2))),
+    (dict(kernel_size=2, stride=2), dict(kernel_size=2, stride=2.0)),
+    (dict(kernel_size=3, padding=1), dict(kernel_size=3, padding=True)),
+], ids=repr)
+def test_pool_geometry_cache_keeps_types_apart(public_target, valid, invalid):
+    """Valid geometries are remembered, but True == 1 and 2.0 == 2 must not share an answer."""
+    x = public_target.put(torch.randn(1, 2, 8, 8))
+    dk.max_pool2d_with_switches(x, **valid)
+    dk.max_pool2d_with_switches(x, **valid)
+    with pytest.raises(ValueError):
+        dk.max_pool2d_with_switches(x, **invalid)
+
+
 def test_pool_input_too_small(public_target):
     x = public_target.put(torch.randn(1, 2, 2, 9))
     with pytest.raises(ValueError, match="too small"):

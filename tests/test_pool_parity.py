@@ -158,9 +158,51 @@ def test_pool_2x2_fast_path(target, width):
                 assert is_channels_last(y) and is_channels_last(sw)
 
 
-@pytest.mark.parametrize("channels", [1, 2, 7, 8, 15, 16, 17, 31, 32, 33, 64, 65])
+@pytest.fixture
+def stream_every_pool():
+    """The CPU pool forward streams its outputs whenever its kernel can (threshold 0)."""
+    from deconvkernels import _C
+
+    _C.set_streaming_threshold(0)
+    yield
+    _C.set_streaming_threshold(-1)
+
+
+@pytest.mark.requires_extension
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_pool_streaming_stores(stream_every_pool, dtype, layout):
+    """Streamed outputs (taken by large calls: csrc/cpu/streaming_stores.h) hold the same bits.
+
+    Shapes where every store can stream (pooled rows / channels in 16s: one- and two-pass
+    NCHW rows, whole-vector channel blocks) and where none can (the kernel must fall back).
+    """
+    from deconvkernels import _C
+
+    geo = geometry(2)
+    for n, c, h, w in [(2, 32, 8, 64), (3, 16, 10, 32), (1, 48, 6, 10), (1, 17, 4, 34)]:
+        x = arrange(make_values((n, c, h, w), dtype, "special"), layout)
+        what = f"{dtype} {layout} {tuple(x.shape)}"
+        y, sw = dk.max_pool2d_with_switches(x, 2)
+        ey, _ = torch_pool(x, geo, False)
+        _, osw, _ = oracle_pool(x, geo, False)
+        assert_identical(y, ey, f"{what}: y")
+        assert_identical(sw, osw, f"{what}: switches")
+        _C.set_streaming_threshold(1 << 62)
+        y_cached, sw_cached = dk.max_pool2d_with_switches(x, 2)
+        _C.set_streaming_threshold(0)
+        same_bits = torch.equal(
+            y.contiguous().view(torch.uint8), y_cached.contiguous().view(torch.uint8)
+        )
+        assert same_bits and torch.equal(sw, sw_cached) and y.stride() == y_cached.stride(), what
+
+
+@pytest.mark.parametrize(
+    "channels", [1, 2, 7, 8, 15, 16, 17, 31, 32, 33, 64, 65, 80, 128, 144, 200, 257]
+)
 def test_pool_channels_last_channel_counts(target, channels):
-    """Channels-last kernels vectorise over C: counts around the vector widths."""
+    """Channels-last kernels vectorise over C: counts around the vector widths, and around
+    the AVX-512 forward's register blocks of 64 and 128 channels."""
     for (geo, ceil), dtype in itertools.product(
         [(geometry(2), False), (geometry(3, 1, 1), False), (geometry(3, 2, 1, 2), True)],
         FLOAT_DTYPES,

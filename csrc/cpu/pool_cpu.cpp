@@ -10,6 +10,7 @@
 #include "../pool_args.h"
 #include "pool_kernels.h"
 #include "scalar_kind.h"
+#include "streaming_stores.h"
 #include "switch_checks.h"
 
 namespace deconvkernels {
@@ -74,6 +75,8 @@ std::tuple<Tensor, Tensor> max_pool2d_with_switches_cpu(
     const Tensor in = p.in.contiguous(format_of(p));
     cpu::PoolKernelArgs a = args_of(p, in, p.out);
     a.out_switches = p.out_switches.mutable_data_ptr<uint8_t>();
+    a.stream_outputs =
+        cpu::streaming_stores_pay(in.nbytes() + p.out.nbytes() + p.out_switches.nbytes());
     cpu::pool_kernels().max_pool_forward(a);
   }
   return {unbatch_like(p.out, p.original), unbatch_like(p.out_switches, p.original)};

@@ -22,6 +22,9 @@ struct PoolKernelArgs {
   void* out;                 // y (pool), unpooled (scatter), pooled grad (gather)
   const uint8_t* switches;   // scatter and gather
   uint8_t* out_switches;     // pool
+  // The outputs are too large to stay cached: kernels that can may write them with
+  // streaming (non-temporal) stores.
+  bool stream_outputs;
 };
 
 struct PoolKernelTable {
