@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from dkutil import (
     FLOAT_DTYPES,
+    HAS_EXT,
     LAYOUTS_4D,
     arrange,
     assert_equal_values,
@@ -156,6 +157,57 @@ def test_pool_2x2_fast_path(target, width):
             y, sw = check_pool(target, x, geo, ceil, f"{dtype} {layout} {tuple(x.shape)}")
             if layout == "channels_last":
                 assert is_channels_last(y) and is_channels_last(sw)
+
+
+# Bit patterns no arithmetic produces: NaNs of both signs with payloads (a signalling one
+# included), signed zeros, the smallest subnormals, infinities.
+_SPECIAL_BITS = {
+    torch.float32: [0xFFC00001, 0x7F800001, 0xFFFFFFFF, 0x80000000, 0x1, 0x80000001,
+                    0x7F800000, 0xFF800000],
+    torch.float64: [0xFFF8000000000001, 0x7FF0000000000001, -1, -(1 << 63), 0x1,
+                    -(1 << 63) | 1, 0x7FF0000000000000, -(1 << 63) | 0x7FF0000000000000],
+    torch.float16: [0xFE01, 0x7C01, 0xFFFF, 0x8000, 0x1, 0x8001, 0x7C00, 0xFC00],
+    torch.bfloat16: [0xFFC1, 0x7F81, 0xFFFF, 0x8000, 0x1, 0x8001, 0x7F80, 0xFF80],
+}
+_INT_OF = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
+           torch.bfloat16: torch.int16}
+
+
+def _special_values(shape, dtype) -> torch.Tensor:
+    """Each element one of the special patterns, a small integer or a signed zero."""
+    it = _INT_OF[dtype]
+    bits = [b - (1 << (8 * it.itemsize)) if b >= 1 << (8 * it.itemsize - 1) else b
+            for b in _SPECIAL_BITS[dtype]]
+    special = torch.tensor(bits, dtype=it).view(dtype)
+    ints = torch.randint(-2, 3, shape).to(dtype)
+    pick = torch.randint(0, len(bits), shape)
+    return torch.where(torch.rand(shape) < 0.5, special[pick], ints)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_pool_nan_signs_payloads_subnormals(target, dtype, layout):
+    """NaNs of either sign (a NaN maximum must hold against every number that follows),
+    payloads, signed zeros and subnormals, in channel counts that reach every kernel block.
+    The AVX-512 and CUDA kernels must also return each maximum's bits unchanged."""
+    torch.manual_seed(7)
+    geo = geometry(2)
+    for c in (5, 16, 32, 33, 64, 96, 128, 161):
+        x = arrange(_special_values((2, c, 6, 8), dtype), layout)
+        what = f"{dtype} {layout} C={c}"
+        y, sw = target.pool(x, *geo, False)
+        ey, ei = torch_pool(x, geo, False)
+        _, osw, _ = oracle_pool(x, geo, False)
+        assert_identical(y, ey, f"{what}: y")
+        assert_identical(sw, osw, f"{what}: switches")
+        # The AVX-512 and CUDA kernels move the maxima's bits; the at::vec ones (DEFAULT,
+        # AVX2) round-trip 16-bit types through float, which quietens NaNs, as F does.
+        keeps_bits = target.kind != "cpu" or str(target.isa).startswith("AVX512")
+        if keeps_bits and target.backend is None and HAS_EXT:
+            # (gathered as integers: torch's gather rewrites bfloat16 NaNs)
+            it = _INT_OF[dtype]
+            picked = x.view(it).flatten(-2).gather(-1, ei.flatten(-2)).view(ey.shape)
+            assert torch.equal(y.cpu().view(it), picked), f"{what}: the maxima's bits changed"
 
 
 @pytest.fixture

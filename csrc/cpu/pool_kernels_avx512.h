@@ -12,6 +12,11 @@
 //  * 16-bit types are compared as floats (an exact widening); the maximum is one of the
 //    inputs, so it goes back without a rounding conversion and NaN payloads survive bit
 //    for bit (bfloat16: drop the low half again; half: blend the raw 16-bit patterns).
+//    bfloat16 channels_last compares 32 lanes at a time as integer keys (Bf16Key).
+//  * Channels_last pixels are read a tap at a time over register blocks of up to 128
+//    channels (pool_pixel_block), so each row is read in address order (see there).
+//  * Outputs of calls too large for the caches go out by streaming stores
+//    (csrc/cpu/streaming_stores.h).
 //  * NCHW rows of 32+ pooled columns are read in two passes, the window's top row for the
 //    whole pooled row first, then its bottom row, so each thread reads the input strictly
 //    in address order. Alternating between the two rows every 128 bytes (one pass) ran at
@@ -304,8 +309,123 @@ inline void pool_pixel_block(const T* const tap[4], T* y, uint8_t* sw, bool stre
   });
 }
 
+// bfloat16, channels_last: 32 lanes per instruction, compared as 16-bit integer keys instead
+// of widened floats (a third fewer instructions per value; the channels need no
+// deinterleaving, unlike an NCHW row's window columns). One thread, 4x512x28x28: 124 us
+// against 146 us widened (N = 8: 217 against 292 us); still not float32's bytes per second
+// (72% of it there). key() maps the bits to an int16
+// whose signed order is the float order: a negative value's magnitude is negated, so -0 and
+// +0 both become 0 and tie as floats do, and a NaN of either sign keeps its magnitude, above
+// +inf's 0x7F80. With PyTorch's rule (take v when v > max or v is NaN) the NaN lanes are
+// taken through their own mask, and once a NaN is the maximum no number can beat its key.
+struct Bf16Key {
+  __m512i raw, key;
+
+  static __m512i key_of(__m512i b, __mmask32& nan) {
+    const __m512i mag = _mm512_and_si512(b, _mm512_set1_epi16(0x7FFF));
+    nan = _mm512_cmpgt_epi16_mask(mag, _mm512_set1_epi16(0x7F80));
+    const __mmask32 negative = _kandn_mask32(nan, _mm512_movepi16_mask(b));
+    return _mm512_mask_sub_epi16(mag, negative, _mm512_setzero_si512(), mag);
+  }
+
+  Bf16Key() = default;
+  explicit Bf16Key(__m512i first) : raw(first) {
+    __mmask32 nan;
+    key = key_of(first, nan);
+  }
+
+  __mmask32 update(__m512i v) {
+    __mmask32 nan;
+    const __m512i k = key_of(v, nan);
+    const __mmask32 take = _mm512_cmpgt_epi16_mask(k, key) | nan;
+    key = _mm512_mask_mov_epi16(key, take, k);
+    raw = _mm512_mask_mov_epi16(raw, take, v);
+    return take;
+  }
+};
+
+inline void put_bf16x32(void* p, __mmask32 m, __m512i v, bool stream) {
+  if (stream && m == 0xFFFFFFFFu && aligned(p, 64)) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), v);
+  } else {
+    _mm512_mask_storeu_epi16(p, m, v);
+  }
+}
+
+inline void put_switches32(uint8_t* p, __mmask32 m, __m256i k, bool stream) {
+  if (stream && m == 0xFFFFFFFFu && aligned(p, 32)) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), k);
+  } else {
+    _mm256_mask_storeu_epi8(p, m, k);
+  }
+}
+
+// kB x 32 channels of one output pixel (kB = 0: the last C - c < 32 channels, masked), the
+// taps read one after the other as in pool_pixel_block.
+template <int kB>
+inline void pool_pixel_block_bf16(const c10::BFloat16* const tap[4], c10::BFloat16* y,
+                                  uint8_t* sw, int64_t n, bool stream) {
+  constexpr int kGroups = kB == 0 ? 1 : kB;
+  const __mmask32 m = kB == 0 ? first_lanes32(n) : static_cast<__mmask32>(0xFFFFFFFFu);
+  Bf16Key best[kGroups];
+  __m256i k[kGroups];
+  unrolled<kGroups>([&](auto b) {
+    best[b] = Bf16Key(_mm512_maskz_loadu_epi16(m, tap[0] + 32 * b));
+    k[b] = _mm256_setzero_si256();
+  });
+  unrolled<3>([&](auto t) {
+    const __m256i offset = _mm256_set1_epi8(static_cast<char>(t + 1));
+    unrolled<kGroups>([&](auto b) {
+      const __mmask32 took = best[b].update(_mm512_maskz_loadu_epi16(m, tap[t + 1] + 32 * b));
+      k[b] = _mm256_mask_mov_epi8(k[b], took, offset);
+    });
+  });
+  unrolled<kGroups>([&](auto b) {
+    put_bf16x32(y + 32 * b, m, best[b].raw, stream);
+    put_switches32(sw + 32 * b, m, k[b], stream);
+  });
+}
+
+inline void max_pool_nhwc_2x2_bf16(const PoolKernelArgs& a) {
+  using T = c10::BFloat16;
+  const PoolGeom g = a.g;
+  const int64_t C = a.C;
+  const T* x = static_cast<const T*>(a.in);
+  T* y = static_cast<T*>(a.out);
+  uint8_t* sw = a.out_switches;
+  const bool stream = a.stream_outputs && C % 32 == 0 && aligned(y, 64) && aligned(sw, 32);
+  const int64_t pixels = a.N * g.OH * g.OW;
+  at::parallel_for(0, pixels, grain_for(C * 4), [&](int64_t begin, int64_t end) {
+    CountedIndex pixel(begin, g.OW);          // (n * OH + oh, ow)
+    CountedIndex image(pixel.outer, g.OH);    // (n, oh): advances when pixel wraps
+    for (int64_t i = begin; i < end; ++i, pixel.next() && image.next()) {
+      const int64_t n = image.outer, oh = image.inner, ow = pixel.inner;
+      const T* p00 = x + ((n * g.H + 2 * oh) * g.W + 2 * ow) * C;
+      const T* p10 = p00 + g.W * C;
+      T* yi = y + i * C;
+      uint8_t* si = sw + i * C;
+      int64_t c = 0;
+      for (; c + 128 <= C; c += 128) {
+        const T* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
+        pool_pixel_block_bf16<4>(tap, yi + c, si + c, 128, stream);
+      }
+      if (c + 64 <= C) {
+        const T* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
+        pool_pixel_block_bf16<2>(tap, yi + c, si + c, 64, stream);
+        c += 64;
+      }
+      for (; c < C; c += 32) {
+        const T* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
+        pool_pixel_block_bf16<0>(tap, yi + c, si + c, C - c, stream);
+      }
+    }
+    end_streaming(stream);
+  });
+}
+
 template <typename T>
 void max_pool_nhwc_2x2(const PoolKernelArgs& a) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) return max_pool_nhwc_2x2_bf16(a);
   using L = Lanes16<T>;
   const PoolGeom g = a.g;
   const int64_t C = a.C;
