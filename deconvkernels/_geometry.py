@@ -171,12 +171,14 @@ def pooled_shape(
     dilation and padding on tiny inputs): that window has no maximum and no switch. Answers
     for plain-int sizes are remembered (3-4 us of Python a call otherwise).
     """
+    # Under torch.compile the shape is worked out in the graph (and Dynamo in torch 2.11
+    # cannot trace hash() of a tuple), so the cache is skipped before anything is hashed.
+    if torch.compiler.is_compiling():
+        return _pooled_shape(input_size, params, ceil_mode)
     key = (input_size, params, bool(ceil_mode))  # input_size: a torch.Size, ints
     try:
         hash(key)  # SymInts (dynamic shapes) and lists are not hashable
     except TypeError:
-        return _pooled_shape(input_size, params, ceil_mode)
-    if torch.compiler.is_compiling():
         return _pooled_shape(input_size, params, ceil_mode)
     return _pooled_shape_cached(*key)
 

@@ -58,20 +58,24 @@ class FusedRow:
         return self.chain_ms / self.ours_ms
 
 
-def _inputs(layer: tuple[int, int, int], batch: int, dtype: torch.dtype):
+def _inputs(
+    layer: tuple[int, int, int], batch: int, dtype: torch.dtype, device: torch.device | str = "cpu"
+):
     cin, cout, size = layer
-    x = torch.randn(batch, cin, size, size)
+    x = torch.randn(batch, cin, size, size, device=device)
     y, switches = dk.max_pool2d_with_switches(x, 2)
     y_t, indices = F.max_pool2d(x, 2, 2, return_indices=True)
-    w = (torch.randn(cin, cout, 3, 3) * 0.01).to(dtype)
-    b = torch.randn(cout).to(dtype)
-    g = torch.randn(batch, cout, size, size).to(dtype)
+    w = (torch.randn(cin, cout, 3, 3, device=device) * 0.01).to(dtype)
+    b = torch.randn(cout, device=device).to(dtype)
+    g = torch.randn(batch, cout, size, size, device=device).to(dtype)
     return y.to(dtype), switches, y_t.to(dtype), indices, w, b, g
 
 
-def _steps(layer, batch, dtype) -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
+def _steps(
+    layer, batch, dtype, device: torch.device | str = "cpu"
+) -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
     cin, cout, size = layer
-    y, sw, y_t, idx, w, b, g = _inputs(layer, batch, dtype)
+    y, sw, y_t, idx, w, b, g = _inputs(layer, batch, dtype, device)
     ops = torch.ops.deconvkernels
     geo = [[size, size], [2, 2], [2, 2], [0, 0], [1, 1], [1, 1], [1, 1], [0, 0], 1, [1, 1]]
     unpooled = F.max_unpool2d(y_t, idx, 2, 2, output_size=(size, size))
@@ -131,10 +135,10 @@ def saved_bytes(
     return sum(seen.values())
 
 
-def saved_bytes_ratio(layer, batch, dtype) -> tuple[int, int]:
+def saved_bytes_ratio(layer, batch, dtype, device: torch.device | str = "cpu") -> tuple[int, int]:
     """(ours, chain) activation bytes saved for the backward at one layer (weights excluded)."""
     cin, cout, size = layer
-    y, sw, y_t, idx, w, b, _ = _inputs(layer, batch, dtype)
+    y, sw, y_t, idx, w, b, _ = _inputs(layer, batch, dtype, device)
     yy, ww, bb = (t.requires_grad_() for t in (y, w, b))
     ours = saved_bytes(
         lambda: dk.unpool_deconv2d(yy, sw, ww, bb, output_size=(size, size), padding=1),
@@ -157,19 +161,23 @@ def run_report(
     repeats: int = 3,
     progress: bool = True,
     min_sample_s: float = 0.1,
+    device: torch.device | str = "cpu",
 ) -> list[FusedRow]:
     """Time every pass at every layer and dtype; returns one row per (dtype, layer, pass)."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' asked for, but torch.cuda.is_available() is False")
     rows = []
     for dtype_name in dtypes:
         dtype = getattr(torch, dtype_name)
         for layer in layers:
             cin, cout, size = layer
             useful = 2 * batch * cin * (size // 2) ** 2 * 9 * cout  # sparse multiply-adds x 2
-            for step, (ours, chain) in _steps(layer, batch, dtype).items():
+            for step, (ours, chain) in _steps(layer, batch, dtype, device).items():
                 if progress:
                     print(f"  {dtype_name} {layer} {step}", file=sys.stderr, flush=True)
                 t_ours, t_chain = measure_abba(
-                    [ours, chain], torch.device("cpu"), repeats, warmup=1,
+                    [ours, chain], device, repeats, warmup=1,
                     min_sample_s=min_sample_s,
                 )
                 o, c = min(t_ours), min(t_chain)
@@ -181,8 +189,10 @@ def run_report(
     return rows
 
 
-def format_report(rows: Sequence[FusedRow], memory: Sequence[tuple], batch: int) -> str:
-    meta = machine_info("cpu")
+def format_report(
+    rows: Sequence[FusedRow], memory: Sequence[tuple], batch: int, device: str = "cpu"
+) -> str:
+    meta = machine_info(device)
     lines = ["# deconvkernels fused unpool + deconvolution report", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items()]
     lines += [f"- batch {batch}; 3x3 deconvolution, padding 1, after a 2x2/2 unpool", ""]
@@ -194,8 +204,8 @@ def format_report(rows: Sequence[FusedRow], memory: Sequence[tuple], batch: int)
     for r in rows:
         cin, cout, size = r.layer
         lines.append(
-            f"| {cin}->{cout} @{size} | {r.dtype} | {r.step} | {r.ours_ms:.1f} | "
-            f"{r.chain_ms:.1f} | {r.ratio:.2f} | {r.useful_gflops:.0f} | "
+            f"| {cin}->{cout} @{size} | {r.dtype} | {r.step} | {r.ours_ms:.3f} | "
+            f"{r.chain_ms:.3f} | {r.ratio:.2f} | {r.useful_gflops:.0f} | "
             f"{r.chain_dense_gflops:.0f} |"
         )
     lines += ["", "geo-mean chain/ours:", ""]
@@ -226,6 +236,7 @@ def format_report(rows: Sequence[FusedRow], memory: Sequence[tuple], batch: int)
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--dtype", default="float32,bfloat16")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument(
@@ -238,10 +249,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     layers = DECODER_LAYERS[1:3] if args.quick else DECODER_LAYERS
     dtypes = ["float32"] if args.quick else args.dtype.split(",")
     rows = run_report(
-        args.batch, dtypes, layers, args.repeats, not args.no_progress, args.min_sample_ms / 1e3
+        args.batch, dtypes, layers, args.repeats, not args.no_progress, args.min_sample_ms / 1e3,
+        args.device,
     )
-    memory = [(layer, *saved_bytes_ratio(layer, args.batch, torch.float32)) for layer in layers]
-    print(format_report(rows, memory, args.batch))
+    memory = [
+        (layer, *saved_bytes_ratio(layer, args.batch, torch.float32, args.device))
+        for layer in layers
+    ]
+    print(format_report(rows, memory, args.batch, args.device))
     return 0 if all(math.isfinite(r.ratio) for r in rows) else 1
 
 

@@ -156,12 +156,24 @@ def torch_pool(x: torch.Tensor, geo, ceil_mode: bool):
 
 
 def torch_unpool(y: torch.Tensor, indices: torch.Tensor, geo, output_hw) -> torch.Tensor:
-    """``F.max_unpool2d`` on the CPU. F ignores dilation, so pass the dilated (effective) kernel:
-    then F's default size and size check agree with the dilated pool's geometry."""
+    """``F.max_unpool2d`` on the CPU, on one thread. F ignores dilation, so pass the dilated
+    (effective) kernel: then F's default size and size check agree with the dilated pool's
+    geometry.
+
+    One thread, because ATen's CPU unpool splits the input elements over threads (a plane
+    can span several): where overlapping windows send two values to one place, which one
+    lands is then a race. On one thread the last window in raster order wins, which is the
+    contract. (Seen on a 16-core machine: 46 overlapping cases differed; 2 cores hid it.)
+    """
     _, s, p, _ = geo
-    return F.max_unpool2d(
-        y.detach().cpu(), indices.cpu(), effective(geo), s, p, output_size=list(output_hw)
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return F.max_unpool2d(
+            y.detach().cpu(), indices.cpu(), effective(geo), s, p, output_size=list(output_hw)
+        )
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------- data
@@ -307,7 +319,10 @@ class Target:
 
     @property
     def device(self) -> torch.device:
-        return torch.device("cuda" if self.kind == "cuda" else "cpu")
+        # With its index: a CUDA tensor's .device is cuda:0, never a bare "cuda".
+        if self.kind == "cuda":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
 
     @property
     def public(self) -> bool:
