@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "cpu/cpu_isa.h"
+#include "cpu/emulator_switches.h"
+#include "kernels/common.h"
 #include "cpu/streaming_stores.h"
 
 #ifndef DK_BUILD_CUDA
@@ -138,6 +140,24 @@ PyObject* py_set_streaming_threshold(PyObject*, PyObject* arg) {
   return PyLong_FromLongLong(deconvkernels::cpu::set_streaming_threshold(bytes));
 }
 
+PyObject* py_set_emulator_fast_unravel(PyObject*, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  return PyBool_FromLong(deconvkernels::cpu::emulator_fast_unravel().exchange(on != 0));
+}
+
+// fast_div(n, make_fast_divider(d)) for a test against n // d.
+PyObject* py_fast_divide(PyObject*, PyObject* args) {
+  long long n = 0, d = 0;
+  if (!PyArg_ParseTuple(args, "LL", &n, &d)) return nullptr;
+  if (n < 0 || n >= (1LL << 31) || d < 1 || d > (1LL << 31)) {
+    PyErr_SetString(PyExc_ValueError, "fast_divide needs 0 <= n < 2**31 and 1 <= d <= 2**31");
+    return nullptr;
+  }
+  return PyLong_FromUnsignedLong(deconvkernels::fast_div(
+      static_cast<uint32_t>(n), deconvkernels::make_fast_divider(d)));
+}
+
 PyMethodDef methods[] = {
     {"build_info", py_build_info, METH_NOARGS, "What this extension was built with."},
     {"cpu_isa", py_cpu_isa, METH_NOARGS, "The CPU kernel variant in use."},
@@ -149,6 +169,11 @@ PyMethodDef methods[] = {
      "Bytes a CPU pooling call must touch before it streams its outputs (-1: never)."},
     {"set_streaming_threshold", py_set_streaming_threshold, METH_O,
      "Set that threshold (0: always; negative: the default); returns the previous one."},
+    {"set_emulator_fast_unravel", py_set_emulator_fast_unravel, METH_O,
+     "Let the CUDA emulator decode element numbers with 32-bit fast division (the default, "
+     "as on a GPU) or not; returns the previous setting."},
+    {"fast_divide", py_fast_divide, METH_VARARGS,
+     "n // d through the CUDA kernels' fast divider (tests)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {

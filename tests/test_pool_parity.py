@@ -16,6 +16,7 @@ from dkutil import (
     FLOAT_DTYPES,
     HAS_EXT,
     LAYOUTS_4D,
+    Target,
     arrange,
     assert_equal_values,
     assert_identical,
@@ -563,6 +564,74 @@ def test_unpool_matches_torch_and_reference(target, case):
             out_d = target.unpool(y, sw_d, *geo)
             assert out_d.shape[-2:] == default, what
             assert_equal_values(out_d, torch_unpool(y, idx_d, geo, default), f"{what}: default")
+
+
+@pytest.mark.requires_extension
+def test_fast_divider_matches_floor_division():
+    """The CUDA kernels decode element numbers by multiply-high division (common.h):
+    exact for every n < 2**31 and 1 <= d <= 2**31, edges and random pairs."""
+    import random
+
+    from deconvkernels import _C
+
+    rng = random.Random(7)
+    top = (1 << 31) - 1
+    divisors = [1, 2, 3, 5, 7, 10, 14, 28, 56, 112, 224, 255, 256, 257, 511, 512, 65535,
+                65536, 65537, 3 * 7 * 11 * 13, top, 1 << 31]
+    divisors += [1 << k for k in range(32)] + [(1 << k) + 1 for k in range(31)]
+    divisors += [rng.randint(1, 1 << 31) for _ in range(300)] + list(range(1, 300))
+    for d in divisors:
+        ns = {0, 1, top, top - 1, d - 1, min(d, top), min(d + 1, top), min(2 * d - 1, top)}
+        ns |= {rng.randint(0, top) for _ in range(40)}
+        ns |= {min(d * rng.randint(0, top // d), top) for _ in range(10)}
+        for n in ns:
+            assert _C.fast_divide(n, d) == n // d, (n, d)
+    with pytest.raises(ValueError, match="fast_divide"):
+        _C.fast_divide(1 << 31, 3)
+
+
+@pytest.fixture(params=[True, False], ids=["fast-unravel", "int64-unravel"])
+def emulator_unravel(request):
+    """The emulated CUDA kernels with the GPU's 32-bit element decode, and without it (the
+    path a GPU takes past 2**31 elements)."""
+    from deconvkernels import _C
+
+    previous = _C.set_emulator_fast_unravel(request.param)
+    yield request.param
+    _C.set_emulator_fast_unravel(previous)
+
+
+@pytest.mark.requires_extension
+@pytest.mark.parametrize("case", GEOMETRIES_SMALL, ids=geo_id)
+def test_emulated_kernels_both_element_decodes(emulator_unravel, case):
+    """Pool forward, its backward, unpool and its backward on the emulated CUDA kernels, in
+    both element decodes: the same bits as the CPU oracle and the reference twin."""
+    geo, ceil = case
+    t = Target("cuda-emulated")
+    for dtype, layout in itertools.product((torch.float32, torch.bfloat16),
+                                           ("contiguous", "channels_last")):
+        hw = (9, 11)
+        x = make_values((2, 5, *hw), dtype, "special")
+        if has_empty_window(hw, geo, ceil):
+            continue
+        what = f"{dtype} {layout} fast={emulator_unravel}"
+        y, sw = t.pool(arrange(x, layout), *geo, ceil)
+        ey, _ = torch_pool(x, geo, ceil)
+        _, osw, _ = oracle_pool(x, geo, ceil)
+        assert_identical(y, ey, f"{what}: y")
+        assert_identical(sw, osw, f"{what}: switches")
+        gy = _small_int_grad(tuple(sw.shape), dtype)  # sums exact in any order
+        _, _, gx = t.pool_grad(arrange(x, layout), arrange(gy, layout), geo, ceil)
+        xr = x.clone().requires_grad_(True)
+        (egx,) = torch.autograd.grad(F.max_pool2d(xr, *geo, ceil_mode=ceil), xr, gy)
+        assert_equal_values(gx, egx, f"{what}: grad_x")
+        out, gyy = t.unpool_grad(arrange(y, layout), arrange(sw, layout),
+                                 arrange(gx, layout), geo, hw)
+        yr = y.clone().requires_grad_(True)
+        eout = _reference_unpool(yr, sw, geo, hw)
+        (egyy,) = torch.autograd.grad(eout, yr, gx)
+        assert_equal_values(out, eout, f"{what}: unpool")
+        assert_equal_values(gyy, egyy, f"{what}: unpool grad")
 
 
 def test_unpool_keeps_negative_zero(target):

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../kernels/common.h"
+#include "emulator_switches.h"
 
 namespace deconvkernels {
 
@@ -25,6 +26,10 @@ struct EmulatedExec {
 
   static int64_t max_blocks() {
     return 7;
+  }
+
+  static bool fast_unravel_allowed() {
+    return cpu::emulator_fast_unravel().load(std::memory_order_relaxed);
   }
 
   template <class Kernel>

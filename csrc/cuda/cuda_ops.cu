@@ -70,6 +70,10 @@ struct CudaExec {
     return multiprocessors() * 32;
   }
 
+  static constexpr bool fast_unravel_allowed() {
+    return true;
+  }
+
   template <class Kernel>
   static void launch(Dim3 grid, Dim3 block, const typename Kernel::Args& args) {
     grid_stride_entry<Kernel><<<

@@ -4,7 +4,8 @@
 //                                           block and thread by thread, for the tests.
 // So the launch geometry, the strides handed to the kernels and the edge handling that
 // a GPU would run are the ones CI runs. The executor provides:
-//   Guard(device), kThreadsPerBlock, max_blocks(), launch<Kernel>(grid, block, args),
+//   Guard(device), kThreadsPerBlock, max_blocks(), fast_unravel_allowed(),
+//   launch<Kernel>(grid, block, args),
 //   check_device(tensor, name), check_flag(flag, message); and for the kernels with
 //   barriers (unpool_deconv_tiled.h) kPhasedKernels, launch_phased<Kernel>(grid, block,
 //   args), phased_blocks_wanted().
@@ -16,6 +17,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <type_traits>
 
 #include "../kernels/pool_kernels.h"
 #include "../pool_args.h"
@@ -24,12 +26,35 @@ namespace deconvkernels::launch {
 
 using at::Tensor;
 
+template <class Exec>
+int64_t elementwise_blocks(int64_t total) {
+  constexpr unsigned threads = Exec::kThreadsPerBlock;
+  return std::min<int64_t>((total + threads - 1) / threads, Exec::max_blocks());
+}
+
 template <class Exec, class Kernel>
 void launch_elementwise(int64_t total, const typename Kernel::Args& args) {
-  constexpr unsigned threads = Exec::kThreadsPerBlock;
-  const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, Exec::max_blocks());
   Exec::template launch<Kernel>(
-      Dim3{static_cast<unsigned>(blocks), 1, 1}, Dim3{threads, 1, 1}, args);
+      Dim3{static_cast<unsigned>(elementwise_blocks<Exec>(total)), 1, 1},
+      Dim3{Exec::kThreadsPerBlock, 1, 1}, args);
+}
+
+// Whether an elementwise launch over `total` elements may decode them with fast_unravel.
+template <class Exec>
+bool fast_unravel_fits(int64_t total) {
+  return Exec::fast_unravel_allowed() &&
+      fits_fast_unravel(total, elementwise_blocks<Exec>(total) * Exec::kThreadsPerBlock);
+}
+
+// Calls f(std::integral_constant<int, K>) with K = 2 for a 2x2 window (DeconvNet's pools:
+// the kernels unroll their taps), K = 0 (read at run time) otherwise.
+template <class F>
+void with_window_size(const PoolGeom& g, F&& f) {
+  if (g.kh == 2 && g.kw == 2) {
+    f(std::integral_constant<int, 2>{});
+  } else {
+    f(std::integral_constant<int, 0>{});
+  }
 }
 
 template <class Exec>
@@ -51,23 +76,61 @@ std::tuple<Tensor, Tensor> max_pool2d_with_switches(
   PoolPlan p = plan_max_pool(x, kernel_size, stride, padding, dilation, ceil_mode);
   if (p.out.numel() > 0) {
     typename Exec::Guard guard(x.device());
+    const int64_t total = p.out.numel();
+    const bool fast = fast_unravel_fits<Exec>(total);
+    const FastUnravel un = make_fast_unravel(p.out.size(1), p.g.OH, p.g.OW, p.channels_last);
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d_with_switches", [&] {
-          using K = MaxPoolForwardKernel<scalar_t>;
-          typename K::Args a{
-              p.in.const_data_ptr<scalar_t>(), p.out.mutable_data_ptr<scalar_t>(),
-              p.out_switches.mutable_data_ptr<uint8_t>(), strides_of(p.in), strides_of(p.out),
-              p.out.size(1), p.g, p.channels_last, p.out.numel()};
-          launch_elementwise<Exec, K>(a.total, a);
+          with_window_size(p.g, [&](auto k) {
+            using K = MaxPoolForwardKernel<scalar_t, decltype(k)::value>;
+            typename K::Args a{
+                p.in.const_data_ptr<scalar_t>(), p.out.mutable_data_ptr<scalar_t>(),
+                p.out_switches.mutable_data_ptr<uint8_t>(), strides_of(p.in),
+                strides_of(p.out), p.out.size(1), p.g, p.channels_last, total, fast, un};
+            launch_elementwise<Exec, K>(total, a);
+          });
         });
   }
   return {unbatch_like(p.out, p.original), unbatch_like(p.out_switches, p.original)};
+}
+
+// Windows that do not overlap: one thread per window writes it whole, and checks its
+// switch on the way (SwitchScatterWindowsKernel).
+template <class Exec, bool kSum>
+void scatter_windows(const PoolPlan& p) {
+  const PoolGeom& g = p.g;
+  // Every unpooled position lies in some window when the windows tile the plane.
+  const bool tiled = g.dh == 1 && g.dw == 1 && g.sh == g.kh && g.sw == g.kw && g.ph == 0 &&
+      g.pw == 0 && g.OH * g.sh >= g.H && g.OW * g.sw >= g.W;
+  if (!tiled) p.out.zero_();
+  const int64_t total = p.switches.numel();
+  if (total == 0) return;
+  Tensor bad = at::zeros({1}, p.switches.options().dtype(at::kInt));
+  const bool fast = fast_unravel_fits<Exec>(total);
+  const FastUnravel un = make_fast_unravel(p.out.size(1), g.OH, g.OW, p.channels_last);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, p.in.scalar_type(), "switch_scatter_windows", [&] {
+        with_window_size(g, [&](auto k) {
+          using K = SwitchScatterWindowsKernel<scalar_t, kSum, decltype(k)::value>;
+          typename K::Args a{
+              p.in.const_data_ptr<scalar_t>(), p.switches.const_data_ptr<uint8_t>(),
+              p.out.mutable_data_ptr<scalar_t>(), strides_of(p.in), strides_of(p.switches),
+              strides_of(p.out), p.out.size(1), g, p.channels_last, total, fast, un,
+              bad.mutable_data_ptr<int32_t>()};
+          launch_elementwise<Exec, K>(total, a);
+        });
+      });
+  Exec::check_flag(bad, kBadSwitchMessage);
 }
 
 template <class Exec, bool kSum>
 Tensor scatter(const PoolPlan& p) {
   if (p.out.numel() == 0) return unbatch_like(p.out, p.original);
   typename Exec::Guard guard(p.in.device());
+  if (!windows_overlap(p.g)) {
+    scatter_windows<Exec, kSum>(p);
+    return unbatch_like(p.out, p.original);
+  }
   validate_switches<Exec>(p.switches, p.g);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, p.in.scalar_type(), "switch_scatter", [&] {
@@ -111,6 +174,9 @@ Tensor max_unpool2d_with_switches_backward(
   if (p.out.numel() == 0) return unbatch_like(p.out, p.original);
   typename Exec::Guard guard(grad_output.device());
   validate_switches<Exec>(p.switches, p.g);
+  const int64_t total = p.out.numel();
+  const bool fast = fast_unravel_fits<Exec>(total);
+  const FastUnravel un = make_fast_unravel(p.out.size(1), p.g.OH, p.g.OW, p.channels_last);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad_output.scalar_type(), "switch_gather", [&] {
         using K = SwitchGatherKernel<scalar_t>;
@@ -118,8 +184,8 @@ Tensor max_unpool2d_with_switches_backward(
             p.in.const_data_ptr<scalar_t>(), p.switches.const_data_ptr<uint8_t>(),
             p.out.mutable_data_ptr<scalar_t>(), strides_of(p.in), strides_of(p.switches),
             strides_of(p.out), p.out.size(1), p.g, p.channels_last, windows_overlap(p.g),
-            p.out.numel()};
-        launch_elementwise<Exec, K>(a.total, a);
+            total, fast, un};
+        launch_elementwise<Exec, K>(total, a);
       });
   return unbatch_like(p.out, p.original);
 }

@@ -16,20 +16,24 @@ DK_ISA_NAMESPACE_BEGIN
 
 // One pooling window: max with PyTorch's semantics (`val > max || isnan(val)` in raster
 // order, so ties keep the first maximum and the last NaN wins) and its window offset.
-template <typename T>
+// KH, KW > 0: the kernel size is known at compile time (it must equal g.kh, g.kw), so the
+// GPU unrolls the taps; 0: read from g.
+template <typename T, int KH = 0, int KW = 0>
 DK_HD_INLINE void max_pool_window(
     const T* plane, int64_t stride_h, int64_t stride_w, const PoolGeom& g, int64_t oh,
     int64_t ow, T* out, uint8_t* switch_out) {
   using acc_t = typename AccType<T>::type;
+  const int64_t kh = KH > 0 ? KH : g.kh;
+  const int64_t kw = KW > 0 ? KW : g.kw;
   const int64_t h0 = oh * g.sh - g.ph;
   const int64_t w0 = ow * g.sw - g.pw;
   acc_t best = acc_t(0);
   T best_raw = T(0);
   int64_t best_k = -1;
-  for (int64_t ky = 0; ky < g.kh; ++ky) {
+  for (int64_t ky = 0; ky < kh; ++ky) {
     const int64_t ih = h0 + ky * g.dh;
     if (ih < 0 || ih >= g.H) continue;
-    for (int64_t kx = 0; kx < g.kw; ++kx) {
+    for (int64_t kx = 0; kx < kw; ++kx) {
       const int64_t iw = w0 + kx * g.dw;
       if (iw < 0 || iw >= g.W) continue;
       const T raw = plane[ih * stride_h + iw * stride_w];
@@ -37,7 +41,7 @@ DK_HD_INLINE void max_pool_window(
       if (best_k < 0 || v > best || is_nan(v)) {
         best = v;
         best_raw = raw;
-        best_k = ky * g.kw + kx;
+        best_k = ky * kw + kx;
       }
     }
   }
@@ -137,7 +141,9 @@ DK_HD_INLINE int64_t index_to_switch_at(const PoolGeom& g, int64_t oh, int64_t o
 // wrapper (csrc/cuda/launch.cuh) or the emulator (csrc/cpu/cuda_emulator.h) calls run.
 // Threads walk output elements in the output's memory order, so writes coalesce.
 
-template <typename T>
+// K > 0: a K x K window (the launcher picks K = 2 for DeconvNet's pools); 0: any.
+// `fast`: element numbers fit fast_unravel (the launcher checks).
+template <typename T, int K = 0>
 struct MaxPoolForwardKernel {
   struct Args {
     const T* x;
@@ -148,12 +154,14 @@ struct MaxPoolForwardKernel {
     PoolGeom g;
     bool channels_last;
     int64_t total;  // N * C * OH * OW
+    bool fast;
+    FastUnravel un;
   };
   static DK_HD void run(const ThreadCoord& t, const Args& a) {
     for (int64_t i = t.global_x(); i < a.total; i += t.stride_x()) {
-      const Coord4 o = unravel(i, a.C, a.g.OH, a.g.OW, a.channels_last);
+      const Coord4 o = unravel_with(i, a.fast, a.un, a.C, a.g.OH, a.g.OW, a.channels_last);
       const int64_t yo = offset_of(a.ys, o.n, o.c, o.h, o.w);
-      max_pool_window(
+      max_pool_window<T, K, K>(
           a.x + o.n * a.xs.n + o.c * a.xs.c, a.xs.h, a.xs.w, a.g, o.h, o.w, a.y + yo,
           a.switches + yo);
     }
@@ -184,6 +192,60 @@ struct SwitchScatterKernel {
   }
 };
 
+// The same for windows that do not overlap (stride >= the dilated window), one thread per
+// window instead of one per unpooled element: each unpooled position lies in at most one
+// window, so the window's thread alone writes it (its value at the switch's tap, zeros
+// at the others) and no position needs to search for its windows. The launcher zeroes the
+// output first if some positions lie in no window. kSum writes 0 + value, as the sum over
+// one window does (so a -0 gradient becomes +0, as in F.max_pool2d's backward). Also
+// validates: a switch that names no in-bounds tap of its window sets *bad (its window is
+// written as zeros).
+template <typename T, bool kSum, int K = 0>
+struct SwitchScatterWindowsKernel {
+  struct Args {
+    const T* values;
+    const uint8_t* switches;
+    T* out;
+    Strides4 vs, ss, os;
+    int64_t C;
+    PoolGeom g;
+    bool channels_last;
+    int64_t total;  // N * C * OH * OW
+    bool fast;
+    FastUnravel un;
+    int32_t* bad;
+  };
+  static DK_HD void run(const ThreadCoord& t, const Args& a) {
+    using acc_t = typename AccType<T>::type;
+    const int64_t kh = K > 0 ? K : a.g.kh;
+    const int64_t kw = K > 0 ? K : a.g.kw;
+    for (int64_t i = t.global_x(); i < a.total; i += t.stride_x()) {
+      const Coord4 o = unravel_with(i, a.fast, a.un, a.C, a.g.OH, a.g.OW, a.channels_last);
+      const int64_t sw = a.switches[offset_of(a.ss, o.n, o.c, o.h, o.w)];
+      const T raw = a.values[offset_of(a.vs, o.n, o.c, o.h, o.w)];
+      const T v = kSum ? static_cast<T>(acc_t(0) + static_cast<acc_t>(raw)) : raw;
+      T* plane = a.out + o.n * a.os.n + o.c * a.os.c;
+      const int64_t h0 = o.h * a.g.sh - a.g.ph;
+      const int64_t w0 = o.w * a.g.sw - a.g.pw;
+      bool named = false;
+      DK_UNROLL
+      for (int64_t ky = 0; ky < kh; ++ky) {
+        const int64_t ih = h0 + ky * a.g.dh;
+        if (ih < 0 || ih >= a.g.H) continue;
+        DK_UNROLL
+        for (int64_t kx = 0; kx < kw; ++kx) {
+          const int64_t iw = w0 + kx * a.g.dw;
+          if (iw < 0 || iw >= a.g.W) continue;
+          const bool hit = sw == ky * kw + kx;
+          named = named || hit;
+          plane[ih * a.os.h + iw * a.os.w] = hit ? v : T(0);
+        }
+      }
+      if (!named) *a.bad = 1;
+    }
+  }
+};
+
 // Unpooled tensor -> pooled values through the switches: the unpool backward.
 template <typename T>
 struct SwitchGatherKernel {
@@ -197,10 +259,12 @@ struct SwitchGatherKernel {
     bool channels_last;
     bool only_if_last;
     int64_t total;  // N * C * OH * OW
+    bool fast;
+    FastUnravel un;
   };
   static DK_HD void run(const ThreadCoord& t, const Args& a) {
     for (int64_t i = t.global_x(); i < a.total; i += t.stride_x()) {
-      const Coord4 o = unravel(i, a.C, a.g.OH, a.g.OW, a.channels_last);
+      const Coord4 o = unravel_with(i, a.fast, a.un, a.C, a.g.OH, a.g.OW, a.channels_last);
       a.out[offset_of(a.os, o.n, o.c, o.h, o.w)] = switch_gather_at<T>(
           a.src + o.n * a.srcs.n + o.c * a.srcs.c, a.srcs.h, a.srcs.w,
           a.switches + o.n * a.ss.n + o.c * a.ss.c, a.ss.h, a.ss.w, a.g, o.h, o.w,
