@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import ops
@@ -15,6 +16,7 @@ __all__ = [
     "MaxUnpool2dWithSwitches",
     "UnpoolConv2d",
     "UnpoolConvTranspose2d",
+    "set_fused",
 ]
 
 
@@ -86,12 +88,34 @@ class MaxUnpool2dWithSwitches(nn.Module):
 
 
 class _UnpoolGeometry:
-    """The pool geometry a fused unpool + (de)convolution layer unpools with."""
+    """The pool geometry a fused unpool + (de)convolution layer unpools with, and whether it
+    runs fused (see :func:`set_fused`)."""
 
     pool_kernel_size: tuple[int, int]
     pool_stride: tuple[int, int]
     pool_padding: tuple[int, int]
     pool_dilation: tuple[int, int]
+    fused: bool | None = None
+
+    def fused_on(self, device: torch.device) -> bool:
+        """Whether ``forward`` runs the fused op for inputs on ``device``.
+
+        ``fused=None`` (the default) fuses everywhere but on CUDA. There cuDNN runs the dense
+        (de)convolution on tensor cores, and this library's fused kernels use plain FMAs:
+        measured on an H100 (``benchmarks/RESULTS.md``), they were 10-30x slower than
+        our unpool followed by cuDNN, at every DeconvNet decoder layer. The unfused path keeps
+        the unpooled map for the backward, about 4.8x the fused op's saved bytes at those
+        layers. ``fused=True`` trades that speed for the memory.
+        """
+        return self.fused if self.fused is not None else device.type != "cuda"
+
+    def _unpool(
+        self, y: torch.Tensor, switches: torch.Tensor, output_size: Sequence[int] | None
+    ) -> torch.Tensor:
+        return ops.max_unpool2d_with_switches(
+            y, switches, self.pool_kernel_size, self.pool_stride, self.pool_padding,
+            self.pool_dilation, output_size,
+        )
 
     def _set_pool(
         self, kernel_size: IntOrPair, stride: IntOrPair | None, padding: IntOrPair,
@@ -104,6 +128,7 @@ class _UnpoolGeometry:
         return (
             f", pool_kernel_size={self.pool_kernel_size}, pool_stride={self.pool_stride}"
             f", pool_padding={self.pool_padding}, pool_dilation={self.pool_dilation}"
+            + ("" if self.fused is None else f", fused={self.fused}")
         )
 
 
@@ -113,7 +138,9 @@ class UnpoolConvTranspose2d(_UnpoolGeometry, nn.ConvTranspose2d):
     An :class:`torch.nn.ConvTranspose2d` (same arguments, parameters and ``state_dict``, so
     weights load from and into one of the same shape) whose forward first unpools its input
     with the switches of a :class:`MaxPool2dWithSwitches` of geometry ``pool_kernel_size``,
-    ``pool_stride``, ``pool_padding``, ``pool_dilation``. The unpooled map is never built.
+    ``pool_stride``, ``pool_padding``, ``pool_dilation``. Fused, the unpooled map is never
+    built; ``fused`` (default ``None``: fused except on CUDA) chooses, see
+    :meth:`fused_on`.
 
     ``forward(y, switches, output_size=None)``: ``output_size`` is the unpooled ``(H, W)``
     (the size of the pool's input; needed when it was odd).
@@ -135,6 +162,7 @@ class UnpoolConvTranspose2d(_UnpoolGeometry, nn.ConvTranspose2d):
         pool_stride: IntOrPair | None = None,
         pool_padding: IntOrPair = 0,
         pool_dilation: IntOrPair = 1,
+        fused: bool | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -143,6 +171,7 @@ class UnpoolConvTranspose2d(_UnpoolGeometry, nn.ConvTranspose2d):
             bias, dilation, device=device, dtype=dtype,
         )
         self._set_pool(pool_kernel_size, pool_stride, pool_padding, pool_dilation)
+        self.fused = fused
 
     def forward(  # type: ignore[override]
         self,
@@ -150,6 +179,11 @@ class UnpoolConvTranspose2d(_UnpoolGeometry, nn.ConvTranspose2d):
         switches: torch.Tensor,
         output_size: Sequence[int] | None = None,
     ) -> torch.Tensor:
+        if not self.fused_on(y.device):
+            return F.conv_transpose2d(
+                self._unpool(y, switches, output_size), self.weight, self.bias, self.stride,
+                self.padding, self.output_padding, self.groups, self.dilation,
+            )
         return ops.unpool_deconv2d(
             y, switches, self.weight, self.bias, output_size=output_size,
             pool_kernel_size=self.pool_kernel_size, pool_stride=self.pool_stride,
@@ -173,7 +207,8 @@ class UnpoolConv2d(_UnpoolGeometry, nn.Conv2d):
     kilobytes per call, differentiable), reusing the fused kernels instead of a second set.
 
     Only ``stride=1`` and ``padding <= dilation * (kernel_size - 1)`` have that equivalence;
-    other arguments are a ``ValueError``. ``padding_mode`` must be ``"zeros"``.
+    other arguments are a ``ValueError``. ``padding_mode`` must be ``"zeros"``. ``fused``
+    (default ``None``: fused except on CUDA) as in :class:`UnpoolConvTranspose2d`.
     """
 
     def __init__(
@@ -191,6 +226,7 @@ class UnpoolConv2d(_UnpoolGeometry, nn.Conv2d):
         pool_stride: IntOrPair | None = None,
         pool_padding: IntOrPair = 0,
         pool_dilation: IntOrPair = 1,
+        fused: bool | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -198,6 +234,7 @@ class UnpoolConv2d(_UnpoolGeometry, nn.Conv2d):
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
             device=device, dtype=dtype,
         )
+        self.fused = fused
         if self.stride != (1, 1):
             raise ValueError(f"UnpoolConv2d: stride must be 1, got {self.stride}")
         if isinstance(self.padding, str):
@@ -226,6 +263,11 @@ class UnpoolConv2d(_UnpoolGeometry, nn.Conv2d):
         switches: torch.Tensor,
         output_size: Sequence[int] | None = None,
     ) -> torch.Tensor:
+        if not self.fused_on(y.device):
+            return F.conv2d(
+                self._unpool(y, switches, output_size), self.weight, self.bias, 1,
+                self.padding, self.dilation, self.groups,
+            )
         padding = tuple(
             d * (k - 1) - p
             for p, k, d in zip(self.padding, self.kernel_size, self.dilation, strict=True)
@@ -239,3 +281,16 @@ class UnpoolConv2d(_UnpoolGeometry, nn.Conv2d):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._pool_repr()
+
+
+def set_fused(module: nn.Module, fused: bool | None) -> int:
+    """Set ``fused`` on every unpool + (de)convolution layer in ``module``; returns how many.
+
+    ``True``: always the fused op (least memory); ``False``: always unpool, then PyTorch's
+    (de)convolution; ``None``: the default, fused except on CUDA
+    (:meth:`UnpoolConvTranspose2d.fused_on` says why).
+    """
+    layers = [m for m in module.modules() if isinstance(m, _UnpoolGeometry)]
+    for m in layers:
+        m.fused = fused
+    return len(layers)

@@ -671,6 +671,7 @@ def test_module_state_dict_round_trip():
 def test_module_forward(public_target):
     t = public_target
     m, ct = _module_pair()
+    m.fused = True  # the default is fused except on CUDA; fused_on has its own test
     m, ct = m.to(t.device), ct.to(t.device)
     ct.load_state_dict(m.state_dict())
     x = torch.randn(2, 4, 7, 5, device=t.device)  # 7x5 is the default size of its 4x3 pool
@@ -687,6 +688,38 @@ def test_module_forward(public_target):
     # autograd reaches the module's parameters
     m(y, sw).sum().backward()
     assert m.weight.grad is not None and m.bias.grad is not None
+
+
+@pytest.mark.parametrize("cls", ["UnpoolConvTranspose2d", "UnpoolConv2d"])
+def test_module_fused_choice(public_target, cls):
+    """fused=None fuses except on CUDA; True / False force either; both give the same
+    values and gradients, and set_fused reaches every such layer of a model."""
+    layer = getattr(dknn, cls)
+    m = layer(4, 6, 3, padding=1).double().to(public_target.device)
+    assert m.fused is None
+    assert m.fused_on(torch.device("cpu")) and not m.fused_on(torch.device("cuda"))
+    x = torch.randn(2, 4, 8, 6, dtype=torch.float64, device=public_target.device)
+    y, sw = dk.max_pool2d_with_switches(x, 2)
+    outs, grads = [], []
+    for fused in (True, False):
+        m.fused = fused
+        assert m.fused_on(torch.device("cuda")) is fused and m.fused_on(x.device) is fused
+        assert f"fused={fused}" in repr(m)
+        yy = y.detach().requires_grad_(True)
+        out = m(yy, sw, output_size=x.shape[-2:])
+        out.backward(torch.ones_like(out))
+        outs.append(out.detach())
+        grads.append((yy.grad, m.weight.grad.clone(), m.bias.grad.clone()))
+        m.zero_grad()
+    torch.testing.assert_close(outs[0], outs[1])
+    for a, b in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(a, b)
+    from deconvkernels.models import DeconvNet
+
+    model = DeconvNet(num_classes=3, width=0.125)
+    assert dknn.set_fused(model, True) == 5
+    assert all(m.fused for m in model.modules() if isinstance(m, dknn.UnpoolConvTranspose2d))
+    assert dknn.set_fused(model, None) == 5
 
 
 def test_module_repr():
