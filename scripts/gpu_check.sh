@@ -2,7 +2,10 @@
 # Checks that need a GPU, for a machine with one (CI has none): build the extension for the
 # visible GPU, then run the named stages and leave their logs in $OUT (default gpu-out/).
 #
-#   bash scripts/gpu_check.sh env build cuda-tests all-tests sanitize bench
+#   bash scripts/gpu_check.sh env build cuda-tests all-tests sanitize bench train
+#
+# Time limits per stage come from variables (CUDA_TESTS_S, SANITIZE_S, TRAIN_S, ...: see
+# below), so one call fits a lent machine's 10-minute command limit.
 #
 # Stages:
 #   env         nvidia-smi, torch / nvcc / compute-sanitizer versions
@@ -11,7 +14,8 @@
 #   all-tests   the whole suite (pytest-xdist, $JOBS workers)
 #   sanitize    compute-sanitizer memcheck / racecheck / synccheck / initcheck on GPU tests
 #   bench       pool report, fused report and model step times on cuda
-#   train       a short float16 / bfloat16 autocast training run on cuda (issue 5)
+#   train       short float16 + GradScaler / bfloat16 autocast runs on cuda, and torchrun
+#               with NCCL and SyncBatchNorm (issue 5)
 # Each stage prints one summary line at the end: name, exit status, seconds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -128,13 +132,13 @@ st_train() {
   local amp rc=0
   for amp in ${AMPS:-fp16 bf16 none}; do
     echo "--- amp $amp"
-    timeout -s INT "${TRAIN_S:-150}" "$PY" -m deconvkernels train --data synthetic --width 0.25 --input-size 128 \
+    timeout -s INT "${TRAIN_S:-150}" "$PY" -m deconvkernels train --data synthetic --images 128 --width 0.25 --input-size 128 \
       --iterations 60 --batch-size 8 --device cuda --amp "$amp" --no-progress \
       --out "$OUT/run-$amp" >"$OUT/train-$amp.log" 2>&1 || rc=$?
     tail -n 4 "$OUT/train-$amp.log"
   done
   echo "--- torchrun, NCCL, SyncBatchNorm (one process: one GPU)"
-  timeout -s INT "${TRAIN_S:-150}" torchrun --standalone --nproc_per_node=1 -m deconvkernels.train --data synthetic \
+  timeout -s INT "${TRAIN_S:-150}" torchrun --standalone --nproc_per_node=1 -m deconvkernels.train --data synthetic --images 128 \
     --width 0.25 --input-size 128 --iterations 20 --batch-size 8 --device cuda --amp bf16 \
     --sync-bn --no-progress --out "$OUT/run-ddp" >"$OUT/train-ddp.log" 2>&1 || rc=$?
   tail -n 6 "$OUT/train-ddp.log"
