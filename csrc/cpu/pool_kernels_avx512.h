@@ -506,36 +506,44 @@ struct RawLanes<2> {
   }
 };
 
-// One output row of an NCHW plane (its windows' row ky, 0 or 1): each pooled value's raw
-// bits to column 2 ow + 1 if its switch is 2 ky + 1, to 2 ow if it is 2 ky, zeros elsewhere.
-// 16 pooled values a step, interleaved into 32 outputs; row tails by masked loads and
-// stores (at::vec's partial bfloat16 rows went through a bounce buffer).
+// NCHW: both output rows of a pooled row (out0: the windows' row 0, out1: row 1). Each
+// pooled value's raw bits go to column 2 ow + kx of the row ky its switch 2 ky + kx names,
+// zeros elsewhere; 16 pooled values a step, interleaved into 32 outputs per row; row tails
+// by masked loads and stores. Each value and switch is loaded once for both rows: on 14x14
+// maps (7 pooled columns) the per-row work, not the bytes, sets the time.
 template <typename T>
-void scatter_row_2x2(const T* v, const uint8_t* s, T* out, int64_t OW, int ky) {
-  const __m128i k0 = _mm_set1_epi8(static_cast<char>(2 * ky));
-  const __m128i k1 = _mm_set1_epi8(static_cast<char>(2 * ky + 1));
+void scatter_row_pair_2x2(const T* v, const uint8_t* s, T* out0, T* out1, int64_t OW) {
   for (int64_t ow = 0; ow < OW; ow += 16) {
     const int64_t n = std::min<int64_t>(16, OW - ow);
     const __mmask16 m = first_lanes(n);
     const __m128i sw = _mm_maskz_loadu_epi8(m, s + ow);
-    const __mmask16 even = _mm_mask_cmpeq_epi8_mask(m, sw, k0);
-    const __mmask16 odd = _mm_mask_cmpeq_epi8_mask(m, sw, k1);
+    __mmask16 hit[4];
+    unrolled<4>([&](auto k) {
+      hit[k] = _mm_mask_cmpeq_epi8_mask(m, sw, _mm_set1_epi8(static_cast<char>(k())));
+    });
+    T* const rows[2] = {out0 + 2 * ow, out1 + 2 * ow};
     if constexpr (sizeof(T) == 4) {
       const __m512i val = _mm512_maskz_loadu_epi32(m, v + ow);
-      const __m512i e = _mm512_maskz_mov_epi32(even, val), o = _mm512_maskz_mov_epi32(odd, val);
       const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
       const __m512i hi =
           _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-      _mm512_mask_storeu_epi32(out + 2 * ow, first_lanes(2 * n),
-                               _mm512_permutex2var_epi32(e, lo, o));
-      _mm512_mask_storeu_epi32(out + 2 * ow + 16, first_lanes(std::max<int64_t>(0, 2 * n - 16)),
-                               _mm512_permutex2var_epi32(e, hi, o));
+      for (int ky = 0; ky < 2; ++ky) {
+        const __m512i e = _mm512_maskz_mov_epi32(hit[2 * ky], val);
+        const __m512i o = _mm512_maskz_mov_epi32(hit[2 * ky + 1], val);
+        _mm512_mask_storeu_epi32(rows[ky], first_lanes(2 * n), _mm512_permutex2var_epi32(e, lo, o));
+        if (n > 8) {
+          _mm512_mask_storeu_epi32(rows[ky] + 16, first_lanes(2 * n - 16),
+                                   _mm512_permutex2var_epi32(e, hi, o));
+        }
+      }
     } else {
-      // a pooled value per 32-bit lane: the even output in its low half, the odd in its high
       const __m512i val = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, v + ow));
-      const __m512i pair = _mm512_or_si512(_mm512_maskz_mov_epi32(even, val),
-                                           _mm512_maskz_mov_epi32(odd, _mm512_slli_epi32(val, 16)));
-      _mm512_mask_storeu_epi16(out + 2 * ow, first_lanes32(2 * n), pair);
+      const __m512i high = _mm512_slli_epi32(val, 16);
+      for (int ky = 0; ky < 2; ++ky) {
+        const __m512i pair = _mm512_or_si512(_mm512_maskz_mov_epi32(hit[2 * ky], val),
+                                             _mm512_maskz_mov_epi32(hit[2 * ky + 1], high));
+        _mm512_mask_storeu_epi16(rows[ky], first_lanes32(2 * n), pair);
+      }
     }
   }
 }

@@ -234,14 +234,9 @@ void max_pool_nhwc(const PoolKernelArgs& a) {
 // ---------------------------------------------------- scatter: pooled -> unpooled
 
 // NCHW, 2x2 stride-2 windows inside the output: one output row (its windows' row ky) from
-// a pooled row; raw-bits masked moves on AVX-512 (avx512_pool::scatter_row_2x2).
+// a pooled row, at::vec's way (AVX-512 writes both rows at once instead).
 template <typename T>
 void scatter_row_2x2(const T* vr, const uint8_t* sr, T* orow, int64_t OW, int ky) {
-#if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (avx512_pool::kSupported<T>) {
-    return avx512_pool::scatter_row_2x2(vr, sr, orow, OW, ky);
-  }
-#endif
   using L = Lanes<T>;
   using Vec = typename L::Vec;
   constexpr int64_t V = L::kSize;
@@ -255,6 +250,45 @@ void scatter_row_2x2(const T* vr, const uint8_t* sr, T* orow, int64_t OW, int ky
   }
 }
 
+// Both output rows of a pooled row (see avx512_pool::scatter_row_pair_2x2).
+template <typename T>
+void scatter_row_pair_2x2(const T* vr, const uint8_t* sr, T* out0, T* out1, int64_t OW) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (avx512_pool::kSupported<T>) {
+    return avx512_pool::scatter_row_pair_2x2(vr, sr, out0, out1, OW);
+  }
+#endif
+  scatter_row_2x2(vr, sr, out0, OW, 0);
+  scatter_row_2x2(vr, sr, out1, OW, 1);
+}
+
+// NCHW, 2x2 stride-2 windows inside the output: a pooled row at a time, both of its output
+// rows at once; then zeros for the odd last column and row that no window covers.
+template <typename T>
+void scatter_nchw_2x2(const PoolKernelArgs& a) {
+  const PoolGeom g = a.g;
+  const T* v = static_cast<const T*>(a.in);
+  T* out = static_cast<T*>(a.out);
+  const uint8_t* sw = a.switches;
+  const int64_t pooled_rows = a.N * a.C * g.OH;
+  at::parallel_for(0, pooled_rows, grain_for(2 * g.W), [&](int64_t begin, int64_t end) {
+    CountedIndex row(begin, g.OH);  // (plane, oh)
+    for (int64_t r = begin; r < end; ++r, row.next()) {
+      T* const plane = out + row.outer * g.H * g.W;
+      T* const o0 = plane + 2 * row.inner * g.W;
+      T* const o1 = o0 + g.W;
+      scatter_row_pair_2x2(v + r * g.OW, sw + r * g.OW, o0, o1, g.OW);
+      if (2 * g.OW < g.W) {
+        std::fill(o0 + 2 * g.OW, o0 + g.W, T(0));
+        std::fill(o1 + 2 * g.OW, o1 + g.W, T(0));
+      }
+      if (row.inner == g.OH - 1 && 2 * g.OH < g.H) {
+        std::fill(plane + 2 * g.OH * g.W, plane + g.H * g.W, T(0));
+      }
+    }
+  });
+}
+
 template <typename T>
 void scatter_nchw(const PoolKernelArgs& a, bool sum) {
   const PoolGeom g = a.g;
@@ -262,7 +296,7 @@ void scatter_nchw(const PoolKernelArgs& a, bool sum) {
   T* out = static_cast<T*>(a.out);
   const uint8_t* sw = a.switches;
   // Without overlap each position has at most one window, so sum == last.
-  const bool fast = is_2x2_stride2_inside(g);
+  if (is_2x2_stride2_inside(g)) return scatter_nchw_2x2<T>(a);
   const int64_t rows = a.N * a.C * g.H;
   at::parallel_for(0, rows, grain_for(g.W), [&](int64_t begin, int64_t end) {
     CountedIndex row(begin, g.H);  // (plane, ih)
@@ -271,16 +305,6 @@ void scatter_nchw(const PoolKernelArgs& a, bool sum) {
       T* orow = out + r * g.W;
       const T* vp = v + plane * g.OH * g.OW;
       const uint8_t* sp = sw + plane * g.OH * g.OW;
-      if (fast) {
-        if (ih >= 2 * g.OH) {
-          std::fill(orow, orow + g.W, T(0));
-          continue;
-        }
-        const int64_t oh = ih / 2;
-        scatter_row_2x2(vp + oh * g.OW, sp + oh * g.OW, orow, g.OW, static_cast<int>(ih % 2));
-        std::fill(orow + 2 * g.OW, orow + g.W, T(0));
-        continue;
-      }
       for (int64_t iw = 0; iw < g.W; ++iw) {
         orow[iw] = sum ? switch_scatter_at<T, true>(vp, g.OW, 1, sp, g.OW, 1, g, ih, iw)
                        : switch_scatter_at<T, false>(vp, g.OW, 1, sp, g.OW, 1, g, ih, iw);
