@@ -340,6 +340,14 @@ def _reduce(samples: Sequence[float], stat: str) -> float:
     raise ValueError(f"stat must be 'min' or 'median', got {stat!r}")
 
 
+def bench_device(device: torch.device | str) -> torch.device:
+    """``device`` as a torch.device; RuntimeError if it names CUDA and none is available."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' asked for, but torch.cuda.is_available() is False")
+    return dev
+
+
 def geomean(values: Sequence[float]) -> float:
     """Geometric mean (NaN for an empty sequence)."""
     vals = [v for v in values if v > 0 and math.isfinite(v)]
@@ -477,9 +485,7 @@ def run_report(
     for case in cases:
         if case not in CASES:
             raise ValueError(f"cases must be drawn from {CASES}, got {case!r}")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' asked for, but torch.cuda.is_available() is False")
+    dev = bench_device(device)
     if shapes is None:
         shapes = QUICK_SHAPES if quick else DECONVNET_POOL_SHAPES
     configs = make_configs(str(dev), dtypes, layouts, batch, shapes)

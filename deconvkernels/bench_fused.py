@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 import deconvkernels as dk
 
-from .bench import geomean, machine_info, measure_abba
+from .bench import bench_device, geomean, machine_info, measure_abba
 
 #: (C_in, C_out, unpooled size) of the first deconvolution of each decoder stage.
 DECODER_LAYERS: tuple[tuple[int, int, int], ...] = (
@@ -164,9 +164,7 @@ def run_report(
     device: torch.device | str = "cpu",
 ) -> list[FusedRow]:
     """Time every pass at every layer and dtype; returns one row per (dtype, layer, pass)."""
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' asked for, but torch.cuda.is_available() is False")
+    device = bench_device(device)
     rows = []
     for dtype_name in dtypes:
         dtype = getattr(torch, dtype_name)

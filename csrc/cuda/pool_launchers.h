@@ -46,6 +46,12 @@ bool fast_unravel_fits(int64_t total) {
       fits_fast_unravel(total, elementwise_blocks<Exec>(total) * Exec::kThreadsPerBlock);
 }
 
+// The dividers of a walk over `total` pooled elements (N, C, OH, OW) of plan p.
+template <class Exec>
+FastUnravel pooled_fast_unravel(const PoolPlan& p, int64_t total) {
+  return make_fast_unravel(p.out.size(1), p.g.OH, p.g.OW, fast_unravel_fits<Exec>(total));
+}
+
 // Calls f(std::integral_constant<int, K>) with K = 2 for a 2x2 window (DeconvNet's pools:
 // the kernels unroll their taps), K = 0 (read at run time) otherwise.
 template <class F>
@@ -77,8 +83,7 @@ std::tuple<Tensor, Tensor> max_pool2d_with_switches(
   if (p.out.numel() > 0) {
     typename Exec::Guard guard(x.device());
     const int64_t total = p.out.numel();
-    const bool fast = fast_unravel_fits<Exec>(total);
-    const FastUnravel un = make_fast_unravel(p.out.size(1), p.g.OH, p.g.OW, p.channels_last);
+    const FastUnravel un = pooled_fast_unravel<Exec>(p, total);
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d_with_switches", [&] {
           with_window_size(p.g, [&](auto k) {
@@ -86,7 +91,7 @@ std::tuple<Tensor, Tensor> max_pool2d_with_switches(
             typename K::Args a{
                 p.in.const_data_ptr<scalar_t>(), p.out.mutable_data_ptr<scalar_t>(),
                 p.out_switches.mutable_data_ptr<uint8_t>(), strides_of(p.in),
-                strides_of(p.out), p.out.size(1), p.g, p.channels_last, total, fast, un};
+                strides_of(p.out), p.out.size(1), p.g, p.channels_last, total, un};
             launch_elementwise<Exec, K>(total, a);
           });
         });
@@ -106,8 +111,7 @@ void scatter_windows(const PoolPlan& p) {
   const int64_t total = p.switches.numel();
   if (total == 0) return;
   Tensor bad = at::zeros({1}, p.switches.options().dtype(at::kInt));
-  const bool fast = fast_unravel_fits<Exec>(total);
-  const FastUnravel un = make_fast_unravel(p.out.size(1), g.OH, g.OW, p.channels_last);
+  const FastUnravel un = pooled_fast_unravel<Exec>(p, total);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, p.in.scalar_type(), "switch_scatter_windows", [&] {
         with_window_size(g, [&](auto k) {
@@ -115,7 +119,7 @@ void scatter_windows(const PoolPlan& p) {
           typename K::Args a{
               p.in.const_data_ptr<scalar_t>(), p.switches.const_data_ptr<uint8_t>(),
               p.out.mutable_data_ptr<scalar_t>(), strides_of(p.in), strides_of(p.switches),
-              strides_of(p.out), p.out.size(1), g, p.channels_last, total, fast, un,
+              strides_of(p.out), p.out.size(1), g, p.channels_last, total, un,
               bad.mutable_data_ptr<int32_t>()};
           launch_elementwise<Exec, K>(total, a);
         });
@@ -175,8 +179,7 @@ Tensor max_unpool2d_with_switches_backward(
   typename Exec::Guard guard(grad_output.device());
   validate_switches<Exec>(p.switches, p.g);
   const int64_t total = p.out.numel();
-  const bool fast = fast_unravel_fits<Exec>(total);
-  const FastUnravel un = make_fast_unravel(p.out.size(1), p.g.OH, p.g.OW, p.channels_last);
+  const FastUnravel un = pooled_fast_unravel<Exec>(p, total);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad_output.scalar_type(), "switch_gather", [&] {
         using K = SwitchGatherKernel<scalar_t>;
@@ -184,7 +187,7 @@ Tensor max_unpool2d_with_switches_backward(
             p.in.const_data_ptr<scalar_t>(), p.switches.const_data_ptr<uint8_t>(),
             p.out.mutable_data_ptr<scalar_t>(), strides_of(p.in), strides_of(p.switches),
             strides_of(p.out), p.out.size(1), p.g, p.channels_last, windows_overlap(p.g),
-            total, fast, un};
+            total, un};
         launch_elementwise<Exec, K>(total, a);
       });
   return unbatch_like(p.out, p.original);

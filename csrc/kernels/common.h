@@ -71,10 +71,12 @@ struct FastDivider {
   uint32_t divisor, magic, shift;
 };
 
-// The coordinate walk of unravel() with fast dividers, for element numbers below 2^31.
+// The dividers of unravel()'s walk (C, A rows, B columns), for element numbers below 2^31.
+// `usable` is false where the launcher found larger numbers: unravel_with then divides in
+// 64 bits.
 struct FastUnravel {
-  FastDivider c, a, b;  // C, A (rows), B (columns)
-  bool channels_last;
+  FastDivider c, a, b;
+  bool usable;
 };
 
 // Host side: the divider of d (d = 0 is treated as 1: a loop over nothing never divides).
@@ -86,15 +88,15 @@ inline FastDivider make_fast_divider(int64_t d) {
   return FastDivider{static_cast<uint32_t>(dd), static_cast<uint32_t>(magic), shift};
 }
 
-inline FastUnravel make_fast_unravel(int64_t C, int64_t A, int64_t B, bool channels_last) {
-  return FastUnravel{
-      make_fast_divider(C), make_fast_divider(A), make_fast_divider(B), channels_last};
+inline FastUnravel make_fast_unravel(int64_t C, int64_t A, int64_t B, bool usable) {
+  return FastUnravel{make_fast_divider(C), make_fast_divider(A), make_fast_divider(B), usable};
 }
 
 // Whether element numbers (and the grid-stride step past the last one) stay below 2^31.
 inline bool fits_fast_unravel(int64_t total, int64_t threads_in_grid) {
   return total + threads_in_grid < (int64_t(1) << 31);
 }
+
 struct ThreadCoord {
   Dim3 block;       // blockIdx
   Dim3 thread;      // threadIdx
@@ -145,40 +147,33 @@ DK_HD_INLINE uint32_t fast_div(uint32_t n, const FastDivider& f) {
   return (t + n) >> f.shift;
 }
 
+// n / f.divisor, with the remainder in *rem.
+DK_HD_INLINE uint32_t fast_divmod(uint32_t n, const FastDivider& f, int64_t* rem) {
+  const uint32_t q = fast_div(n, f);
+  *rem = n - q * f.divisor;
+  return q;
+}
+
 // unravel(i, ...) for i below 2^31, with the dividers of `u`.
-DK_HD_INLINE Coord4 fast_unravel(int64_t i, const FastUnravel& u) {
+DK_HD_INLINE Coord4 fast_unravel(int64_t i, const FastUnravel& u, bool channels_last) {
   uint32_t n = static_cast<uint32_t>(i);
   Coord4 r;
-  uint32_t q;
-  if (u.channels_last) {
-    q = fast_div(n, u.c);
-    r.c = n - q * u.c.divisor;
-    n = q;
-    q = fast_div(n, u.b);
-    r.w = n - q * u.b.divisor;
-    n = q;
-    q = fast_div(n, u.a);
-    r.h = n - q * u.a.divisor;
-    r.n = q;
+  if (channels_last) {
+    n = fast_divmod(n, u.c, &r.c);
+    n = fast_divmod(n, u.b, &r.w);
+    r.n = fast_divmod(n, u.a, &r.h);
   } else {
-    q = fast_div(n, u.b);
-    r.w = n - q * u.b.divisor;
-    n = q;
-    q = fast_div(n, u.a);
-    r.h = n - q * u.a.divisor;
-    n = q;
-    q = fast_div(n, u.c);
-    r.c = n - q * u.c.divisor;
-    r.n = q;
+    n = fast_divmod(n, u.b, &r.w);
+    n = fast_divmod(n, u.a, &r.h);
+    r.n = fast_divmod(n, u.c, &r.c);
   }
   return r;
 }
 
 // The coordinate of element i: fast_unravel when the launcher found the numbers small.
 DK_HD_INLINE Coord4 unravel_with(
-    int64_t i, bool fast, const FastUnravel& u, int64_t C, int64_t A, int64_t B,
-    bool channels_last) {
-  return fast ? fast_unravel(i, u) : unravel(i, C, A, B, channels_last);
+    int64_t i, const FastUnravel& u, int64_t C, int64_t A, int64_t B, bool channels_last) {
+  return u.usable ? fast_unravel(i, u, channels_last) : unravel(i, C, A, B, channels_last);
 }
 
 // The input position a switch names. False when the switch lies outside its window

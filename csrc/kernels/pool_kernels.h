@@ -142,7 +142,6 @@ DK_HD_INLINE int64_t index_to_switch_at(const PoolGeom& g, int64_t oh, int64_t o
 // Threads walk output elements in the output's memory order, so writes coalesce.
 
 // K > 0: a K x K window (the launcher picks K = 2 for DeconvNet's pools); 0: any.
-// `fast`: element numbers fit fast_unravel (the launcher checks).
 template <typename T, int K = 0>
 struct MaxPoolForwardKernel {
   struct Args {
@@ -154,12 +153,11 @@ struct MaxPoolForwardKernel {
     PoolGeom g;
     bool channels_last;
     int64_t total;  // N * C * OH * OW
-    bool fast;
-    FastUnravel un;
+    FastUnravel un;  // usable: element numbers fit fast_unravel
   };
   static DK_HD void run(const ThreadCoord& t, const Args& a) {
     for (int64_t i = t.global_x(); i < a.total; i += t.stride_x()) {
-      const Coord4 o = unravel_with(i, a.fast, a.un, a.C, a.g.OH, a.g.OW, a.channels_last);
+      const Coord4 o = unravel_with(i, a.un, a.C, a.g.OH, a.g.OW, a.channels_last);
       const int64_t yo = offset_of(a.ys, o.n, o.c, o.h, o.w);
       max_pool_window<T, K, K>(
           a.x + o.n * a.xs.n + o.c * a.xs.c, a.xs.h, a.xs.w, a.g, o.h, o.w, a.y + yo,
@@ -211,8 +209,7 @@ struct SwitchScatterWindowsKernel {
     PoolGeom g;
     bool channels_last;
     int64_t total;  // N * C * OH * OW
-    bool fast;
-    FastUnravel un;
+    FastUnravel un;  // usable: element numbers fit fast_unravel
     int32_t* bad;
   };
   static DK_HD void run(const ThreadCoord& t, const Args& a) {
@@ -220,7 +217,7 @@ struct SwitchScatterWindowsKernel {
     const int64_t kh = K > 0 ? K : a.g.kh;
     const int64_t kw = K > 0 ? K : a.g.kw;
     for (int64_t i = t.global_x(); i < a.total; i += t.stride_x()) {
-      const Coord4 o = unravel_with(i, a.fast, a.un, a.C, a.g.OH, a.g.OW, a.channels_last);
+      const Coord4 o = unravel_with(i, a.un, a.C, a.g.OH, a.g.OW, a.channels_last);
       const int64_t sw = a.switches[offset_of(a.ss, o.n, o.c, o.h, o.w)];
       const T raw = a.values[offset_of(a.vs, o.n, o.c, o.h, o.w)];
       const T v = kSum ? static_cast<T>(acc_t(0) + static_cast<acc_t>(raw)) : raw;
@@ -259,12 +256,11 @@ struct SwitchGatherKernel {
     bool channels_last;
     bool only_if_last;
     int64_t total;  // N * C * OH * OW
-    bool fast;
-    FastUnravel un;
+    FastUnravel un;  // usable: element numbers fit fast_unravel
   };
   static DK_HD void run(const ThreadCoord& t, const Args& a) {
     for (int64_t i = t.global_x(); i < a.total; i += t.stride_x()) {
-      const Coord4 o = unravel_with(i, a.fast, a.un, a.C, a.g.OH, a.g.OW, a.channels_last);
+      const Coord4 o = unravel_with(i, a.un, a.C, a.g.OH, a.g.OW, a.channels_last);
       a.out[offset_of(a.os, o.n, o.c, o.h, o.w)] = switch_gather_at<T>(
           a.src + o.n * a.srcs.n + o.c * a.srcs.c, a.srcs.h, a.srcs.w,
           a.switches + o.n * a.ss.n + o.c * a.ss.c, a.ss.h, a.ss.w, a.g, o.h, o.w,
