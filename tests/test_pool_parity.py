@@ -211,6 +211,43 @@ def test_pool_nan_signs_payloads_subnormals(target, dtype, layout):
             assert torch.equal(y.cpu().view(it), picked), f"{what}: the maxima's bits changed"
 
 
+@pytest.mark.parametrize("height", [2, 6, 7, 14])
+def test_pool_bfloat16_nchw_key_paths(target, height):
+    """bfloat16 NCHW 2x2/2 on AVX-512 compares 16-bit integer keys and redoes any step that
+    meets a NaN with the exact widened code. Every path, each with a lone NaN of either sign
+    planted (one step redone, its neighbours not) and with signed-zero ties: rows packed
+    several to a step (OW <= 16, even H), one row a step (odd H, or OW 17..63), two passes
+    (OW >= 64, a negative NaN in the top row that loses its pair there), partial steps."""
+    torch.manual_seed(11)
+    geo = geometry(2)
+    nan_bits = {"+nan": 0x7FC1, "-nan": -0x3F}  # 0xFFC1 as int16
+    # (as in test_pool_nan_signs_payloads_subnormals: at::vec kernels quieten NaN payloads)
+    keeps_bits = target.kind != "cpu" or str(target.isa).startswith("AVX512")
+    keeps_bits = keeps_bits and target.backend is None and HAS_EXT
+    for width in (2, 4, 6, 14, 16, 28, 30, 34, 56, 64, 66, 128, 130, 224):
+        shape = (2, 3, height, width)
+        for kind in ("randn", "zeros", "+nan", "-nan", "-nan-top"):
+            if kind == "zeros":  # +0 and -0 only: every window a tie, decided by position
+                x = torch.where(torch.rand(shape) < 0.5, 0.0, -0.0).to(torch.bfloat16)
+            else:
+                x = torch.randn(shape).to(torch.bfloat16)
+            if kind in nan_bits:
+                flat = x.view(torch.int16).view(-1)
+                flat[torch.randint(0, flat.numel(), (1,))] = nan_bits[kind]
+            if kind == "-nan-top":  # a top-row -NaN beside a larger number
+                x.view(torch.int16)[1, 2, 0, width - 2] = nan_bits["-nan"]
+                x[1, 2, 0, width - 1] = 5.0
+            what = f"bfloat16 {tuple(shape)} {kind}"
+            y, sw = target.pool(x, *geo, False)
+            ey, ei = torch_pool(x, geo, False)
+            _, osw, _ = oracle_pool(x, geo, False)
+            assert_identical(y, ey, f"{what}: y")
+            assert_identical(sw, osw, f"{what}: switches")
+            if keeps_bits:
+                picked = x.view(torch.int16).flatten(-2).gather(-1, ei.flatten(-2))
+                assert torch.equal(y.cpu().view(torch.int16), picked.view(ey.shape)), what
+
+
 @pytest.fixture
 def stream_every_pool():
     """The CPU pool forward streams its outputs whenever its kernel can (threshold 0)."""
