@@ -185,6 +185,23 @@ def _special_values(shape, dtype) -> torch.Tensor:
     return torch.where(torch.rand(shape) < 0.5, special[pick], ints)
 
 
+def _check_pool_keeps_bits(target, x, geo, what) -> None:
+    """Pool ``x`` (no ceil_mode): y equal to F's, switches to the oracle's, and on the
+    AVX-512 and CUDA kernels each maximum's bits unchanged. The at::vec kernels (DEFAULT,
+    AVX2) round-trip 16-bit types through float, which quietens NaNs, as F does."""
+    y, sw = target.pool(x, *geo, False)
+    ey, ei = torch_pool(x, geo, False)
+    _, osw, _ = oracle_pool(x, geo, False)
+    assert_identical(y, ey, f"{what}: y")
+    assert_identical(sw, osw, f"{what}: switches")
+    keeps_bits = target.kind != "cpu" or str(target.isa).startswith("AVX512")
+    if keeps_bits and target.backend is None and HAS_EXT:
+        # (gathered as integers: torch's gather rewrites bfloat16 NaNs)
+        it = _INT_OF[x.dtype]
+        picked = x.view(it).flatten(-2).gather(-1, ei.flatten(-2)).view(ey.shape)
+        assert torch.equal(y.cpu().view(it), picked), f"{what}: the maxima's bits changed"
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 def test_pool_nan_signs_payloads_subnormals(target, dtype, layout):
@@ -195,20 +212,7 @@ def test_pool_nan_signs_payloads_subnormals(target, dtype, layout):
     geo = geometry(2)
     for c in (5, 16, 32, 33, 64, 96, 128, 161):
         x = arrange(_special_values((2, c, 6, 8), dtype), layout)
-        what = f"{dtype} {layout} C={c}"
-        y, sw = target.pool(x, *geo, False)
-        ey, ei = torch_pool(x, geo, False)
-        _, osw, _ = oracle_pool(x, geo, False)
-        assert_identical(y, ey, f"{what}: y")
-        assert_identical(sw, osw, f"{what}: switches")
-        # The AVX-512 and CUDA kernels move the maxima's bits; the at::vec ones (DEFAULT,
-        # AVX2) round-trip 16-bit types through float, which quietens NaNs, as F does.
-        keeps_bits = target.kind != "cpu" or str(target.isa).startswith("AVX512")
-        if keeps_bits and target.backend is None and HAS_EXT:
-            # (gathered as integers: torch's gather rewrites bfloat16 NaNs)
-            it = _INT_OF[dtype]
-            picked = x.view(it).flatten(-2).gather(-1, ei.flatten(-2)).view(ey.shape)
-            assert torch.equal(y.cpu().view(it), picked), f"{what}: the maxima's bits changed"
+        _check_pool_keeps_bits(target, x, geo, f"{dtype} {layout} C={c}")
 
 
 @pytest.mark.parametrize("height", [2, 6, 7, 14])
@@ -221,9 +225,6 @@ def test_pool_bfloat16_nchw_key_paths(target, height):
     torch.manual_seed(11)
     geo = geometry(2)
     nan_bits = {"+nan": 0x7FC1, "-nan": -0x3F}  # 0xFFC1 as int16
-    # (as in test_pool_nan_signs_payloads_subnormals: at::vec kernels quieten NaN payloads)
-    keeps_bits = target.kind != "cpu" or str(target.isa).startswith("AVX512")
-    keeps_bits = keeps_bits and target.backend is None and HAS_EXT
     for width in (2, 4, 6, 14, 16, 28, 30, 34, 56, 64, 66, 128, 130, 224):
         shape = (2, 3, height, width)
         for kind in ("randn", "zeros", "+nan", "-nan", "-nan-top"):
@@ -237,15 +238,7 @@ def test_pool_bfloat16_nchw_key_paths(target, height):
             if kind == "-nan-top":  # a top-row -NaN beside a larger number
                 x.view(torch.int16)[1, 2, 0, width - 2] = nan_bits["-nan"]
                 x[1, 2, 0, width - 1] = 5.0
-            what = f"bfloat16 {tuple(shape)} {kind}"
-            y, sw = target.pool(x, *geo, False)
-            ey, ei = torch_pool(x, geo, False)
-            _, osw, _ = oracle_pool(x, geo, False)
-            assert_identical(y, ey, f"{what}: y")
-            assert_identical(sw, osw, f"{what}: switches")
-            if keeps_bits:
-                picked = x.view(torch.int16).flatten(-2).gather(-1, ei.flatten(-2))
-                assert torch.equal(y.cpu().view(torch.int16), picked.view(ey.shape)), what
+            _check_pool_keeps_bits(target, x, geo, f"bfloat16 {tuple(shape)} {kind}")
 
 
 @pytest.fixture
