@@ -446,15 +446,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.train_parser.set_defaults(**values)
             args = parser.parse_args(argv)  # flags given on the command line win
             args.config = path
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except CliError as e:
         print(f"deconvnet {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        import torch.distributed as dist
+        code = 2
+    # Only ``train`` joins a torchrun process group (and then torch is loaded). An exception
+    # skips this on purpose: see shutdown_distributed.
+    if "torch.distributed" in sys.modules:
+        from .train.distributed import shutdown_distributed
 
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown_distributed(succeeded=code == 0)
+    return code
 
 
 if __name__ == "__main__":

@@ -8,12 +8,13 @@ GPU (or N CPU processes); each calls :func:`init_distributed`, which reads ``RAN
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_distributed", "is_main_process", "rank_and_world"]
+__all__ = ["init_distributed", "is_main_process", "rank_and_world", "shutdown_distributed"]
 
 
 def init_distributed(device: str = "auto") -> torch.device | None:
@@ -51,3 +52,28 @@ def rank_and_world() -> tuple[int, int]:
 def is_main_process() -> bool:
     """Rank 0 (or not distributed): the process that logs and writes checkpoints."""
     return rank_and_world()[0] == 0
+
+
+def shutdown_distributed(*, succeeded: bool) -> None:
+    """Leave the process group at the end of a run (no-op outside one).
+
+    After a run that ``succeeded`` on this rank, every rank first meets at a barrier, so none
+    tears its connections down while another still works on the group (rank 0 writes the
+    checkpoint and plots after the last step, the others had nothing left to do). Then the
+    ``DistributedDataParallel`` wrappers, which sit in reference cycles and hold the group,
+    are collected while the interpreter is whole, and the group is destroyed here rather
+    than during interpreter finalisation. A rare CI failure, ``terminate called without an
+    active exception`` (SIGABRT) in a rank that had finished, came from this teardown; which
+    of the two orderings caused it could not be reproduced on demand, so both are fixed.
+
+    After a failure the barrier would wait on ranks that may never come, and destroying an
+    NCCL group whose peers are inside a collective can hang: the process just exits, and
+    torchrun stops the other ranks.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if not succeeded:
+        return
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
