@@ -60,8 +60,9 @@ def shutdown_distributed(*, succeeded: bool) -> None:
     After a run that ``succeeded`` on this rank, every rank first meets at a barrier, so none
     tears its connections down while another still works on the group (rank 0 writes the
     checkpoint and plots after the last step, the others had nothing left to do). Then the
-    ``DistributedDataParallel`` wrappers, which sit in reference cycles and hold the group,
-    are collected while the interpreter is whole, and the group is destroyed here rather
+    ``DistributedDataParallel`` wrappers, which can sit in reference cycles (after a CLI
+    run one outlived ``cmd_train`` until a collection) and hold the group, are collected
+    while the interpreter is whole, and the group is destroyed here rather
     than during interpreter finalisation. A rare CI failure, ``terminate called without an
     active exception`` (SIGABRT) in a rank that had finished, came from this teardown; which
     of the two orderings caused it could not be reproduced on demand, so both are fixed.
