@@ -170,10 +170,17 @@ def test_unpool_default_output_size_must_be_possible(public_target):
         dk.max_unpool2d_with_switches(y, sw, 2, padding=1)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
 @pytest.mark.parametrize("kind", BAD_SWITCH_KINDS)
-def test_public_bad_switch_values(public_target, kind):
+def test_public_bad_switch_values(public_target, kind, layout):
+    """One bad switch among valid ones is found in every layout (the CPU check reduces a
+    dense tensor, channels_last or permuted, as its flat bytes)."""
     t = public_target
     sw, hw, geo = _bad_switches(kind)
+    if layout == "channels_last":
+        sw = sw.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed":  # dense, neither NCHW nor channels_last
+        sw = sw.transpose(0, 1).contiguous().transpose(0, 1)
     sw = t.put(sw)
     y = t.put(torch.randn(sw.shape))
     with pytest.raises((ValueError, RuntimeError), match=SWITCH):

@@ -221,13 +221,14 @@ def test_pool_bfloat16_nchw_key_paths(target, height):
     meets a NaN with the exact widened code. Every path, each with a lone NaN of either sign
     planted (one step redone, its neighbours not) and with signed-zero ties: rows packed
     several to a step (OW <= 16, even H), one row a step (odd H, or OW 17..63), two passes
-    (OW >= 64, a negative NaN in the top row that loses its pair there), partial steps."""
+    (OW >= 64, a negative NaN in the top row that loses its pair there), partial steps;
+    and two equal +NaNs in one window (PyTorch takes the later, a key compare the first)."""
     torch.manual_seed(11)
     geo = geometry(2)
     nan_bits = {"+nan": 0x7FC1, "-nan": -0x3F}  # 0xFFC1 as int16
     for width in (2, 4, 6, 14, 16, 28, 30, 34, 56, 64, 66, 128, 130, 224):
         shape = (2, 3, height, width)
-        for kind in ("randn", "zeros", "+nan", "-nan", "-nan-top"):
+        for kind in ("randn", "zeros", "+nan", "-nan", "-nan-top", "+nan-pair"):
             if kind == "zeros":  # +0 and -0 only: every window a tie, decided by position
                 x = torch.where(torch.rand(shape) < 0.5, 0.0, -0.0).to(torch.bfloat16)
             else:
@@ -238,7 +239,40 @@ def test_pool_bfloat16_nchw_key_paths(target, height):
             if kind == "-nan-top":  # a top-row -NaN beside a larger number
                 x.view(torch.int16)[1, 2, 0, width - 2] = nan_bits["-nan"]
                 x[1, 2, 0, width - 1] = 5.0
+            if kind == "+nan-pair":  # the window's first and last taps
+                x.view(torch.int16)[0, 1, 0, width - 2] = nan_bits["+nan"]
+                x.view(torch.int16)[0, 1, 1, width - 1] = nan_bits["+nan"]
             _check_pool_keeps_bits(target, x, geo, f"bfloat16 {tuple(shape)} {kind}")
+
+
+@pytest.mark.parametrize("channels", [32, 64, 96, 128, 160, 200])
+def test_pool_bfloat16_channels_last_key_paths(target, channels):
+    """bfloat16 channels_last 2x2/2 on AVX-512 compares 16-bit integer keys over blocks of
+    128, 64 and 32 channels (the last ones masked) and redoes a block that meets a NaN with
+    exact per-lane code. Each block size, with a lone NaN of either sign planted (its block
+    redone, the others not), a -NaN in a window's first tap beside larger numbers (a key
+    compare would drop it), two equal +NaNs in one window (PyTorch takes the later one,
+    a key compare keeps the first), and signed-zero ties (-0 and +0 must tie as floats)."""
+    torch.manual_seed(12)
+    geo = geometry(2)
+    nan_bits = {"+nan": 0x7FC1, "-nan": -0x3F}  # 0xFFC1 as int16
+    shape = (2, channels, 4, 6)
+    for kind in ("randn", "zeros", "+nan", "-nan", "-nan-first", "+nan-pair"):
+        if kind == "zeros":
+            x = torch.where(torch.rand(shape) < 0.5, 0.0, -0.0).to(torch.bfloat16)
+        else:
+            x = torch.randn(shape).to(torch.bfloat16)
+        if kind in nan_bits:
+            flat = x.view(torch.int16).view(-1)
+            flat[torch.randint(0, flat.numel(), (1,))] = nan_bits[kind]
+        if kind == "-nan-first":
+            x[1, channels - 1, 2:4, 2:4] = 5.0
+            x.view(torch.int16)[1, channels - 1, 2, 2] = nan_bits["-nan"]
+        if kind == "+nan-pair":
+            x.view(torch.int16)[0, channels // 2, 0, 2] = nan_bits["+nan"]
+            x.view(torch.int16)[0, channels // 2, 1, 3] = nan_bits["+nan"]
+        x = x.contiguous(memory_format=torch.channels_last)
+        _check_pool_keeps_bits(target, x, geo, f"bfloat16 channels_last {tuple(shape)} {kind}")
 
 
 @pytest.fixture

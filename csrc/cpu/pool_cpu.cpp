@@ -17,13 +17,28 @@ namespace deconvkernels {
 
 using at::Tensor;
 
+namespace {
+
+// The largest switch. A dense tensor, NCHW or channels_last, is reduced as the flat run of
+// bytes it is: torch's max() of a channels_last tensor copies it to NCHW first, which made
+// the check cost more than the unpool it guards (4x512x7x7 switches: 36 us against 3 us
+// flat; 4x64x112x112: 1.1 ms against 22 us).
+int64_t max_switch(const Tensor& switches) {
+  if (switches.is_non_overlapping_and_dense()) {
+    return switches.as_strided({switches.numel()}, {1}).max().item<int64_t>();
+  }
+  return switches.max().item<int64_t>();
+}
+
+}  // namespace
+
 // Every switch must name a position inside its window and inside the input. When no
 // window reaches past the input, that is just "every switch < kh * kw"; otherwise each
 // switch's position is checked with the shared body.
 void validate_switches_cpu(const Tensor& switches4, const PoolGeom& g) {
   if (switches4.numel() == 0) return;
   if (windows_inside_input(g)) {
-    TORCH_CHECK(switches4.max().item<int64_t>() < g.kh * g.kw, kBadSwitchMessage);
+    TORCH_CHECK(max_switch(switches4) < g.kh * g.kw, kBadSwitchMessage);
     return;
   }
   const Strides4 st = strides_of(switches4);

@@ -12,8 +12,8 @@
 //  * 16-bit types are compared as floats (an exact widening); the maximum is one of the
 //    inputs, so it goes back without a rounding conversion and NaN payloads survive bit
 //    for bit (bfloat16: drop the low half again; half: blend the raw 16-bit patterns).
-//    bfloat16 compares 32 lanes at a time as integer keys instead: Bf16Key (channels_last)
-//    and bf16_nchw (NCHW rows, short ones packed several to a step).
+//    bfloat16 compares 32 lanes at a time as integer keys instead (bf16_key): channels_last
+//    pixels (pool_pixel_block_bf16) and bf16_nchw (NCHW rows, short ones packed together).
 //  * Channels_last pixels are read a tap at a time over register blocks of up to 128
 //    channels (pool_pixel_block), so each row is read in address order (see there).
 //  * Outputs of calls too large for the caches go out by streaming stores
@@ -315,74 +315,22 @@ inline void pool_pixel_block(const T* const tap[4], T* y, uint8_t* sw, bool stre
   });
 }
 
-// bfloat16, channels_last: 32 lanes per instruction, compared as 16-bit integer keys instead
-// of widened floats (a third fewer instructions per value; the channels need no
-// deinterleaving, unlike an NCHW row's window columns). One thread, 4x512x28x28: 124 us
-// against 146 us widened (N = 8: 217 against 292 us); still not float32's bytes per second
-// (72% of it there). key() maps the bits to an int16
-// whose signed order is the float order: a negative value's magnitude is negated, so -0 and
-// +0 both become 0 and tie as floats do, and a NaN of either sign keeps its magnitude, above
-// +inf's 0x7F80. With PyTorch's rule (take v when v > max or v is NaN) the NaN lanes are
-// taken through their own mask, and once a NaN is the maximum no number can beat its key.
-struct Bf16Key {
-  __m512i raw, key;
-
-  static __m512i key_of(__m512i b, __mmask32& nan) {
-    const __m512i mag = _mm512_and_si512(b, _mm512_set1_epi16(0x7FFF));
-    nan = _mm512_cmpgt_epi16_mask(mag, _mm512_set1_epi16(0x7F80));
-    const __mmask32 negative = _kandn_mask32(nan, _mm512_movepi16_mask(b));
-    return _mm512_mask_sub_epi16(mag, negative, _mm512_setzero_si512(), mag);
-  }
-
-  Bf16Key() = default;
-  explicit Bf16Key(__m512i first) : raw(first) {
-    __mmask32 nan;
-    key = key_of(first, nan);
-  }
-
-  __mmask32 update(__m512i v) {
-    __mmask32 nan;
-    const __m512i k = key_of(v, nan);
-    const __mmask32 take = _mm512_cmpgt_epi16_mask(k, key) | nan;
-    key = _mm512_mask_mov_epi16(key, take, k);
-    raw = _mm512_mask_mov_epi16(raw, take, v);
-    return take;
-  }
-};
-
-inline void put_bf16x32(void* p, __mmask32 m, __m512i v, bool stream) {
-  if (stream && m == 0xFFFFFFFFu && aligned(p, 64)) {
-    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), v);
-  } else {
-    _mm512_mask_storeu_epi16(p, m, v);
-  }
-}
-
-inline void put_switches32(uint8_t* p, __mmask32 m, __m256i k, bool stream) {
-  if (stream && m == 0xFFFFFFFFu && aligned(p, 32)) {
-    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), k);
-  } else {
-    _mm256_mask_storeu_epi8(p, m, k);
-  }
-}
-
-// bfloat16, NCHW: 32 pooled columns per step, compared as 16-bit integer keys, where
-// pool_row_one_pass widens 16 to float. A step's 64 input values per row are split into
-// even and odd columns by two permutes; each tap then costs a key (3 instructions), a
-// compare and two selects, about what the widened form spends on 16 lanes.
+// bfloat16 compared as 16-bit integer keys, 32 lanes per instruction, where the float
+// kernels widen 16 values to float (a third fewer instructions per value). Used by the
+// channels_last forward (pool_pixel_block_bf16) and the NCHW one (bf16_nchw).
 //  * key = the int16 whose signed order is the float order for numbers: -mag for negative
-//    values, so -0 and +0 tie as floats do. A positive NaN's key lies above +inf's and a
-//    negative NaN's below -inf's, so NaNs would not follow PyTorch's rule (take a NaN, then
-//    keep it). A step that meets one (a window maximum above +inf's key, or an input whose
-//    raw pattern is a negative NaN's) is redone by pool_row_one_pass, which handles them.
-//  * Short rows (14x14 and 28x28 maps: 7 and 14 pooled columns) are packed several to a
-//    step (PackedRows): one row a step left most lanes idle and the per-row work set the
-//    time. 4x512x14x14, 2 threads: 0.063 ms widened, 0.113 ms a row a step in keys, 0.036
-//    ms packed (float32: 0.070 ms).
-//  * Rows of 64+ pooled columns are read in two passes, as in pool_row_two_pass.
-namespace bf16_nchw {
-
-using T = c10::BFloat16;
+//    values, so -0 and +0 tie as floats do (3 instructions).
+//  * PyTorch takes v when v > max or v is NaN: a NaN wins over any number and over an
+//    earlier NaN. On these keys a positive NaN's lies above +inf's, so it wins over numbers
+//    but not over an earlier NaN with an equal or larger key; a negative NaN's lies below
+//    -inf's, so it loses. A block of windows that meets a NaN (a window maximum above
+//    +inf's key, or an input whose raw pattern is a negative NaN's: the running unsigned
+//    maximum of the raw inputs tells, one instruction per tap) is redone by exact code.
+//  * Channels_last handled NaNs lane by lane before (a 5-instruction key that kept a NaN
+//    mask, Bf16NanKey, now the exact redo). Keys plus redo, ms before -> after, 2 threads:
+//    4x128x112x112 0.21 -> 0.17, 4x256x56x56 0.11 -> 0.09, 4x512x28x28 0.065 -> 0.056,
+//    4x512x14x14 0.024 -> 0.022.
+namespace bf16_key {
 
 // sign ? -(b & 0x7FFF) : b, 32 lanes.
 inline __m512i key(__m512i b) {
@@ -414,6 +362,70 @@ struct Best {
     return take;
   }
 };
+
+}  // namespace bf16_key
+
+// The exact per-lane handling of NaNs, for blocks that met one: take v where its key is
+// greater or it is a NaN (PyTorch's rule); a NaN keeps its magnitude as key, above any
+// number's, so once the maximum no number beats it.
+struct Bf16NanKey {
+  __m512i raw, key;
+
+  static __m512i key_of(__m512i b, __mmask32& nan) {
+    const __m512i mag = _mm512_and_si512(b, _mm512_set1_epi16(0x7FFF));
+    nan = _mm512_cmpgt_epi16_mask(mag, _mm512_set1_epi16(0x7F80));
+    const __mmask32 negative = _kandn_mask32(nan, _mm512_movepi16_mask(b));
+    return _mm512_mask_sub_epi16(mag, negative, _mm512_setzero_si512(), mag);
+  }
+
+  Bf16NanKey() = default;
+  explicit Bf16NanKey(__m512i first) : raw(first) {
+    __mmask32 nan;
+    key = key_of(first, nan);
+  }
+
+  __mmask32 update(__m512i v) {
+    __mmask32 nan;
+    const __m512i k = key_of(v, nan);
+    const __mmask32 take = _mm512_cmpgt_epi16_mask(k, key) | nan;
+    key = _mm512_mask_mov_epi16(key, take, k);
+    raw = _mm512_mask_mov_epi16(raw, take, v);
+    return take;
+  }
+};
+
+inline void put_bf16x32(void* p, __mmask32 m, __m512i v, bool stream) {
+  if (stream && m == 0xFFFFFFFFu && aligned(p, 64)) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), v);
+  } else {
+    _mm512_mask_storeu_epi16(p, m, v);
+  }
+}
+
+inline void put_switches32(uint8_t* p, __mmask32 m, __m256i k, bool stream) {
+  if (stream && m == 0xFFFFFFFFu && aligned(p, 32)) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), k);
+  } else {
+    _mm256_mask_storeu_epi8(p, m, k);
+  }
+}
+
+// bfloat16, NCHW: 32 pooled columns per step, compared as bf16_key keys, where
+// pool_row_one_pass widens 16 to float. A step's 64 input values per row are split into
+// even and odd columns by two permutes; each tap then costs a key (3 instructions), a
+// compare and two selects, about what the widened form spends on 16 lanes. A step that
+// meets a NaN is redone by pool_row_one_pass.
+//  * Short rows (14x14 and 28x28 maps: 7 and 14 pooled columns) are packed several to a
+//    step (PackedRows): one row a step left most lanes idle and the per-row work set the
+//    time. 4x512x14x14, 2 threads: 0.063 ms widened, 0.113 ms a row a step in keys, 0.036
+//    ms packed (float32: 0.070 ms).
+//  * Rows of 64+ pooled columns are read in two passes, as in pool_row_two_pass.
+namespace bf16_nchw {
+
+using T = c10::BFloat16;
+
+using bf16_key::Best;
+using bf16_key::met_nan;
 
 // (even, odd) columns of the 64 values lo | hi.
 inline std::pair<__m512i, __m512i> split(__m512i lo, __m512i hi) {
@@ -597,29 +609,50 @@ inline void max_pool_nchw_2x2(const PoolKernelArgs& a) {
 }  // namespace bf16_nchw
 
 // kB x 32 channels of one output pixel (kB = 0: the last C - c < 32 channels, masked), the
-// taps read one after the other as in pool_pixel_block.
-template <int kB>
-inline void pool_pixel_block_bf16(const c10::BFloat16* const tap[4], c10::BFloat16* y,
+// taps read one after the other as in pool_pixel_block. Templated on the running maximum:
+// bf16_key::Best (fast; the caller checks the block for NaNs) or Bf16NanKey (exact).
+// Returns whether the block met a NaN; with bf16_key::Best, it then stores nothing.
+template <typename Key, int kB>
+inline bool pool_pixel_block_bf16(const c10::BFloat16* const tap[4], c10::BFloat16* y,
                                   uint8_t* sw, int64_t n, bool stream) {
+  constexpr bool kFast = std::is_same_v<Key, bf16_key::Best>;
   constexpr int kGroups = kB == 0 ? 1 : kB;
   const __mmask32 m = kB == 0 ? first_lanes32(n) : static_cast<__mmask32>(0xFFFFFFFFu);
-  Bf16Key best[kGroups];
+  Key best[kGroups];
+  __m512i umax[kGroups];
   __m256i k[kGroups];
   unrolled<kGroups>([&](auto b) {
-    best[b] = Bf16Key(_mm512_maskz_loadu_epi16(m, tap[0] + 32 * b));
+    const __m512i first = _mm512_maskz_loadu_epi16(m, tap[0] + 32 * b);
+    best[b] = Key(first);
+    umax[b] = first;
     k[b] = _mm256_setzero_si256();
   });
   unrolled<3>([&](auto t) {
     const __m256i offset = _mm256_set1_epi8(static_cast<char>(t + 1));
     unrolled<kGroups>([&](auto b) {
-      const __mmask32 took = best[b].update(_mm512_maskz_loadu_epi16(m, tap[t + 1] + 32 * b));
-      k[b] = _mm256_mask_mov_epi8(k[b], took, offset);
+      const __m512i v = _mm512_maskz_loadu_epi16(m, tap[t + 1] + 32 * b);
+      if constexpr (kFast) umax[b] = _mm512_max_epu16(umax[b], v);
+      k[b] = _mm256_mask_mov_epi8(k[b], best[b].update(v), offset);
     });
   });
+  if constexpr (kFast) {
+    bool nan = false;
+    unrolled<kGroups>([&](auto b) { nan |= bf16_key::met_nan(umax[b], best[b].k); });
+    if (nan) return true;
+  }
   unrolled<kGroups>([&](auto b) {
     put_bf16x32(y + 32 * b, m, best[b].raw, stream);
     put_switches32(sw + 32 * b, m, k[b], stream);
   });
+  return false;
+}
+
+template <int kB>
+inline void pool_pixel_block_bf16(const c10::BFloat16* const tap[4], c10::BFloat16* y,
+                                  uint8_t* sw, int64_t n, bool stream) {
+  if (pool_pixel_block_bf16<bf16_key::Best, kB>(tap, y, sw, n, stream)) {
+    pool_pixel_block_bf16<Bf16NanKey, kB>(tap, y, sw, n, stream);
+  }
 }
 
 inline void max_pool_nhwc_2x2_bf16(const PoolKernelArgs& a) {
@@ -782,6 +815,134 @@ void scatter_row_pair_2x2(const T* v, const uint8_t* s, T* out0, T* out1, int64_
       }
     }
   }
+}
+
+// NCHW scatter of short rows (W == 2 OW, H == 2 OH, OW <= half the lanes: DeconvNet's
+// 14x14 maps, and 28x28 ones in 16-bit types), by permutes over several pooled rows at
+// once. The pooled values and their output rows are contiguous across rows and planes, so
+// a chunk of `per` pooled rows (up to two vectors of values) maps to 4 x that many outputs
+// by a fixed pattern: output lane l of vector j takes value idx[j][l] when that value's
+// switch equals code[j][l] (its position 2 ky + kx in the window), else zero. Per output
+// vector: a permute of the switches, a compare, a zero-masked permute of the values and a
+// whole-vector store. The row-pair kernel above spends ~20 instructions and two partial
+// stores on each 7-wide pooled row instead.
+template <int kBytes>
+struct PermuteLanes;
+
+template <>
+struct PermuteLanes<2> {
+  static constexpr int kLanes = 32;
+  using Lane = int16_t;
+  using Mask = __mmask32;
+  static Mask lanes(int64_t n) {
+    return n <= 0 ? 0 : first_lanes32(n);
+  }
+  static __m512i load(const void* p, Mask m) {
+    return _mm512_maskz_loadu_epi16(m, p);
+  }
+  static __m512i load_switches(const uint8_t* s, Mask m) {
+    return _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, s));
+  }
+  static __m512i permute(__m512i lo, __m512i idx, __m512i hi) {
+    return _mm512_permutex2var_epi16(lo, idx, hi);
+  }
+  static __m512i permute_or_zero(Mask k, __m512i lo, __m512i idx, __m512i hi) {
+    return _mm512_maskz_permutex2var_epi16(k, lo, idx, hi);
+  }
+  static Mask equal(__m512i a, __m512i b) {
+    return _mm512_cmpeq_epi16_mask(a, b);
+  }
+  static void store(void* p, Mask m, __m512i v) {
+    _mm512_mask_storeu_epi16(p, m, v);
+  }
+};
+
+template <>
+struct PermuteLanes<4> {
+  static constexpr int kLanes = 16;
+  using Lane = int32_t;
+  using Mask = __mmask16;
+  static Mask lanes(int64_t n) {
+    return n <= 0 ? 0 : first_lanes(n);
+  }
+  static __m512i load(const void* p, Mask m) {
+    return _mm512_maskz_loadu_epi32(m, p);
+  }
+  static __m512i load_switches(const uint8_t* s, Mask m) {
+    return _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, s));
+  }
+  static __m512i permute(__m512i lo, __m512i idx, __m512i hi) {
+    return _mm512_permutex2var_epi32(lo, idx, hi);
+  }
+  static __m512i permute_or_zero(Mask k, __m512i lo, __m512i idx, __m512i hi) {
+    return _mm512_maskz_permutex2var_epi32(k, lo, idx, hi);
+  }
+  static Mask equal(__m512i a, __m512i b) {
+    return _mm512_cmpeq_epi32_mask(a, b);
+  }
+  static void store(void* p, Mask m, __m512i v) {
+    _mm512_mask_storeu_epi32(p, m, v);
+  }
+};
+
+// Whether scatter_short_rows_2x2 takes an NCHW scatter with these sizes: rows of up to half
+// a vector, so that a chunk holds 4+ of them. With 1-2 rows a chunk (float32 28x28 and
+// 56x56 maps, bfloat16 56x56) it was no faster than the row-pair kernel, or 5-20% slower.
+template <typename T>
+inline bool short_rows_by_permutes(int64_t H, int64_t W, int64_t OH, int64_t OW) {
+  return kSupported<T> && H == 2 * OH && W == 2 * OW && OW <= PermuteLanes<sizeof(T)>::kLanes / 2;
+}
+
+// rows pooled rows of OW values (v, sw) to rows x 2 output rows of 2 OW values (out).
+template <typename T>
+void scatter_short_rows_2x2(const T* v, const uint8_t* sw, T* out, int64_t rows, int64_t OW) {
+  using P = PermuteLanes<sizeof(T)>;
+  constexpr int L = P::kLanes;
+  constexpr int kMaxVectors = 8;  // 4 outputs for each of up to 2L values
+  const int64_t W = 2 * OW;
+  // Pooled rows per chunk: as many as two vectors hold, fewer if that makes every store a
+  // whole vector (the next chunk then starts on a vector boundary too).
+  int64_t per = 2 * L / OW;
+  for (int64_t p = per; p >= 1; --p) {
+    if (4 * p * OW % L == 0) {
+      per = p;
+      break;
+    }
+  }
+  const int64_t chunk_out = 4 * per * OW;
+  const int vectors = static_cast<int>((chunk_out + L - 1) / L);
+  alignas(64) typename P::Lane idx_lanes[kMaxVectors][L];
+  alignas(64) typename P::Lane code_lanes[kMaxVectors][L];
+  for (int j = 0; j < vectors; ++j) {
+    for (int l = 0; l < L; ++l) {
+      const int64_t o = int64_t{j} * L + l;  // output offset in the chunk
+      const int64_t r = o / (2 * W), ky = o % (2 * W) / W, ox = o % W;
+      idx_lanes[j][l] = static_cast<typename P::Lane>(o < chunk_out ? r * OW + ox / 2 : 0);
+      code_lanes[j][l] = static_cast<typename P::Lane>(o < chunk_out ? 2 * ky + ox % 2 : -1);
+    }
+  }
+  __m512i idx[kMaxVectors], code[kMaxVectors];
+  for (int j = 0; j < vectors; ++j) {
+    idx[j] = _mm512_load_si512(idx_lanes[j]);
+    code[j] = _mm512_load_si512(code_lanes[j]);
+  }
+  const int64_t chunks = (rows + per - 1) / per;
+  at::parallel_for(0, chunks, grain_for(chunk_out), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t first_row = c * per;
+      const int64_t n_in = std::min(per, rows - first_row) * OW, n_out = 4 * n_in;
+      const T* vc = v + first_row * OW;
+      const uint8_t* sc = sw + first_row * OW;
+      T* oc = out + first_row * 2 * W;
+      const typename P::Mask lo = P::lanes(n_in), hi = P::lanes(n_in - L);
+      const __m512i v_lo = P::load(vc, lo), v_hi = P::load(vc + L, hi);
+      const __m512i s_lo = P::load_switches(sc, lo), s_hi = P::load_switches(sc + L, hi);
+      for (int j = 0; j < vectors && j * L < n_out; ++j) {
+        const typename P::Mask hit = P::equal(P::permute(s_lo, idx[j], s_hi), code[j]);
+        P::store(oc + j * L, P::lanes(n_out - j * L), P::permute_or_zero(hit, v_lo, idx[j], v_hi));
+      }
+    }
+  });
 }
 
 // One pooled pixel's channels to its 2x2 block (dst: the four positions in raster order);

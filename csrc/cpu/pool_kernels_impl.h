@@ -271,6 +271,13 @@ void scatter_nchw_2x2(const PoolKernelArgs& a) {
   T* out = static_cast<T*>(a.out);
   const uint8_t* sw = a.switches;
   const int64_t pooled_rows = a.N * a.C * g.OH;
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (avx512_pool::kSupported<T>) {
+    if (avx512_pool::short_rows_by_permutes<T>(g.H, g.W, g.OH, g.OW)) {
+      return avx512_pool::scatter_short_rows_2x2(v, sw, out, pooled_rows, g.OW);
+    }
+  }
+#endif
   at::parallel_for(0, pooled_rows, grain_for(2 * g.W), [&](int64_t begin, int64_t end) {
     CountedIndex row(begin, g.OH);  // (plane, oh)
     for (int64_t r = begin; r < end; ++r, row.next()) {
