@@ -194,6 +194,24 @@ def test_public_bad_switch_values(public_target, kind, layout):
         dk.max_unpool2d_with_switches(yr, sw, *geo, output_size=hw).sum().backward()
 
 
+@pytest.mark.parametrize("where", ["first", "last"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_bad_switch_found_in_a_large_tensor(public_target, layout, where):
+    """The CPU check scans a dense tensor's bytes in parallel chunks of 256 KiB: one bad
+    switch at either end of a 512 KiB tensor is found."""
+    t = public_target
+    sw = torch.randint(0, 4, (2, 64, 64, 64), dtype=torch.uint8)
+    if layout == "channels_last":
+        sw = sw.contiguous(memory_format=torch.channels_last)
+    flat = sw.permute(0, 2, 3, 1) if layout == "channels_last" else sw
+    flat.reshape(-1)[0 if where == "first" else -1] = 4  # a view: sw changes
+    assert int(sw.max()) == 4
+    sw = t.put(sw)
+    y = t.put(torch.randn(sw.shape))
+    with pytest.raises((ValueError, RuntimeError), match=SWITCH):
+        dk.max_unpool2d_with_switches(y, sw, 2)
+
+
 def test_switches_to_indices_bad_arguments(public_target):
     t = public_target
     _, _, sw, _, geo = _valid()
