@@ -83,16 +83,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32,bfloat16")
     p.add_argument("--repeats", type=int, default=4, help="timed steps per backend and dtype")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--channels-last", action="store_true",
+                   help="model and input in channels_last (as `deconvnet train --channels-last`)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     torch.manual_seed(0)
-    model = DeconvNet(args.classes, width=args.width, input_size=args.size).to(device)
-    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    model = DeconvNet(args.classes, width=args.width, input_size=args.size)
+    model = model.to(device=device, memory_format=fmt)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(
+        memory_format=fmt)
     target = torch.randint(0, args.classes, (args.batch, args.size, args.size), device=device)
     n_params = sum(q.numel() for q in model.parameters())
+    layout = "channels_last" if args.channels_last else "NCHW"
     print(f"DeconvNet width {args.width}, {n_params / 1e6:.1f}M parameters, batch {args.batch} "
-          f"x {args.size}x{args.size}, {device}, {torch.get_num_threads()} threads")
+          f"x {args.size}x{args.size}, {layout}, {device}, {torch.get_num_threads()} threads")
     print("| dtype | step, extension (s) | step, reference (s) | reference/extension "
           "| saved, extension (MB) | saved, reference (MB) | extension/reference |")
     print("|---|---|---|---|---|---|---|")
