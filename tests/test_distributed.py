@@ -22,8 +22,9 @@ def test_two_processes_match_one_with_accumulation(tmp_path):
     the two ranks' gradients as accumulation does, so the weights agree to float rounding.
     (BN running statistics differ by design: each rank keeps its own, rank 0's are saved.)"""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    # --tee 3: each rank's lines come prefixed with its rank, so a failure says whose it was
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "deconvkernels.train", *COMMON, "--accumulate", "1",
+           "--tee", "3", "-m", "deconvkernels.train", *COMMON, "--accumulate", "1",
            "--out", str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
