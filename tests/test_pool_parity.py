@@ -215,6 +215,29 @@ def test_pool_nan_signs_payloads_subnormals(target, dtype, layout):
         _check_pool_keeps_bits(target, x, geo, f"{dtype} {layout} C={c}")
 
 
+_NAN_BITS = {"+nan": 0x7FC1, "-nan": -0x3F}  # bfloat16 NaNs as int16 (0xFFC1 for -0x3F)
+
+
+def _bfloat16_key_input(shape, kind: str) -> torch.Tensor:
+    """Input of the bfloat16 key-path tests: "zeros" holds +0 and -0 only (every window a
+    tie, decided by position); every other kind is randn, with one NaN of the named sign
+    ("+nan", "-nan") planted at a random place."""
+    if kind == "zeros":
+        return torch.where(torch.rand(shape) < 0.5, 0.0, -0.0).to(torch.bfloat16)
+    x = torch.randn(shape).to(torch.bfloat16)
+    if kind in _NAN_BITS:
+        flat = x.view(torch.int16).view(-1)
+        flat[torch.randint(0, flat.numel(), (1,))] = _NAN_BITS[kind]
+    return x
+
+
+def _plant_nan_pair(x: torch.Tensor, n: int, c: int, w: int) -> None:
+    """Equal +NaNs at the first and last taps of the 2x2 window on rows 0-1, columns w and
+    w + 1 (PyTorch takes the later one, a key compare keeps the first)."""
+    x.view(torch.int16)[n, c, 0, w] = _NAN_BITS["+nan"]
+    x.view(torch.int16)[n, c, 1, w + 1] = _NAN_BITS["+nan"]
+
+
 @pytest.mark.parametrize("height", [2, 6, 7, 14])
 def test_pool_bfloat16_nchw_key_paths(target, height):
     """bfloat16 NCHW 2x2/2 on AVX-512 compares 16-bit integer keys and redoes any step that
@@ -225,23 +248,15 @@ def test_pool_bfloat16_nchw_key_paths(target, height):
     and two equal +NaNs in one window (PyTorch takes the later, a key compare the first)."""
     torch.manual_seed(11)
     geo = geometry(2)
-    nan_bits = {"+nan": 0x7FC1, "-nan": -0x3F}  # 0xFFC1 as int16
     for width in (2, 4, 6, 14, 16, 28, 30, 34, 56, 64, 66, 128, 130, 224):
         shape = (2, 3, height, width)
         for kind in ("randn", "zeros", "+nan", "-nan", "-nan-top", "+nan-pair"):
-            if kind == "zeros":  # +0 and -0 only: every window a tie, decided by position
-                x = torch.where(torch.rand(shape) < 0.5, 0.0, -0.0).to(torch.bfloat16)
-            else:
-                x = torch.randn(shape).to(torch.bfloat16)
-            if kind in nan_bits:
-                flat = x.view(torch.int16).view(-1)
-                flat[torch.randint(0, flat.numel(), (1,))] = nan_bits[kind]
+            x = _bfloat16_key_input(shape, kind)
             if kind == "-nan-top":  # a top-row -NaN beside a larger number
-                x.view(torch.int16)[1, 2, 0, width - 2] = nan_bits["-nan"]
+                x.view(torch.int16)[1, 2, 0, width - 2] = _NAN_BITS["-nan"]
                 x[1, 2, 0, width - 1] = 5.0
-            if kind == "+nan-pair":  # the window's first and last taps
-                x.view(torch.int16)[0, 1, 0, width - 2] = nan_bits["+nan"]
-                x.view(torch.int16)[0, 1, 1, width - 1] = nan_bits["+nan"]
+            if kind == "+nan-pair":  # the last window of a row
+                _plant_nan_pair(x, 0, 1, width - 2)
             _check_pool_keeps_bits(target, x, geo, f"bfloat16 {tuple(shape)} {kind}")
 
 
@@ -255,22 +270,14 @@ def test_pool_bfloat16_channels_last_key_paths(target, channels):
     a key compare keeps the first), and signed-zero ties (-0 and +0 must tie as floats)."""
     torch.manual_seed(12)
     geo = geometry(2)
-    nan_bits = {"+nan": 0x7FC1, "-nan": -0x3F}  # 0xFFC1 as int16
     shape = (2, channels, 4, 6)
     for kind in ("randn", "zeros", "+nan", "-nan", "-nan-first", "+nan-pair"):
-        if kind == "zeros":
-            x = torch.where(torch.rand(shape) < 0.5, 0.0, -0.0).to(torch.bfloat16)
-        else:
-            x = torch.randn(shape).to(torch.bfloat16)
-        if kind in nan_bits:
-            flat = x.view(torch.int16).view(-1)
-            flat[torch.randint(0, flat.numel(), (1,))] = nan_bits[kind]
+        x = _bfloat16_key_input(shape, kind)
         if kind == "-nan-first":
             x[1, channels - 1, 2:4, 2:4] = 5.0
-            x.view(torch.int16)[1, channels - 1, 2, 2] = nan_bits["-nan"]
+            x.view(torch.int16)[1, channels - 1, 2, 2] = _NAN_BITS["-nan"]
         if kind == "+nan-pair":
-            x.view(torch.int16)[0, channels // 2, 0, 2] = nan_bits["+nan"]
-            x.view(torch.int16)[0, channels // 2, 1, 3] = nan_bits["+nan"]
+            _plant_nan_pair(x, 0, channels // 2, 2)
         x = x.contiguous(memory_format=torch.channels_last)
         _check_pool_keeps_bits(target, x, geo, f"bfloat16 channels_last {tuple(shape)} {kind}")
 
