@@ -99,6 +99,13 @@ std::tuple<Tensor, Tensor> max_pool2d_with_switches(
   return {unbatch_like(p.out, p.original), unbatch_like(p.out_switches, p.original)};
 }
 
+template <typename T>
+ScatterOperands<T> scatter_operands(const PoolPlan& p) {
+  return {p.in.const_data_ptr<T>(), p.switches.const_data_ptr<uint8_t>(),
+          p.out.mutable_data_ptr<T>(), strides_of(p.in), strides_of(p.switches),
+          strides_of(p.out), p.out.size(1), p.g, p.channels_last};
+}
+
 // Windows that do not overlap: one thread per window writes it whole, and checks its
 // switch on the way (SwitchScatterWindowsKernel).
 template <class Exec, bool kSum>
@@ -117,10 +124,7 @@ void scatter_windows(const PoolPlan& p) {
         with_window_size(g, [&](auto k) {
           using K = SwitchScatterWindowsKernel<scalar_t, kSum, decltype(k)::value>;
           typename K::Args a{
-              p.in.const_data_ptr<scalar_t>(), p.switches.const_data_ptr<uint8_t>(),
-              p.out.mutable_data_ptr<scalar_t>(), strides_of(p.in), strides_of(p.switches),
-              strides_of(p.out), p.out.size(1), g, p.channels_last, total, un,
-              bad.mutable_data_ptr<int32_t>()};
+              {scatter_operands<scalar_t>(p)}, total, un, bad.mutable_data_ptr<int32_t>()};
           launch_elementwise<Exec, K>(total, a);
         });
       });
@@ -139,10 +143,7 @@ Tensor scatter(const PoolPlan& p) {
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, p.in.scalar_type(), "switch_scatter", [&] {
         using K = SwitchScatterKernel<scalar_t, kSum>;
-        typename K::Args a{
-            p.in.const_data_ptr<scalar_t>(), p.switches.const_data_ptr<uint8_t>(),
-            p.out.mutable_data_ptr<scalar_t>(), strides_of(p.in), strides_of(p.switches),
-            strides_of(p.out), p.out.size(1), p.g, p.channels_last, p.out.numel()};
+        typename K::Args a{{scatter_operands<scalar_t>(p)}, p.out.numel()};
         launch_elementwise<Exec, K>(a.total, a);
       });
   return unbatch_like(p.out, p.original);

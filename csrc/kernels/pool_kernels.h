@@ -166,18 +166,24 @@ struct MaxPoolForwardKernel {
   }
 };
 
+// What the two switch scatters below read and write: pooled values and their switches,
+// and the unpooled tensor.
+template <typename T>
+struct ScatterOperands {
+  const T* values;
+  const uint8_t* switches;
+  T* out;
+  Strides4 vs, ss, os;
+  int64_t C;
+  PoolGeom g;
+  bool channels_last;
+};
+
 // Pooled values -> unpooled tensor through the switches: the max-pool backward (kSum)
 // and the unpool forward (last window wins).
 template <typename T, bool kSum>
 struct SwitchScatterKernel {
-  struct Args {
-    const T* values;
-    const uint8_t* switches;
-    T* out;
-    Strides4 vs, ss, os;
-    int64_t C;
-    PoolGeom g;
-    bool channels_last;
+  struct Args : ScatterOperands<T> {
     int64_t total;  // N * C * H * W
   };
   static DK_HD void run(const ThreadCoord& t, const Args& a) {
@@ -200,14 +206,7 @@ struct SwitchScatterKernel {
 // written as zeros).
 template <typename T, bool kSum, int K = 0>
 struct SwitchScatterWindowsKernel {
-  struct Args {
-    const T* values;
-    const uint8_t* switches;
-    T* out;
-    Strides4 vs, ss, os;
-    int64_t C;
-    PoolGeom g;
-    bool channels_last;
+  struct Args : ScatterOperands<T> {
     int64_t total;  // N * C * OH * OW
     FastUnravel un;  // usable: element numbers fit fast_unravel
     int32_t* bad;
