@@ -242,21 +242,27 @@ def _plant_nan_pair(x: torch.Tensor, n: int, c: int, w: int) -> None:
 def test_pool_bfloat16_nchw_key_paths(target, height):
     """bfloat16 NCHW 2x2/2 on AVX-512 compares 16-bit integer keys and redoes any step that
     meets a NaN with the exact widened code. Every path, each with a lone NaN of either sign
-    planted (one step redone, its neighbours not) and with signed-zero ties: rows packed
-    several to a step (OW <= 16, even H), one row a step (odd H, or OW 17..63), two passes
-    (OW >= 64, a negative NaN in the top row that loses its pair there), partial steps;
-    and two equal +NaNs in one window (PyTorch takes the later, a key compare the first)."""
+    planted (one step redone, its neighbours not) and with signed-zero ties: flat runs of
+    rows (even H, OW < 64: steps of 32 outputs that span rows, whole periods of steps, then
+    the rows left over), one row a step (odd H), two passes (OW >= 64, a negative NaN in the
+    top row that loses its pair there), partial steps; NaNs at the start of pooled row 1 (a
+    redone step that spans two rows); and two equal +NaNs in one window (PyTorch takes the
+    later, a key compare the first)."""
     torch.manual_seed(11)
     geo = geometry(2)
-    for width in (2, 4, 6, 14, 16, 28, 30, 34, 56, 64, 66, 128, 130, 224):
-        shape = (2, 3, height, width)
-        for kind in ("randn", "zeros", "+nan", "-nan", "-nan-top", "+nan-pair"):
+    for width in (2, 4, 6, 14, 16, 22, 28, 30, 34, 56, 64, 66, 128, 130, 224):
+        shape = (2, 6, height, width)
+        for kind in ("randn", "zeros", "+nan", "-nan", "-nan-top", "+nan-pair", "nan-row-1"):
             x = _bfloat16_key_input(shape, kind)
             if kind == "-nan-top":  # a top-row -NaN beside a larger number
                 x.view(torch.int16)[1, 2, 0, width - 2] = _NAN_BITS["-nan"]
                 x[1, 2, 0, width - 1] = 5.0
             if kind == "+nan-pair":  # the last window of a row
                 _plant_nan_pair(x, 0, 1, width - 2)
+            if kind == "nan-row-1":  # the first window of pooled row 1 (of all planes)
+                plane, oh = divmod(1, height // 2)
+                x.view(torch.int16)[0, plane, 2 * oh, 0] = _NAN_BITS["+nan"]
+                x.view(torch.int16)[0, plane, 2 * oh + 1, 1] = _NAN_BITS["-nan"]
             _check_pool_keeps_bits(target, x, geo, f"bfloat16 {tuple(shape)} {kind}")
 
 
@@ -299,14 +305,21 @@ def test_pool_streaming_stores(stream_every_pool, dtype, layout):
     """Streamed outputs (taken by large calls: csrc/cpu/streaming_stores.h) hold the same bits.
 
     Shapes where every store can stream (pooled rows / channels in 16s: one- and two-pass
-    NCHW rows, whole-vector channel blocks) and where none can (the kernel must fall back).
+    NCHW rows, whole-vector channel blocks), where rows start half way into a vector every
+    other row and end in half a vector (pooled rows of 8k / 16k columns: 24, 40, 56, 112;
+    odd heights keep bfloat16 on its row kernels), and where none can (the kernel must fall
+    back).
     """
     from deconvkernels import _C
 
     geo = geometry(2)
-    for n, c, h, w in [(2, 32, 8, 64), (3, 16, 10, 32), (1, 48, 6, 10), (1, 17, 4, 34)]:
-        x = arrange(make_values((n, c, h, w), dtype, "special"), layout)
-        what = f"{dtype} {layout} {tuple(x.shape)}"
+    shapes = [(2, 32, 8, 64), (3, 16, 10, 32), (1, 48, 6, 10), (1, 17, 4, 34)]
+    shapes += [(1, 3, 6, 112), (2, 5, 9, 224), (1, 3, 4, 48), (2, 3, 5, 80), (1, 2, 3, 96)]
+    # randn as well as special values: a bfloat16 step that meets a NaN is redone by the
+    # exact kernel, which does not stream, so NaN-dense inputs alone miss the streamed path.
+    for (n, c, h, w), kind in itertools.product(shapes, ("special", "randn")):
+        x = arrange(make_values((n, c, h, w), dtype, kind), layout)
+        what = f"{dtype} {layout} {tuple(x.shape)} {kind}"
         y, sw = dk.max_pool2d_with_switches(x, 2)
         ey, _ = torch_pool(x, geo, False)
         _, osw, _ = oracle_pool(x, geo, False)

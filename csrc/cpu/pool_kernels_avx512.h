@@ -13,7 +13,7 @@
 //    inputs, so it goes back without a rounding conversion and NaN payloads survive bit
 //    for bit (bfloat16: drop the low half again; half: blend the raw 16-bit patterns).
 //    bfloat16 compares 32 lanes at a time as integer keys instead (bf16_key): channels_last
-//    pixels (pool_pixel_block_bf16) and bf16_nchw (NCHW rows, short ones packed together).
+//    pixels (pool_pixel_block_bf16) and bf16_nchw (NCHW rows, short ones run flat).
 //  * Channels_last pixels are read a tap at a time over register blocks of up to 128
 //    channels (pool_pixel_block), so each row is read in address order (see there).
 //  * Outputs of calls too large for the caches go out by streaming stores
@@ -57,6 +57,12 @@ inline void unrolled(F&& f) {
   unrolled_impl(f, std::make_integer_sequence<int, N>{});
 }
 
+// Streams half `half` (0: low, 1: high) of v to p, 16-byte aligned.
+inline void stream_half_of(void* p, __m256i v, int half) {
+  _mm_stream_si128(reinterpret_cast<__m128i*>(p),
+                   half == 0 ? _mm256_castsi256_si128(v) : _mm256_extracti128_si256(v, 1));
+}
+
 // 16 lanes of T: Raw holds the values as stored, to_float widens them for comparisons.
 template <typename T>
 struct Lanes16;
@@ -72,6 +78,9 @@ struct Lanes16<float> {
   }
   static void stream(float* p, Raw v) {  // p 64-byte aligned
     _mm512_stream_ps(p, v);
+  }
+  static void stream_half(float* p, Raw v, int half) {  // p 32-byte aligned
+    _mm256_stream_ps(p, half == 0 ? _mm512_castps512_ps256(v) : _mm512_extractf32x8_ps(v, 1));
   }
   static __m512 to_float(Raw v) {
     return v;
@@ -102,6 +111,9 @@ struct Lanes16<c10::Half> {
   }
   static void stream(c10::Half* p, Raw v) {  // p 32-byte aligned
     _mm256_stream_si256(reinterpret_cast<__m256i*>(p), v);
+  }
+  static void stream_half(c10::Half* p, Raw v, int half) {  // p 16-byte aligned
+    stream_half_of(p, v, half);
   }
   static Raw select(Raw keep, __mmask16 take, Raw v) {
     return _mm256_mask_mov_epi16(keep, take, v);
@@ -135,6 +147,9 @@ struct Lanes16<c10::BFloat16> {
   }
   static void stream(c10::BFloat16* p, Raw v) {  // p 32-byte aligned
     _mm256_stream_si256(reinterpret_cast<__m256i*>(p), narrow(v));
+  }
+  static void stream_half(c10::BFloat16* p, Raw v, int half) {  // p 16-byte aligned
+    stream_half_of(p, narrow(v), half);
   }
   static __m512 to_float(Raw v) {
     return v;
@@ -188,13 +203,24 @@ inline __m128i switches_from(__mmask16 took1, __mmask16 took2, __mmask16 took3) 
 }
 
 // Stores that may stream (see csrc/cpu/streaming_stores.h). The kernels ask for streaming
-// only when every store of theirs is a whole vector at an aligned address; the test here
-// keeps a partial or unaligned vector on the masked store all the same. `stream` never
-// changes what is written, only how.
+// only when every store of theirs is a whole vector at an address aligned to its size, or
+// a whole vector or its first half at an address aligned to half a vector. Rows of 8k (not
+// 16k) pooled columns (56 at 112x112) start half way into a vector every other row and end
+// in a half vector: the halves of a line then come from consecutive stores, and
+// write-combining still sends the line to memory whole. (A line written partly by streaming
+// and partly by normal stores is slower than no streaming at all: 4x64x224x224 bfloat16, 2.0
+// ms against 0.95.) The tests here keep any other store on the masked store all the same;
+// `stream` never changes what is written, only how.
+inline bool whole_or_first_half(__mmask16 m) { return m == 0xFFFF || m == 0xFF; }
+inline bool whole_or_first_half(__mmask32 m) { return m == 0xFFFFFFFFu || m == 0xFFFFu; }
+
 template <typename T>
 inline void put(T* p, __mmask16 m, typename Lanes16<T>::Raw v, bool stream) {
   if (stream && m == 0xFFFF && aligned(p, 16 * sizeof(T))) {
     Lanes16<T>::stream(p, v);
+  } else if (stream && whole_or_first_half(m) && aligned(p, 8 * sizeof(T))) {
+    Lanes16<T>::stream_half(p, v, 0);
+    if (m == 0xFFFF) Lanes16<T>::stream_half(p + 8, v, 1);
   } else {
     Lanes16<T>::store(p, m, v);
   }
@@ -203,6 +229,9 @@ inline void put(T* p, __mmask16 m, typename Lanes16<T>::Raw v, bool stream) {
 inline void put_switches(uint8_t* p, __mmask16 m, __m128i k, bool stream) {
   if (stream && m == 0xFFFF && aligned(p, 16)) {
     _mm_stream_si128(reinterpret_cast<__m128i*>(p), k);
+  } else if (stream && whole_or_first_half(m) && aligned(p, 8)) {
+    _mm_stream_si64(reinterpret_cast<long long*>(p), _mm_cvtsi128_si64(k));
+    if (m == 0xFFFF) _mm_stream_si64(reinterpret_cast<long long*>(p + 8), _mm_extract_epi64(k, 1));
   } else {
     _mm_mask_storeu_epi8(p, m, k);
   }
@@ -270,9 +299,9 @@ void max_pool_nchw_2x2(const PoolKernelArgs& a) {
   T* y = static_cast<T*>(a.out);
   uint8_t* sw = a.out_switches;
   const bool two_pass = g.OW >= 32;
-  // Streamed only if every store is a whole vector at an aligned address (rows of 16k
-  // pooled columns): a line written partly by streaming and partly by normal stores is slow.
-  const bool stream = a.stream_outputs && g.OW % 16 == 0 && aligned(y, 64) && aligned(sw, 16);
+  // Streamed only if every store is a whole vector or half of one, aligned to its size
+  // (rows of 8k pooled columns; see put).
+  const bool stream = a.stream_outputs && g.OW % 8 == 0 && aligned(y, 64) && aligned(sw, 16);
   const int64_t rows = a.N * a.C * g.OH;
   at::parallel_for(0, rows, grain_for(g.OW * 4), [&](int64_t begin, int64_t end) {
     CountedIndex row(begin, g.OH);  // (plane, oh)
@@ -332,12 +361,19 @@ inline void pool_pixel_block(const T* const tap[4], T* y, uint8_t* sw, bool stre
 //    4x512x14x14 0.024 -> 0.022.
 namespace bf16_key {
 
-// sign ? -(b & 0x7FFF) : b, 32 lanes.
+// sign ? -(b & 0x7FFF) : b, 32 lanes, in vector registers only.
 inline __m512i key(__m512i b) {
   const __m512i sign = _mm512_srai_epi16(b, 15);
   // (b & 0x7FFF) ^ sign (ternary-logic table 0x6C), minus sign: the two's complement.
   const __m512i flipped = _mm512_ternarylogic_epi32(b, sign, _mm512_set1_epi16(0x7FFF), 0x6C);
   return _mm512_sub_epi16(flipped, sign);
+}
+
+// The same key in two instructions, one of which writes a mask register: for a negative b,
+// 0x8000 - b is -(b - 0x8000) modulo 2^16.
+inline __m512i key_by_mask(__m512i b) {
+  return _mm512_mask_sub_epi16(b, _mm512_movepi16_mask(b),
+                               _mm512_set1_epi16(static_cast<short>(0x8000)), b);
 }
 
 // Whether inputs whose raw patterns have this unsigned maximum, and windows with these
@@ -347,21 +383,31 @@ inline bool met_nan(__m512i raw_umax, __m512i best_key) {
           _mm512_cmpgt_epi16_mask(best_key, _mm512_set1_epi16(0x7F80))) != 0;
 }
 
-// The running max of 32 windows: raw patterns and keys.
-struct Best {
+// The running max of 32 windows: raw patterns and keys. Two forms of the same values; which
+// is faster depends on the caller's register pressure (measured, 2 threads, bfloat16):
+//  * Best: `key`, and the maximum key by a masked move. The channels_last blocks (4 groups
+//    of 32 channels: 12 take masks live) ran 6-10% slower with RowBest's form.
+//  * RowBest: `key_by_mask`, and the maximum key by vpmaxsw, which does not wait for the
+//    compare. NCHW rows (one group) ran 4-15% faster with it: 4x256x56x56 0.121 -> 0.116 ms,
+//    4x512x28x28 0.077 -> 0.074, 4x128x112x112 0.237 -> 0.226.
+template <bool kByMask>
+struct BestOf {
   __m512i raw, k;
-  Best() = default;
-  explicit Best(__m512i first) : raw(first), k(key(first)) {}
-  Best(__m512i raw_, __m512i key_) : raw(raw_), k(key_) {}
+  static __m512i key_of(__m512i b) { return kByMask ? key_by_mask(b) : key(b); }
+  BestOf() = default;
+  explicit BestOf(__m512i first) : raw(first), k(key_of(first)) {}
+  BestOf(__m512i raw_, __m512i key_) : raw(raw_), k(key_) {}
   // Take v where its key is greater (no NaN in sight). Returns the lanes that took v.
   __mmask32 update(__m512i v) {
-    const __m512i kv = key(v);
+    const __m512i kv = key_of(v);
     const __mmask32 take = _mm512_cmpgt_epi16_mask(kv, k);
-    k = _mm512_mask_mov_epi16(k, take, kv);
+    k = kByMask ? _mm512_max_epi16(k, kv) : _mm512_mask_mov_epi16(k, take, kv);
     raw = _mm512_mask_mov_epi16(raw, take, v);
     return take;
   }
 };
+using Best = BestOf<false>;
+using RowBest = BestOf<true>;
 
 }  // namespace bf16_key
 
@@ -394,9 +440,14 @@ struct Bf16NanKey {
   }
 };
 
+// As put / put_switches, 32 lanes.
 inline void put_bf16x32(void* p, __mmask32 m, __m512i v, bool stream) {
   if (stream && m == 0xFFFFFFFFu && aligned(p, 64)) {
     _mm512_stream_si512(reinterpret_cast<__m512i*>(p), v);
+  } else if (stream && whole_or_first_half(m) && aligned(p, 32)) {
+    auto* q = reinterpret_cast<__m256i*>(p);
+    _mm256_stream_si256(q, _mm512_castsi512_si256(v));
+    if (m == 0xFFFFFFFFu) _mm256_stream_si256(q + 1, _mm512_extracti64x4_epi64(v, 1));
   } else {
     _mm512_mask_storeu_epi16(p, m, v);
   }
@@ -405,6 +456,10 @@ inline void put_bf16x32(void* p, __mmask32 m, __m512i v, bool stream) {
 inline void put_switches32(uint8_t* p, __mmask32 m, __m256i k, bool stream) {
   if (stream && m == 0xFFFFFFFFu && aligned(p, 32)) {
     _mm256_stream_si256(reinterpret_cast<__m256i*>(p), k);
+  } else if (stream && whole_or_first_half(m) && aligned(p, 16)) {
+    auto* q = reinterpret_cast<__m128i*>(p);
+    _mm_stream_si128(q, _mm256_castsi256_si128(k));
+    if (m == 0xFFFFFFFFu) _mm_stream_si128(q + 1, _mm256_extracti128_si256(k, 1));
   } else {
     _mm256_mask_storeu_epi8(p, m, k);
   }
@@ -412,19 +467,20 @@ inline void put_switches32(uint8_t* p, __mmask32 m, __m256i k, bool stream) {
 
 // bfloat16, NCHW: 32 pooled columns per step, compared as bf16_key keys, where
 // pool_row_one_pass widens 16 to float. A step's 64 input values per row are split into
-// even and odd columns by two permutes; each tap then costs a key (3 instructions), a
-// compare and two selects, about what the widened form spends on 16 lanes. A step that
+// even and odd columns by two permutes; each tap then costs a key (2 instructions), a
+// compare, a max and a select, about what the widened form spends on 16 lanes. A step that
 // meets a NaN is redone by pool_row_one_pass.
-//  * Short rows (14x14 and 28x28 maps: 7 and 14 pooled columns) are packed several to a
-//    step (PackedRows): one row a step left most lanes idle and the per-row work set the
-//    time. 4x512x14x14, 2 threads: 0.063 ms widened, 0.113 ms a row a step in keys, 0.036
-//    ms packed (float32: 0.070 ms).
+//  * Rows shorter than 64 pooled columns, in maps of even height, run flat (FlatRows): a
+//    step takes the next 32 outputs whatever rows they fall in. One row a step left lanes
+//    idle and the per-row work set the time: 4x512x14x14, 2 threads: 0.063 ms widened,
+//    0.113 ms a row a step in keys, 0.036 ms with whole rows packed into a step, 0.030 ms
+//    flat (float32: 0.070 ms).
 //  * Rows of 64+ pooled columns are read in two passes, as in pool_row_two_pass.
 namespace bf16_nchw {
 
 using T = c10::BFloat16;
 
-using bf16_key::Best;
+using Best = bf16_key::RowBest;
 using bf16_key::met_nan;
 
 // (even, odd) columns of the 64 values lo | hi.
@@ -525,72 +581,170 @@ inline void pool_row_two_pass(const T* r0, const T* r1, T* y, uint8_t* sw, int64
   }
 }
 
-// k pooled rows of OW <= 16 columns to a step, when the input rows of pooled row r start at
-// 2 W r (an even H: planes follow each other with no unused input row). The step's 64 input
-// lanes per row hold the 2 OW values of each of the k rows in turn: lanes [2 OW j, 2 OW
-// (j + 1)) are row r + j's, 2 W j - 2 OW j further on in memory than the lane index says. A
-// vector is filled by one masked load per such segment that overlaps it.
-struct PackedRows {
-  static constexpr int kMaxSegments = 17;  // OW = 1: 32 rows of 2 lanes, 16 to a vector
-  int64_t k = 0;
-  int segments[2] = {0, 0};
-  __mmask32 mask[2][kMaxSegments];
-  int64_t shift[2][kMaxSegments];
+// NCHW maps with H == 2 OH seen as one run of pooled rows: pooled row r (counted over all
+// planes) reads input rows 2 r and 2 r + 1, which start at 2 W r and 2 W r + W, so output
+// o = r OW + c reads x[2 W r + 2 c + {0, 1}] and the same plus W. A step then takes the next
+// 32 outputs whatever rows they fall in. Every step is full (a step a row left 4 of 32 lanes
+// idle at 28 columns, and 1 row a step paid ~100 scalar instructions of row bookkeeping for
+// ~45 vector ones), and every store is a whole vector at an aligned address, so it may
+// stream. Which input lanes come from which row repeats every lcm(32, OW) outputs, a period
+// of OW / gcd(OW, 32) steps (7 at all of DeconvNet's maps): a call plans the masked loads of
+// one period (a few hundred bytes) and replays them. 2 threads, ms, a row a step (rows
+// packed several to a step at 7 and 14 columns) -> flat: 4x128x112x112 0.35 -> 0.24,
+// 4x256x56x56 0.166 -> 0.120, 4x512x28x28 0.087 -> 0.076, 4x512x14x14 0.035 -> 0.030.
+class FlatRows {
+ public:
+  static constexpr int64_t kMaxSteps = 64;  // every OW < 64
 
-  PackedRows(int64_t OW, int64_t W) : k(32 / OW) {
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t first = 2 * OW * j, last = 2 * OW * (j + 1);  // lanes [first, last)
-      for (int v = 0; v < 2; ++v) {
-        const int64_t a = std::max<int64_t>(first, 32 * v), b = std::min<int64_t>(last, 32 * v + 32);
-        if (a >= b) continue;
-        const int i = segments[v]++;
-        mask[v][i] = first_lanes32(b - 32 * v) & ~first_lanes32(a - 32 * v);
-        shift[v][i] = 2 * (W - OW) * j;
+  // One masked load of a vector: lanes `mask` from `offset` elements past the period's start.
+  struct Segment {
+    __mmask32 mask;
+    int64_t offset;
+  };
+
+  FlatRows(int64_t OW, int64_t W)
+      : steps_(OW / std::gcd<int64_t>(OW, 32)),
+        rows_(32 * steps_ / OW),
+        // A vector's 16 windows touch at most this many rows: a partial first one, whole
+        // ones, a partial last one. 2 from OW = 15 on, 3 for OW = 8..14, 4 for 5..7.
+        segments_(static_cast<int>((15 + OW - 1) / OW + 1)),
+        period_input_(2 * W * rows_),
+        plan_(2 * steps_ * segments_, Segment{0, 0}) {
+    TORCH_INTERNAL_ASSERT(steps_ <= kMaxSteps && OW < 64);
+    // Lane l of vector v (16 windows) of the period: window w = 16 v + l / 2, in pooled row
+    // w / OW, at input element 2 W row + 2 (w % OW) + l % 2. A segment is a run of lanes
+    // from one row; its load starts at (that element - l), the same for every lane of it.
+    // Unused segments keep mask 0 (a load that reads nothing).
+    for (int64_t v = 0; v < 2 * steps_; ++v) {
+      Segment* seg = &plan_[v * segments_] - 1;
+      int64_t row = -1;
+      for (int64_t l = 0; l < 32; ++l) {
+        const int64_t w = 16 * v + l / 2;
+        if (w / OW != row) {
+          row = w / OW;
+          *++seg = {0, 2 * W * row + 2 * (w % OW) + l % 2 - l};
+        }
+        seg->mask |= __mmask32{1} << l;
       }
     }
   }
-  __m512i load(const T* p, int v) const {
-    __m512i out = _mm512_setzero_si512();
-    for (int i = 0; i < segments[v]; ++i) {
-      out = _mm512_mask_loadu_epi16(out, mask[v][i], p + 32 * v + shift[v][i]);
-    }
-    return out;
-  }
+
+  int64_t steps() const { return steps_; }              // of 32 outputs, per period
+  int64_t rows() const { return rows_; }                // pooled rows per period
+  int64_t outputs() const { return 32 * steps_; }       // per period
+  int64_t period_input() const { return period_input_; }  // input elements per period
+  int segments() const { return segments_; }            // per vector
+  const Segment* plan() const { return plan_.data(); }  // [step][vector][segment]
+
+ private:
+  int64_t steps_, rows_;
+  int segments_;
+  int64_t period_input_;
+  std::vector<Segment> plan_;
 };
+
+// A vector of the top rows and the same of the bottom rows, from its k segments (K: k known
+// at compile time; 0: not).
+template <int K>
+inline void load_flat(const FlatRows::Segment* s, int k, const T* top, const T* bottom,
+                      __m512i& t, __m512i& b) {
+  t = _mm512_maskz_loadu_epi16(s[0].mask, top + s[0].offset);
+  b = _mm512_maskz_loadu_epi16(s[0].mask, bottom + s[0].offset);
+  const int n = K > 0 ? K : k;
+  for (int i = 1; i < n; ++i) {
+    t = _mm512_mask_loadu_epi16(t, s[i].mask, top + s[i].offset);
+    b = _mm512_mask_loadu_epi16(b, s[i].mask, bottom + s[i].offset);
+  }
+}
+
+// Outputs [o, o + n) of a flat run, exactly (a step that met a NaN), row piece by row piece.
+__attribute__((noinline)) inline void redo_flat(const T* x, T* y, uint8_t* sw, int64_t o,
+                                                int64_t n, int64_t OW, int64_t W) {
+  while (n > 0) {
+    const int64_t r = o / OW, c = o % OW, k = std::min(n, OW - c);
+    const T* r0 = x + 2 * W * r + 2 * c;
+    pool_row_one_pass(r0, r0 + W, y + o, sw + o, k, false);
+    o += k;
+    n -= k;
+  }
+}
+
+// Periods [p0, p1) of a flat run. Every store is whole; kStream: aligned too, streamed.
+template <int K, bool kStream>
+void pool_flat_periods(const FlatRows& f, const T* x, T* y, uint8_t* sw, int64_t OW, int64_t W,
+                       int64_t p0, int64_t p1) {
+  const FlatRows::Segment* const plan = f.plan();
+  const int k = f.segments();
+  const int64_t P = f.outputs(), period_input = f.period_input();
+  for (int64_t p = p0; p < p1; ++p) {
+    const T* top = x + p * period_input;
+    const T* bottom = top + W;
+    const FlatRows::Segment* s = plan;
+    for (int64_t o = p * P, end = o + P; o < end; o += 32, s += 2 * k) {
+      __m512i t0, b0, t1, b1;
+      load_flat<K>(s, k, top, bottom, t0, b0);
+      load_flat<K>(s + k, k, top, bottom, t1, b1);
+      const Step st = step(t0, t1, b0, b1);
+      if (__builtin_expect(st.nan, 0)) {
+        redo_flat(x, y, sw, o, 32, OW, W);
+      } else if constexpr (kStream) {
+        _mm512_stream_si512(reinterpret_cast<__m512i*>(y + o), st.raw);
+        _mm256_stream_si256(reinterpret_cast<__m256i*>(sw + o), st.switches);
+      } else {
+        _mm512_storeu_si512(y + o, st.raw);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(sw + o), st.switches);
+      }
+    }
+  }
+}
+
+template <bool kStream>
+void pool_flat_periods(const FlatRows& f, const T* x, T* y, uint8_t* sw, int64_t OW, int64_t W,
+                       int64_t p0, int64_t p1) {
+  switch (f.segments()) {
+    case 2: return pool_flat_periods<2, kStream>(f, x, y, sw, OW, W, p0, p1);  // OW >= 15
+    case 3: return pool_flat_periods<3, kStream>(f, x, y, sw, OW, W, p0, p1);  // 8..14
+    case 4: return pool_flat_periods<4, kStream>(f, x, y, sw, OW, W, p0, p1);  // 5..7
+    default: return pool_flat_periods<0, kStream>(f, x, y, sw, OW, W, p0, p1);
+  }
+}
+
+// `rows` pooled rows (all planes), H == 2 OH and OW < 64: whole periods of FlatRows, then
+// the rows left over a row at a time.
+inline void pool_flat(const T* x, T* y, uint8_t* sw, int64_t rows, const PoolGeom& g,
+                      bool stream_wanted) {
+  const FlatRows f(g.OW, g.W);
+  const bool stream = stream_wanted && aligned(y, 64) && aligned(sw, 32);
+  const int64_t periods = rows / f.rows(), OW = g.OW, W = g.W;
+  // Item `periods` is the leftover rows.
+  at::parallel_for(0, periods + 1, grain_for(f.outputs() * 4), [&](int64_t begin, int64_t end) {
+    const int64_t p1 = std::min(end, periods);
+    if (stream) {
+      pool_flat_periods<true>(f, x, y, sw, OW, W, begin, p1);
+      end_streaming(true);
+    } else {
+      pool_flat_periods<false>(f, x, y, sw, OW, W, begin, p1);
+    }
+    if (end > periods) {
+      for (int64_t r = periods * f.rows(); r < rows; ++r) {
+        const T* r0 = x + 2 * W * r;
+        pool_row(r0, r0 + W, y + r * OW, sw + r * OW, OW, false);
+      }
+    }
+  });
+}
 
 inline void max_pool_nchw_2x2(const PoolKernelArgs& a) {
   const PoolGeom g = a.g;
   const T* x = static_cast<const T*>(a.in);
   T* y = static_cast<T*>(a.out);
   uint8_t* sw = a.out_switches;
-  // As in the float form: streamed only if every store is whole and aligned.
-  const bool stream = a.stream_outputs && g.OW % 32 == 0 && aligned(y, 64) && aligned(sw, 32);
+  // Streamed only if every store is a whole vector or half of one, aligned to its size
+  // (see put_bf16x32).
+  const bool stream = a.stream_outputs && g.OW % 16 == 0 && aligned(y, 64) && aligned(sw, 32);
   const int64_t rows = a.N * a.C * g.OH;
-  if (g.OW <= 16 && g.H == 2 * g.OH) {
-    const PackedRows packed(g.OW, g.W);
-    const int64_t k = packed.k;
-    const __mmask32 m = first_lanes32(k * g.OW);
-    at::parallel_for(0, rows, grain_for(g.OW * 4), [&](int64_t begin, int64_t end) {
-      int64_t r = begin;
-      for (; r + k <= end; r += k) {
-        const T* r0 = x + 2 * g.W * r;
-        const Step s = step(packed.load(r0, 0), packed.load(r0, 1), packed.load(r0 + g.W, 0),
-                            packed.load(r0 + g.W, 1));
-        if (!s.nan) {
-          put(y + r * g.OW, sw + r * g.OW, m, s, false);
-          continue;
-        }
-        for (int64_t j = 0; j < k; ++j) {
-          const T* p = r0 + 2 * g.W * j;
-          pool_row_one_pass(p, p + g.W, y + (r + j) * g.OW, sw + (r + j) * g.OW, g.OW, false);
-        }
-      }
-      for (; r < end; ++r) {
-        const T* r0 = x + 2 * g.W * r;
-        pool_row(r0, r0 + g.W, y + r * g.OW, sw + r * g.OW, g.OW, false);
-      }
-    });
-    return;
+  if (g.OW < 64 && g.H == 2 * g.OH) {
+    return pool_flat(x, y, sw, rows, g, a.stream_outputs);
   }
   at::parallel_for(0, rows, grain_for(g.OW * 4), [&](int64_t begin, int64_t end) {
     CountedIndex row(begin, g.OH);  // (plane, oh)

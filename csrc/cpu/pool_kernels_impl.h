@@ -26,6 +26,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
+#include <vector>
 
 #include "../kernels/pool_kernels.h"
 #include "pool_kernels.h"

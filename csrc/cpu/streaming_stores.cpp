@@ -35,7 +35,7 @@ int64_t default_threshold() {
     if (v != nullptr && std::strcmp(v, "0") == 0) return int64_t(-1);
     int64_t llc = last_level_cache_from_sysfs();
     if (llc <= 0) llc = int64_t(32) << 20;
-    return llc + llc / 2;
+    return llc;
   }();
   return bytes;
 }
