@@ -348,7 +348,7 @@ inline void pool_pixel_block(const T* const tap[4], T* y, uint8_t* sw, bool stre
 // kernels widen 16 values to float (a third fewer instructions per value). Used by the
 // channels_last forward (pool_pixel_block_bf16) and the NCHW one (bf16_nchw).
 //  * key = the int16 whose signed order is the float order for numbers: -mag for negative
-//    values, so -0 and +0 tie as floats do (3 instructions).
+//    values, so -0 and +0 tie as floats do (2 instructions).
 //  * PyTorch takes v when v > max or v is NaN: a NaN wins over any number and over an
 //    earlier NaN. On these keys a positive NaN's lies above +inf's, so it wins over numbers
 //    but not over an earlier NaN with an equal or larger key; a negative NaN's lies below
@@ -361,17 +361,10 @@ inline void pool_pixel_block(const T* const tap[4], T* y, uint8_t* sw, bool stre
 //    4x512x14x14 0.024 -> 0.022.
 namespace bf16_key {
 
-// sign ? -(b & 0x7FFF) : b, 32 lanes, in vector registers only.
+// sign ? -(b & 0x7FFF) : b, 32 lanes: for a negative b, 0x8000 - b is -(b - 0x8000) modulo
+// 2^16, so a masked subtract gives it (2 instructions; an arithmetic shift, a ternary logic
+// and a subtract before).
 inline __m512i key(__m512i b) {
-  const __m512i sign = _mm512_srai_epi16(b, 15);
-  // (b & 0x7FFF) ^ sign (ternary-logic table 0x6C), minus sign: the two's complement.
-  const __m512i flipped = _mm512_ternarylogic_epi32(b, sign, _mm512_set1_epi16(0x7FFF), 0x6C);
-  return _mm512_sub_epi16(flipped, sign);
-}
-
-// The same key in two instructions, one of which writes a mask register: for a negative b,
-// 0x8000 - b is -(b - 0x8000) modulo 2^16.
-inline __m512i key_by_mask(__m512i b) {
   return _mm512_mask_sub_epi16(b, _mm512_movepi16_mask(b),
                                _mm512_set1_epi16(static_cast<short>(0x8000)), b);
 }
@@ -383,31 +376,24 @@ inline bool met_nan(__m512i raw_umax, __m512i best_key) {
           _mm512_cmpgt_epi16_mask(best_key, _mm512_set1_epi16(0x7F80))) != 0;
 }
 
-// The running max of 32 windows: raw patterns and keys. Two forms of the same values; which
-// is faster depends on the caller's register pressure (measured, 2 threads, bfloat16):
-//  * Best: `key`, and the maximum key by a masked move. The channels_last blocks (4 groups
-//    of 32 channels: 12 take masks live) ran 6-10% slower with RowBest's form.
-//  * RowBest: `key_by_mask`, and the maximum key by vpmaxsw, which does not wait for the
-//    compare. NCHW rows (one group) ran 4-15% faster with it: 4x256x56x56 0.121 -> 0.116 ms,
-//    4x512x28x28 0.077 -> 0.074, 4x128x112x112 0.237 -> 0.226.
-template <bool kByMask>
-struct BestOf {
+// The running max of 32 windows: raw patterns and keys. The maximum key is a vpmaxsw, which
+// does not wait for the compare. (Before, the 3-instruction key and a masked move for the
+// maximum; 2 threads, ms, before -> after: NCHW 4x256x56x56 0.121 -> 0.116, 4x128x112x112
+// 0.237 -> 0.226, 4x512x28x28 0.077 -> 0.074; channels_last: see pool_pixel_block_bf16.)
+struct Best {
   __m512i raw, k;
-  static __m512i key_of(__m512i b) { return kByMask ? key_by_mask(b) : key(b); }
-  BestOf() = default;
-  explicit BestOf(__m512i first) : raw(first), k(key_of(first)) {}
-  BestOf(__m512i raw_, __m512i key_) : raw(raw_), k(key_) {}
+  Best() = default;
+  explicit Best(__m512i first) : raw(first), k(key(first)) {}
+  Best(__m512i raw_, __m512i key_) : raw(raw_), k(key_) {}
   // Take v where its key is greater (no NaN in sight). Returns the lanes that took v.
   __mmask32 update(__m512i v) {
-    const __m512i kv = key_of(v);
+    const __m512i kv = key(v);
     const __mmask32 take = _mm512_cmpgt_epi16_mask(kv, k);
-    k = kByMask ? _mm512_max_epi16(k, kv) : _mm512_mask_mov_epi16(k, take, kv);
+    k = _mm512_max_epi16(k, kv);
     raw = _mm512_mask_mov_epi16(raw, take, v);
     return take;
   }
 };
-using Best = BestOf<false>;
-using RowBest = BestOf<true>;
 
 }  // namespace bf16_key
 
@@ -480,7 +466,7 @@ namespace bf16_nchw {
 
 using T = c10::BFloat16;
 
-using Best = bf16_key::RowBest;
+using bf16_key::Best;
 using bf16_key::met_nan;
 
 // (even, odd) columns of the 64 values lo | hi.
@@ -762,10 +748,14 @@ inline void max_pool_nchw_2x2(const PoolKernelArgs& a) {
 
 }  // namespace bf16_nchw
 
-// kB x 32 channels of one output pixel (kB = 0: the last C - c < 32 channels, masked), the
+// kB x 32 channels of one output pixel (kB = 0: the last C - c <= 32 channels, masked), the
 // taps read one after the other as in pool_pixel_block. Templated on the running maximum:
 // bf16_key::Best (fast; the caller checks the block for NaNs) or Bf16NanKey (exact).
 // Returns whether the block met a NaN; with bf16_key::Best, it then stores nothing.
+// Blocks of 64 channels (kB = 2): blocks of 128, as the float kernel's, were 2-7% slower
+// (register pressure: 4 groups x 3 taps of masks), 2 threads, us: 4x256x56x56 86-90 ->
+// 83-84, 4x512x28x28 52-53 -> 49-54, 4x128x112x112 165-190 -> 153-191; blocks of 32 were no
+// faster than 64.
 template <typename Key, int kB>
 inline bool pool_pixel_block_bf16(const c10::BFloat16* const tap[4], c10::BFloat16* y,
                                   uint8_t* sw, int64_t n, bool stream) {
@@ -828,14 +818,9 @@ inline void max_pool_nhwc_2x2_bf16(const PoolKernelArgs& a) {
       T* yi = y + i * C;
       uint8_t* si = sw + i * C;
       int64_t c = 0;
-      for (; c + 128 <= C; c += 128) {
-        const T* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
-        pool_pixel_block_bf16<4>(tap, yi + c, si + c, 128, stream);
-      }
-      if (c + 64 <= C) {
+      for (; c + 64 <= C; c += 64) {
         const T* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
         pool_pixel_block_bf16<2>(tap, yi + c, si + c, 64, stream);
-        c += 64;
       }
       for (; c < C; c += 32) {
         const T* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
