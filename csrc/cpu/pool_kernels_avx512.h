@@ -656,6 +656,10 @@ __attribute__((noinline)) inline void redo_flat(const T* x, T* y, uint8_t* sw, i
 }
 
 // Periods [p0, p1) of a flat run. Every store is whole; kStream: aligned too, streamed.
+// NaNs are looked for once a period, not once a step (5% at 28x28 and 56x56, 7% at
+// 112x112): the running unsigned max of the raw inputs and the max of the window keys over
+// the period (see met_nan). A period that met one is redone whole by the exact kernel, after
+// a fence when its stores streamed, so that the redo's stores land last.
 template <int K, bool kStream>
 void pool_flat_periods(const FlatRows& f, const T* x, T* y, uint8_t* sw, int64_t OW, int64_t W,
                        int64_t p0, int64_t p1) {
@@ -666,20 +670,30 @@ void pool_flat_periods(const FlatRows& f, const T* x, T* y, uint8_t* sw, int64_t
     const T* top = x + p * period_input;
     const T* bottom = top + W;
     const FlatRows::Segment* s = plan;
+    __m512i umax = _mm512_setzero_si512(), kmax = _mm512_set1_epi16(-0x8000);
     for (int64_t o = p * P, end = o + P; o < end; o += 32, s += 2 * k) {
       __m512i t0, b0, t1, b1;
       load_flat<K>(s, k, top, bottom, t0, b0);
       load_flat<K>(s + k, k, top, bottom, t1, b1);
-      const Step st = step(t0, t1, b0, b1);
-      if (__builtin_expect(st.nan, 0)) {
-        redo_flat(x, y, sw, o, 32, OW, W);
-      } else if constexpr (kStream) {
-        _mm512_stream_si512(reinterpret_cast<__m512i*>(y + o), st.raw);
-        _mm256_stream_si256(reinterpret_cast<__m256i*>(sw + o), st.switches);
+      umax = _mm512_max_epu16(
+          umax, _mm512_max_epu16(_mm512_max_epu16(t0, t1), _mm512_max_epu16(b0, b1)));
+      const auto [te, to] = split(t0, t1);
+      const auto [be, bo] = split(b0, b1);
+      Best best(te);
+      const __mmask32 took1 = best.update(to), took2 = best.update(be), took3 = best.update(bo);
+      kmax = _mm512_max_epi16(kmax, best.k);
+      const __m256i sws = switches32_from(took1, took2, took3);
+      if constexpr (kStream) {
+        _mm512_stream_si512(reinterpret_cast<__m512i*>(y + o), best.raw);
+        _mm256_stream_si256(reinterpret_cast<__m256i*>(sw + o), sws);
       } else {
-        _mm512_storeu_si512(y + o, st.raw);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(sw + o), st.switches);
+        _mm512_storeu_si512(y + o, best.raw);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(sw + o), sws);
       }
+    }
+    if (__builtin_expect(met_nan(umax, kmax), 0)) {
+      if constexpr (kStream) _mm_sfence();
+      redo_flat(x, y, sw, p * P, P, OW, W);
     }
   }
 }
