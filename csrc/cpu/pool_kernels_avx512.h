@@ -762,17 +762,29 @@ inline void max_pool_nchw_2x2(const PoolKernelArgs& a) {
 
 }  // namespace bf16_nchw
 
+// What the NaN check of bf16_key needs, gathered over several blocks of windows: the
+// unsigned max of their raw inputs and the max of their window keys (see met_nan).
+struct NanWatch {
+  __m512i umax = _mm512_setzero_si512();
+  __m512i kmax = _mm512_set1_epi16(static_cast<short>(0x8000));
+  void add(__m512i raw_umax, __m512i best_key) {
+    umax = _mm512_max_epu16(umax, raw_umax);
+    kmax = _mm512_max_epi16(kmax, best_key);
+  }
+  bool met() const { return bf16_key::met_nan(umax, kmax); }
+};
+
 // kB x 32 channels of one output pixel (kB = 0: the last C - c <= 32 channels, masked), the
 // taps read one after the other as in pool_pixel_block. Templated on the running maximum:
-// bf16_key::Best (fast; the caller checks the block for NaNs) or Bf16NanKey (exact).
-// Returns whether the block met a NaN; with bf16_key::Best, it then stores nothing.
+// bf16_key::Best (fast: NaNs are the caller's to look for, in `watch`) or Bf16NanKey
+// (exact; `watch` unused).
 // Blocks of 64 channels (kB = 2): blocks of 128, as the float kernel's, were 2-7% slower
 // (register pressure: 4 groups x 3 taps of masks), 2 threads, us: 4x256x56x56 86-90 ->
 // 83-84, 4x512x28x28 52-53 -> 49-54, 4x128x112x112 165-190 -> 153-191; blocks of 32 were no
 // faster than 64.
 template <typename Key, int kB>
-inline bool pool_pixel_block_bf16(const c10::BFloat16* const tap[4], c10::BFloat16* y,
-                                  uint8_t* sw, int64_t n, bool stream) {
+inline void pool_pixel_block_bf16(const c10::BFloat16* const tap[4], c10::BFloat16* y,
+                                  uint8_t* sw, int64_t n, bool stream, NanWatch& watch) {
   constexpr bool kFast = std::is_same_v<Key, bf16_key::Best>;
   constexpr int kGroups = kB == 0 ? 1 : kB;
   const __mmask32 m = kB == 0 ? first_lanes32(n) : static_cast<__mmask32>(0xFFFFFFFFu);
@@ -793,23 +805,28 @@ inline bool pool_pixel_block_bf16(const c10::BFloat16* const tap[4], c10::BFloat
       k[b] = _mm256_mask_mov_epi8(k[b], best[b].update(v), offset);
     });
   });
-  if constexpr (kFast) {
-    bool nan = false;
-    unrolled<kGroups>([&](auto b) { nan |= bf16_key::met_nan(umax[b], best[b].k); });
-    if (nan) return true;
-  }
   unrolled<kGroups>([&](auto b) {
+    if constexpr (kFast) watch.add(umax[b], best[b].k);
     put_bf16x32(y + 32 * b, m, best[b].raw, stream);
     put_switches32(sw + 32 * b, m, k[b], stream);
   });
-  return false;
 }
 
-template <int kB>
-inline void pool_pixel_block_bf16(const c10::BFloat16* const tap[4], c10::BFloat16* y,
-                                  uint8_t* sw, int64_t n, bool stream) {
-  if (pool_pixel_block_bf16<bf16_key::Best, kB>(tap, y, sw, n, stream)) {
-    pool_pixel_block_bf16<Bf16NanKey, kB>(tap, y, sw, n, stream);
+// All C channels of one output pixel: keys, and NaNs looked for once a pixel, not once a
+// block (2 threads, us: 4x512x28x28 50.5-53.4 -> 48.0, 4x256x56x56 84-86 -> 82-84,
+// 4x512x14x14 19.1-21.8 -> 18.4). A pixel that met one is redone whole by the exact code,
+// after a fence when its stores streamed, so that the redo's stores land last.
+template <typename Key>
+inline void pool_pixel_bf16(const c10::BFloat16* p00, const c10::BFloat16* p10, int64_t C,
+                            c10::BFloat16* y, uint8_t* sw, bool stream, NanWatch& watch) {
+  int64_t c = 0;
+  for (; c + 64 <= C; c += 64) {
+    const c10::BFloat16* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
+    pool_pixel_block_bf16<Key, 2>(tap, y + c, sw + c, 64, stream, watch);
+  }
+  for (; c < C; c += 32) {
+    const c10::BFloat16* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
+    pool_pixel_block_bf16<Key, 0>(tap, y + c, sw + c, C - c, stream, watch);
   }
 }
 
@@ -829,16 +846,11 @@ inline void max_pool_nhwc_2x2_bf16(const PoolKernelArgs& a) {
       const int64_t n = image.outer, oh = image.inner, ow = pixel.inner;
       const T* p00 = x + ((n * g.H + 2 * oh) * g.W + 2 * ow) * C;
       const T* p10 = p00 + g.W * C;
-      T* yi = y + i * C;
-      uint8_t* si = sw + i * C;
-      int64_t c = 0;
-      for (; c + 64 <= C; c += 64) {
-        const T* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
-        pool_pixel_block_bf16<2>(tap, yi + c, si + c, 64, stream);
-      }
-      for (; c < C; c += 32) {
-        const T* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
-        pool_pixel_block_bf16<0>(tap, yi + c, si + c, C - c, stream);
+      NanWatch watch;
+      pool_pixel_bf16<bf16_key::Best>(p00, p10, C, y + i * C, sw + i * C, stream, watch);
+      if (__builtin_expect(watch.met(), 0)) {
+        if (stream) _mm_sfence();
+        pool_pixel_bf16<Bf16NanKey>(p00, p10, C, y + i * C, sw + i * C, stream, watch);
       }
     }
     end_streaming(stream);
