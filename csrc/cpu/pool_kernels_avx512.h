@@ -857,6 +857,41 @@ inline void max_pool_nhwc_2x2_bf16(const PoolKernelArgs& a) {
   });
 }
 
+// float32, kB x 16 channels of one output pixel, NaNs not handled: a take is one ordered
+// compare, and a running sum of the taps, folded into `nan_sum` (NaN if any tap is; also
+// on inf - inf, harmlessly), tells the caller to redo the pixel exactly (pool_pixel_block).
+// Two instructions a tap fewer than PyTorch's rule in full (an unordered compare and a mask
+// or, for one add), and blocks of 64 channels: blocks of 128 ran out of registers with the
+// sums (tried and reverted before). 2 threads, us, exact 128-channel blocks -> this:
+// 4x128x112x112 505-588 -> 457-522, 4x256x56x56 192-214 -> 136-146, 4x512x28x28 84-88 ->
+// 65-67, 4x512x14x14 30-31 -> 25-26.
+template <int kB>
+inline void pool_pixel_block_f32_fast(const float* const tap[4], float* y, uint8_t* sw,
+                                      bool stream, __m512& nan_sum) {
+  __m512 best[kB], sum[kB];
+  __m128i k[kB];
+  unrolled<kB>([&](auto b) {
+    best[b] = _mm512_loadu_ps(tap[0] + 16 * b);
+    sum[b] = best[b];
+    k[b] = _mm_setzero_si128();
+  });
+  unrolled<3>([&](auto t) {
+    const __m128i offset = _mm_set1_epi8(static_cast<char>(t + 1));
+    unrolled<kB>([&](auto b) {
+      const __m512 v = _mm512_loadu_ps(tap[t + 1] + 16 * b);
+      const __mmask16 take = _mm512_cmp_ps_mask(v, best[b], _CMP_GT_OQ);
+      best[b] = _mm512_mask_mov_ps(best[b], take, v);
+      sum[b] = _mm512_add_ps(sum[b], v);
+      k[b] = _mm_mask_mov_epi8(k[b], take, offset);
+    });
+  });
+  unrolled<kB>([&](auto b) {
+    nan_sum = _mm512_add_ps(nan_sum, sum[b]);
+    put<float>(y + 16 * b, 0xFFFF, best[b], stream);
+    put_switches(sw + 16 * b, 0xFFFF, k[b], stream);
+  });
+}
+
 template <typename T>
 void max_pool_nhwc_2x2(const PoolKernelArgs& a) {
   if constexpr (std::is_same_v<T, c10::BFloat16>) return max_pool_nhwc_2x2_bf16(a);
@@ -878,6 +913,20 @@ void max_pool_nhwc_2x2(const PoolKernelArgs& a) {
       T* yi = y + i * C;
       uint8_t* si = sw + i * C;
       int64_t c = 0;
+      if constexpr (std::is_same_v<T, float>) {
+        __m512 nan_sum = _mm512_setzero_ps();
+        for (; c + 64 <= C; c += 64) {
+          const T* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
+          pool_pixel_block_f32_fast<4>(tap, yi + c, si + c, stream, nan_sum);
+        }
+        if (__builtin_expect(_mm512_cmp_ps_mask(nan_sum, nan_sum, _CMP_UNORD_Q) != 0, 0)) {
+          if (stream) _mm_sfence();
+          for (int64_t d = 0; d < c; d += 64) {
+            const T* const tap[4] = {p00 + d, p00 + C + d, p10 + d, p10 + C + d};
+            pool_pixel_block<T, 4>(tap, yi + d, si + d, stream);
+          }
+        }
+      }
       for (; c + 128 <= C; c += 128) {
         const T* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
         pool_pixel_block<T, 8>(tap, yi + c, si + c, stream);
