@@ -15,7 +15,9 @@
 //    bfloat16 compares 32 lanes at a time as integer keys instead (bf16_key): channels_last
 //    pixels (pool_pixel_block_bf16) and bf16_nchw (NCHW rows, short ones run flat).
 //  * Channels_last pixels are read a tap at a time over register blocks of up to 128
-//    channels (pool_pixel_block), so each row is read in address order (see there).
+//    channels (pool_pixel_block), so each row is read in address order (see there). float32
+//    and bfloat16 take blocks of 64 and look for NaNs once a pixel (redone exactly if one
+//    turns up): pool_pixel_block_f32_fast, pool_pixel_bf16.
 //  * Outputs of calls too large for the caches go out by streaming stores
 //    (csrc/cpu/streaming_stores.h).
 //  * NCHW rows of 32+ pooled columns are read in two passes, the window's top row for the
