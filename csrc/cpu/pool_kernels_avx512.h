@@ -17,7 +17,7 @@
 //  * Channels_last pixels are read a tap at a time over register blocks of up to 128
 //    channels (pool_pixel_block), so each row is read in address order (see there). float32
 //    and bfloat16 take blocks of 64 and look for NaNs once a pixel (redone exactly if one
-//    turns up): pool_pixel_block_f32_fast, pool_pixel_bf16.
+//    turns up): OrderedBest, pool_pixel_bf16.
 //  * Outputs of calls too large for the caches go out by streaming stores
 //    (csrc/cpu/streaming_stores.h).
 //  * NCHW rows of 32+ pooled columns are read in two passes, the window's top row for the
@@ -197,6 +197,26 @@ struct Best {
   }
 };
 
+// float32's running max without NaN handling: a take is one ordered compare, and a running
+// sum of the taps (NaN if any tap is; also on inf - inf, harmlessly) tells the caller to
+// redo the pixel with Best. Two instructions a tap fewer than PyTorch's rule in full (an
+// unordered compare and a mask or, for one add). Used by the channels_last forward in
+// blocks of 64 channels: blocks of 128 ran out of registers with the sums (tried and
+// reverted before). 2 threads, us, Best in 128-channel blocks -> this: 4x128x112x112
+// 505-588 -> 457-522, 4x256x56x56 192-214 -> 136-146, 4x512x28x28 84-88 -> 65-67,
+// 4x512x14x14 30-31 -> 25-26.
+struct OrderedBest {
+  __m512 raw, sum;
+  OrderedBest() = default;
+  explicit OrderedBest(__m512 first) : raw(first), sum(first) {}
+  __mmask16 update(__m512 v) {
+    const __mmask16 take = _mm512_cmp_ps_mask(v, raw, _CMP_GT_OQ);
+    raw = _mm512_mask_mov_ps(raw, take, v);
+    sum = _mm512_add_ps(sum, v);
+    return take;
+  }
+};
+
 // Window offsets 0..3 from the lanes that took taps 1, 2 and 3 (a later take wins).
 inline __m128i switches_from(__mmask16 took1, __mmask16 took2, __mmask16 took3) {
   __m128i k = _mm_maskz_mov_epi8(took1, _mm_set1_epi8(1));
@@ -324,14 +344,18 @@ void max_pool_nchw_2x2(const PoolKernelArgs& a) {
 // taps of one 16-channel group before the next group instead (a pattern jumping between two
 // pixels and two rows every 64 bytes) ran at half the speed on inputs that stream from DRAM:
 // 4x128x112x112 float32 took 0.87-0.95 ms that way and 0.41-0.53 ms read per tap.
-template <typename T, int kB>
-inline void pool_pixel_block(const T* const tap[4], T* y, uint8_t* sw, bool stream) {
+//
+// Templated on the running maximum: Best<T> (PyTorch's rule in full) or, for float32,
+// OrderedBest, which folds its NaN detector into *nan_sum for the caller to check.
+template <typename T, int kB, typename B = Best<T>>
+inline void pool_pixel_block(const T* const tap[4], T* y, uint8_t* sw, bool stream,
+                             __m512* nan_sum = nullptr) {
   using L = Lanes16<T>;
   constexpr __mmask16 kAll = 0xFFFF;
-  Best<T> best[kB];
+  B best[kB];
   __m128i k[kB];
   unrolled<kB>([&](auto b) {
-    best[b] = Best<T>(L::load(tap[0] + 16 * b, kAll));
+    best[b] = B(L::load(tap[0] + 16 * b, kAll));
     k[b] = _mm_setzero_si128();
   });
   unrolled<3>([&](auto t) {
@@ -341,6 +365,7 @@ inline void pool_pixel_block(const T* const tap[4], T* y, uint8_t* sw, bool stre
     });
   });
   unrolled<kB>([&](auto b) {
+    if constexpr (std::is_same_v<B, OrderedBest>) *nan_sum = _mm512_add_ps(*nan_sum, best[b].sum);
     put<T>(y + 16 * b, kAll, best[b].raw, stream);
     put_switches(sw + 16 * b, kAll, k[b], stream);
   });
@@ -377,6 +402,18 @@ inline bool met_nan(__m512i raw_umax, __m512i best_key) {
   return (_mm512_cmpgt_epu16_mask(raw_umax, _mm512_set1_epi16(static_cast<short>(0xFF80))) |
           _mm512_cmpgt_epi16_mask(best_key, _mm512_set1_epi16(0x7F80))) != 0;
 }
+
+// What met_nan needs, gathered over several blocks of windows: the unsigned max of their raw
+// inputs and the max of their window keys.
+struct NanWatch {
+  __m512i umax = _mm512_setzero_si512();
+  __m512i kmax = _mm512_set1_epi16(static_cast<short>(0x8000));
+  void add(__m512i raw_umax, __m512i best_key) {
+    umax = _mm512_max_epu16(umax, raw_umax);
+    kmax = _mm512_max_epi16(kmax, best_key);
+  }
+  bool met() const { return met_nan(umax, kmax); }
+};
 
 // The running max of 32 windows: raw patterns and keys. The maximum key is a vpmaxsw, which
 // does not wait for the compare. (Before, the 3-instruction key and a masked move for the
@@ -445,9 +482,8 @@ inline void put_switches32(uint8_t* p, __mmask32 m, __m256i k, bool stream) {
   if (stream && m == 0xFFFFFFFFu && aligned(p, 32)) {
     _mm256_stream_si256(reinterpret_cast<__m256i*>(p), k);
   } else if (stream && whole_or_first_half(m) && aligned(p, 16)) {
-    auto* q = reinterpret_cast<__m128i*>(p);
-    _mm_stream_si128(q, _mm256_castsi256_si128(k));
-    if (m == 0xFFFFFFFFu) _mm_stream_si128(q + 1, _mm256_extracti128_si256(k, 1));
+    stream_half_of(p, k, 0);
+    if (m == 0xFFFFFFFFu) stream_half_of(p + 16, k, 1);
   } else {
     _mm256_mask_storeu_epi8(p, m, k);
   }
@@ -470,6 +506,7 @@ using T = c10::BFloat16;
 
 using bf16_key::Best;
 using bf16_key::met_nan;
+using bf16_key::NanWatch;
 
 // (even, odd) columns of the 64 values lo | hi.
 inline std::pair<__m512i, __m512i> split(__m512i lo, __m512i hi) {
@@ -499,19 +536,18 @@ inline __m256i switches32_from(__mmask32 took1, __mmask32 took2, __mmask32 took3
 }
 
 // 32 windows from the 64 values of their top row (t0 | t1) and bottom row (b0 | b1).
+// The NaN check is the caller's: step folds what it needs into `watch`.
 struct Step {
   __m512i raw;
   __m256i switches;
-  bool nan;
 };
-inline Step step(__m512i t0, __m512i t1, __m512i b0, __m512i b1) {
-  const __m512i umax =
-      _mm512_max_epu16(_mm512_max_epu16(t0, t1), _mm512_max_epu16(b0, b1));
+inline Step step(__m512i t0, __m512i t1, __m512i b0, __m512i b1, NanWatch& watch) {
   const auto [te, to] = split(t0, t1);
   const auto [be, bo] = split(b0, b1);
   Best best(te);
   const __mmask32 took1 = best.update(to), took2 = best.update(be), took3 = best.update(bo);
-  return {best.raw, switches32_from(took1, took2, took3), met_nan(umax, best.k)};
+  watch.add(_mm512_max_epu16(_mm512_max_epu16(t0, t1), _mm512_max_epu16(b0, b1)), best.k);
+  return {best.raw, switches32_from(took1, took2, took3)};
 }
 
 inline void put(T* y, uint8_t* sw, __mmask32 m, const Step& s, bool stream) {
@@ -526,8 +562,9 @@ inline void pool_row(const T* r0, const T* r1, T* y, uint8_t* sw, int64_t OW, bo
     const RowLanes lanes(n);
     const auto [t0, t1] = lanes.load(r0 + 2 * ow);
     const auto [b0, b1] = lanes.load(r1 + 2 * ow);
-    const Step s = step(t0, t1, b0, b1);
-    if (s.nan) {
+    NanWatch watch;
+    const Step s = step(t0, t1, b0, b1, watch);
+    if (watch.met()) {
       pool_row_one_pass(r0 + 2 * ow, r1 + 2 * ow, y + ow, sw + ow, n, stream);
     } else {
       put(y + ow, sw + ow, first_lanes32(n), s, stream);
@@ -563,7 +600,7 @@ inline void pool_row_two_pass(const T* r0, const T* r1, T* y, uint8_t* sw, int64
         pool_row_one_pass(r0 + 2 * ow, r1 + 2 * ow, y + ow, sw + ow, n, stream);
         continue;
       }
-      put(y + ow, sw + ow, first_lanes32(n), {best.raw, switches32_from(took1[j], took2, took3), false},
+      put(y + ow, sw + ow, first_lanes32(n), {best.raw, switches32_from(took1[j], took2, took3)},
           stream);
     }
   }
@@ -672,28 +709,21 @@ void pool_flat_periods(const FlatRows& f, const T* x, T* y, uint8_t* sw, int64_t
     const T* top = x + p * period_input;
     const T* bottom = top + W;
     const FlatRows::Segment* s = plan;
-    __m512i umax = _mm512_setzero_si512(), kmax = _mm512_set1_epi16(-0x8000);
+    NanWatch watch;
     for (int64_t o = p * P, end = o + P; o < end; o += 32, s += 2 * k) {
       __m512i t0, b0, t1, b1;
       load_flat<K>(s, k, top, bottom, t0, b0);
       load_flat<K>(s + k, k, top, bottom, t1, b1);
-      umax = _mm512_max_epu16(
-          umax, _mm512_max_epu16(_mm512_max_epu16(t0, t1), _mm512_max_epu16(b0, b1)));
-      const auto [te, to] = split(t0, t1);
-      const auto [be, bo] = split(b0, b1);
-      Best best(te);
-      const __mmask32 took1 = best.update(to), took2 = best.update(be), took3 = best.update(bo);
-      kmax = _mm512_max_epi16(kmax, best.k);
-      const __m256i sws = switches32_from(took1, took2, took3);
+      const Step st = step(t0, t1, b0, b1, watch);
       if constexpr (kStream) {
-        _mm512_stream_si512(reinterpret_cast<__m512i*>(y + o), best.raw);
-        _mm256_stream_si256(reinterpret_cast<__m256i*>(sw + o), sws);
+        _mm512_stream_si512(reinterpret_cast<__m512i*>(y + o), st.raw);
+        _mm256_stream_si256(reinterpret_cast<__m256i*>(sw + o), st.switches);
       } else {
-        _mm512_storeu_si512(y + o, best.raw);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(sw + o), sws);
+        _mm512_storeu_si512(y + o, st.raw);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(sw + o), st.switches);
       }
     }
-    if (__builtin_expect(met_nan(umax, kmax), 0)) {
+    if (__builtin_expect(watch.met(), 0)) {
       if constexpr (kStream) _mm_sfence();
       redo_flat(x, y, sw, p * P, P, OW, W);
     }
@@ -741,13 +771,13 @@ inline void max_pool_nchw_2x2(const PoolKernelArgs& a) {
   const T* x = static_cast<const T*>(a.in);
   T* y = static_cast<T*>(a.out);
   uint8_t* sw = a.out_switches;
-  // Streamed only if every store is a whole vector or half of one, aligned to its size
-  // (see put_bf16x32).
-  const bool stream = a.stream_outputs && g.OW % 16 == 0 && aligned(y, 64) && aligned(sw, 32);
   const int64_t rows = a.N * a.C * g.OH;
   if (g.OW < 64 && g.H == 2 * g.OH) {
     return pool_flat(x, y, sw, rows, g, a.stream_outputs);
   }
+  // Streamed only if every store is a whole vector or half of one, aligned to its size
+  // (see put).
+  const bool stream = a.stream_outputs && g.OW % 16 == 0 && aligned(y, 64) && aligned(sw, 32);
   at::parallel_for(0, rows, grain_for(g.OW * 4), [&](int64_t begin, int64_t end) {
     CountedIndex row(begin, g.OH);  // (plane, oh)
     for (int64_t r = begin; r < end; ++r, row.next()) {
@@ -764,18 +794,6 @@ inline void max_pool_nchw_2x2(const PoolKernelArgs& a) {
 
 }  // namespace bf16_nchw
 
-// What the NaN check of bf16_key needs, gathered over several blocks of windows: the
-// unsigned max of their raw inputs and the max of their window keys (see met_nan).
-struct NanWatch {
-  __m512i umax = _mm512_setzero_si512();
-  __m512i kmax = _mm512_set1_epi16(static_cast<short>(0x8000));
-  void add(__m512i raw_umax, __m512i best_key) {
-    umax = _mm512_max_epu16(umax, raw_umax);
-    kmax = _mm512_max_epi16(kmax, best_key);
-  }
-  bool met() const { return bf16_key::met_nan(umax, kmax); }
-};
-
 // kB x 32 channels of one output pixel (kB = 0: the last C - c <= 32 channels, masked), the
 // taps read one after the other as in pool_pixel_block. Templated on the running maximum:
 // bf16_key::Best (fast: NaNs are the caller's to look for, in `watch`) or Bf16NanKey
@@ -786,7 +804,7 @@ struct NanWatch {
 // faster than 64.
 template <typename Key, int kB>
 inline void pool_pixel_block_bf16(const c10::BFloat16* const tap[4], c10::BFloat16* y,
-                                  uint8_t* sw, int64_t n, bool stream, NanWatch& watch) {
+                                  uint8_t* sw, int64_t n, bool stream, bf16_key::NanWatch& watch) {
   constexpr bool kFast = std::is_same_v<Key, bf16_key::Best>;
   constexpr int kGroups = kB == 0 ? 1 : kB;
   const __mmask32 m = kB == 0 ? first_lanes32(n) : static_cast<__mmask32>(0xFFFFFFFFu);
@@ -820,7 +838,7 @@ inline void pool_pixel_block_bf16(const c10::BFloat16* const tap[4], c10::BFloat
 // after a fence when its stores streamed, so that the redo's stores land last.
 template <typename Key>
 inline void pool_pixel_bf16(const c10::BFloat16* p00, const c10::BFloat16* p10, int64_t C,
-                            c10::BFloat16* y, uint8_t* sw, bool stream, NanWatch& watch) {
+                            c10::BFloat16* y, uint8_t* sw, bool stream, bf16_key::NanWatch& watch) {
   int64_t c = 0;
   for (; c + 64 <= C; c += 64) {
     const c10::BFloat16* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
@@ -848,7 +866,7 @@ inline void max_pool_nhwc_2x2_bf16(const PoolKernelArgs& a) {
       const int64_t n = image.outer, oh = image.inner, ow = pixel.inner;
       const T* p00 = x + ((n * g.H + 2 * oh) * g.W + 2 * ow) * C;
       const T* p10 = p00 + g.W * C;
-      NanWatch watch;
+      bf16_key::NanWatch watch;
       pool_pixel_bf16<bf16_key::Best>(p00, p10, C, y + i * C, sw + i * C, stream, watch);
       if (__builtin_expect(watch.met(), 0)) {
         if (stream) _mm_sfence();
@@ -856,41 +874,6 @@ inline void max_pool_nhwc_2x2_bf16(const PoolKernelArgs& a) {
       }
     }
     end_streaming(stream);
-  });
-}
-
-// float32, kB x 16 channels of one output pixel, NaNs not handled: a take is one ordered
-// compare, and a running sum of the taps, folded into `nan_sum` (NaN if any tap is; also
-// on inf - inf, harmlessly), tells the caller to redo the pixel exactly (pool_pixel_block).
-// Two instructions a tap fewer than PyTorch's rule in full (an unordered compare and a mask
-// or, for one add), and blocks of 64 channels: blocks of 128 ran out of registers with the
-// sums (tried and reverted before). 2 threads, us, exact 128-channel blocks -> this:
-// 4x128x112x112 505-588 -> 457-522, 4x256x56x56 192-214 -> 136-146, 4x512x28x28 84-88 ->
-// 65-67, 4x512x14x14 30-31 -> 25-26.
-template <int kB>
-inline void pool_pixel_block_f32_fast(const float* const tap[4], float* y, uint8_t* sw,
-                                      bool stream, __m512& nan_sum) {
-  __m512 best[kB], sum[kB];
-  __m128i k[kB];
-  unrolled<kB>([&](auto b) {
-    best[b] = _mm512_loadu_ps(tap[0] + 16 * b);
-    sum[b] = best[b];
-    k[b] = _mm_setzero_si128();
-  });
-  unrolled<3>([&](auto t) {
-    const __m128i offset = _mm_set1_epi8(static_cast<char>(t + 1));
-    unrolled<kB>([&](auto b) {
-      const __m512 v = _mm512_loadu_ps(tap[t + 1] + 16 * b);
-      const __mmask16 take = _mm512_cmp_ps_mask(v, best[b], _CMP_GT_OQ);
-      best[b] = _mm512_mask_mov_ps(best[b], take, v);
-      sum[b] = _mm512_add_ps(sum[b], v);
-      k[b] = _mm_mask_mov_epi8(k[b], take, offset);
-    });
-  });
-  unrolled<kB>([&](auto b) {
-    nan_sum = _mm512_add_ps(nan_sum, sum[b]);
-    put<float>(y + 16 * b, 0xFFFF, best[b], stream);
-    put_switches(sw + 16 * b, 0xFFFF, k[b], stream);
   });
 }
 
@@ -919,7 +902,7 @@ void max_pool_nhwc_2x2(const PoolKernelArgs& a) {
         __m512 nan_sum = _mm512_setzero_ps();
         for (; c + 64 <= C; c += 64) {
           const T* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
-          pool_pixel_block_f32_fast<4>(tap, yi + c, si + c, stream, nan_sum);
+          pool_pixel_block<T, 4, OrderedBest>(tap, yi + c, si + c, stream, &nan_sum);
         }
         if (__builtin_expect(_mm512_cmp_ps_mask(nan_sum, nan_sum, _CMP_UNORD_Q) != 0, 0)) {
           if (stream) _mm_sfence();
