@@ -266,6 +266,26 @@ def test_pool_bfloat16_nchw_key_paths(target, height):
             _check_pool_keeps_bits(target, x, geo, f"bfloat16 {tuple(shape)} {kind}")
 
 
+@pytest.mark.parametrize("height", [2, 6, 7])
+def test_pool_float32_nchw_flat_runs(target, height):
+    """float32 NCHW 2x2/2 on AVX-512 runs maps of even height and fewer than 32 pooled
+    columns flat: steps of 16 outputs that span rows, loaded through a plan of masked
+    loads (2, 3 or 4 rows a vector), whole periods of lcm(16, OW) outputs, then the rows
+    left over. Every pooled width below 32 and a few above, even and odd input widths,
+    with NaNs of both signs and payloads, infinities, signed-zero ties and randn; odd
+    heights take the row kernel."""
+    torch.manual_seed(13)
+    geo = geometry(2)
+    for width in [*range(2, 66), 67, 70]:
+        for n, c, kind in [(2, 5, "bits"), (1, 3, "special"), (1, 7, "ties"), (3, 3, "randn")]:
+            shape = (n, c, height, width)
+            if kind == "bits":
+                x = _special_values(shape, torch.float32)
+            else:
+                x = make_values(shape, torch.float32, kind)
+            _check_pool_keeps_bits(target, x, geo, f"float32 {shape} {kind}")
+
+
 @pytest.mark.parametrize("channels", [32, 64, 96, 128, 160, 200])
 def test_pool_bfloat16_channels_last_key_paths(target, channels):
     """bfloat16 channels_last 2x2/2 on AVX-512 compares 16-bit integer keys over blocks of

@@ -309,6 +309,180 @@ inline void pool_row_two_pass(const T* r0, const T* r1, T* y, uint8_t* sw, int64
   }
 }
 
+// NCHW maps with H == 2 OH seen as one run of pooled rows: pooled row r (counted over all
+// planes) reads input rows 2 r and 2 r + 1, which start at 2 W r and 2 W r + W, so output
+// o = r OW + c reads x[2 W r + 2 c + {0, 1}] and the same plus W. A step then takes the next
+// kLanes outputs (a vector's worth: 32 bfloat16, 16 float) whatever rows they fall in, from
+// two vectors of each input row. Every step is full (a step a row left 4 of 32 lanes idle
+// at 28 columns, and 1 row a step paid ~100 scalar instructions of row bookkeeping for ~45
+// vector ones), and every store is a whole vector at an aligned address, so it may stream.
+// Which input lanes come from which row repeats every lcm(kLanes, OW) outputs, a period of
+// OW / gcd(OW, kLanes) steps (7 at all of DeconvNet's maps): a call plans the masked loads
+// of one period (a few hundred bytes) and replays them.
+template <int kLanes>
+class FlatRows {
+ public:
+  static constexpr int64_t kMaxSteps = 64;  // every OW < 64
+  static constexpr int64_t kWindows = kLanes / 2;  // per vector
+
+  // One masked load of a vector: lanes `mask` from `offset` elements past the period's start.
+  struct Segment {
+    __mmask32 mask;
+    int64_t offset;
+  };
+
+  FlatRows(int64_t OW, int64_t W)
+      : steps_(OW / std::gcd<int64_t>(OW, kLanes)),
+        rows_(kLanes * steps_ / OW),
+        // A vector's windows touch at most this many rows: a partial first one, whole ones,
+        // a partial last one. 32 lanes: 2 from OW = 15 on, 3 for OW = 8..14, 4 for 5..7.
+        segments_(static_cast<int>((kWindows - 1 + OW - 1) / OW + 1)),
+        period_input_(2 * W * rows_),
+        plan_(2 * steps_ * segments_, Segment{0, 0}) {
+    TORCH_INTERNAL_ASSERT(steps_ <= kMaxSteps && OW < 64);
+    // Lane l of vector v of the period: window w = kWindows v + l / 2, in pooled row w / OW,
+    // at input element 2 W row + 2 (w % OW) + l % 2. A segment is a run of lanes from one
+    // row; its load starts at (that element - l), the same for every lane of it. Unused
+    // segments keep mask 0 (a load that reads nothing).
+    for (int64_t v = 0; v < 2 * steps_; ++v) {
+      Segment* seg = &plan_[v * segments_] - 1;
+      int64_t row = -1;
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const int64_t w = kWindows * v + l / 2;
+        if (w / OW != row) {
+          row = w / OW;
+          *++seg = {0, 2 * W * row + 2 * (w % OW) + l % 2 - l};
+        }
+        seg->mask |= __mmask32{1} << l;
+      }
+    }
+  }
+
+  int64_t steps() const { return steps_; }              // of kLanes outputs, per period
+  int64_t rows() const { return rows_; }                // pooled rows per period
+  int64_t outputs() const { return kLanes * steps_; }   // per period
+  int64_t period_input() const { return period_input_; }  // input elements per period
+  int segments() const { return segments_; }            // per vector
+  const Segment* plan() const { return plan_.data(); }  // [step][vector][segment]
+
+ private:
+  int64_t steps_, rows_;
+  int segments_;
+  int64_t period_input_;
+  std::vector<Segment> plan_;
+};
+
+// Outputs [o, o + n) of a flat run, exactly, row piece by row piece (bfloat16: a period that
+// met a NaN; float: the rows after the last whole period).
+template <typename T>
+__attribute__((noinline)) void pool_flat_pieces(const T* x, T* y, uint8_t* sw, int64_t o,
+                                                int64_t n, int64_t OW, int64_t W) {
+  while (n > 0) {
+    const int64_t r = o / OW, c = o % OW, k = std::min(n, OW - c);
+    const T* r0 = x + 2 * W * r + 2 * c;
+    pool_row_one_pass(r0, r0 + W, y + o, sw + o, k, false);
+    o += k;
+    n -= k;
+  }
+}
+
+// float32 NCHW maps of fewer than 32 pooled columns and even height, run flat: 16 outputs a
+// step, the windows' two columns split by two permutes as in Lanes16<float>::load_pairs,
+// PyTorch's rule in full (Best<float>), so no redo. A row a step (pool_row_one_pass) left
+// lanes idle: 7 of 16 used at 14x14, 14 at 28x28, 28 of 32 at 56x56.
+namespace f32_nchw {
+
+using Flat = FlatRows<16>;
+
+// A vector of the top rows and the same of the bottom rows, from its k segments (K: k known
+// at compile time; 0: not).
+template <int K>
+inline void load_flat(const Flat::Segment* s, int k, const float* top, const float* bottom,
+                      __m512& t, __m512& b) {
+  const auto m0 = static_cast<__mmask16>(s[0].mask);
+  t = _mm512_maskz_loadu_ps(m0, top + s[0].offset);
+  b = _mm512_maskz_loadu_ps(m0, bottom + s[0].offset);
+  const int n = K > 0 ? K : k;
+  for (int i = 1; i < n; ++i) {
+    const auto m = static_cast<__mmask16>(s[i].mask);
+    t = _mm512_mask_loadu_ps(t, m, top + s[i].offset);
+    b = _mm512_mask_loadu_ps(b, m, bottom + s[i].offset);
+  }
+}
+
+// (even, odd) columns of the 32 values lo | hi.
+inline std::pair<__m512, __m512> split(__m512 lo, __m512 hi) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  return {_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi)};
+}
+
+// Periods [p0, p1) of a flat run. Every store is whole; kStream: aligned too, streamed.
+template <int K, bool kStream>
+void pool_flat_periods(const Flat& f, const float* x, float* y, uint8_t* sw, int64_t W,
+                       int64_t p0, int64_t p1) {
+  const Flat::Segment* const plan = f.plan();
+  const int k = f.segments();
+  const int64_t P = f.outputs(), period_input = f.period_input();
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* top = x + p * period_input;
+    const float* bottom = top + W;
+    const Flat::Segment* s = plan;
+    for (int64_t o = p * P, end = o + P; o < end; o += 16, s += 2 * k) {
+      __m512 t0, b0, t1, b1;
+      load_flat<K>(s, k, top, bottom, t0, b0);
+      load_flat<K>(s + k, k, top, bottom, t1, b1);
+      const auto [te, to] = split(t0, t1);
+      const auto [be, bo] = split(b0, b1);
+      Best<float> best(te);
+      const __mmask16 took1 = best.update(to), took2 = best.update(be), took3 = best.update(bo);
+      const __m128i switches = switches_from(took1, took2, took3);
+      if constexpr (kStream) {
+        _mm512_stream_ps(y + o, best.raw);
+        _mm_stream_si128(reinterpret_cast<__m128i*>(sw + o), switches);
+      } else {
+        _mm512_storeu_ps(y + o, best.raw);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(sw + o), switches);
+      }
+    }
+  }
+}
+
+template <bool kStream>
+void pool_flat_periods(const Flat& f, const float* x, float* y, uint8_t* sw, int64_t W,
+                       int64_t p0, int64_t p1) {
+  switch (f.segments()) {
+    case 2: return pool_flat_periods<2, kStream>(f, x, y, sw, W, p0, p1);  // OW >= 7
+    case 3: return pool_flat_periods<3, kStream>(f, x, y, sw, W, p0, p1);  // 4..6
+    default: return pool_flat_periods<0, kStream>(f, x, y, sw, W, p0, p1);
+  }
+}
+
+// `rows` pooled rows (all planes), H == 2 OH and OW < 32: whole periods, then the rows left
+// over.
+inline void pool_flat(const float* x, float* y, uint8_t* sw, int64_t rows, const PoolGeom& g,
+                      bool stream_wanted) {
+  const Flat f(g.OW, g.W);
+  const bool stream = stream_wanted && aligned(y, 64) && aligned(sw, 16);
+  const int64_t periods = rows / f.rows(), OW = g.OW, W = g.W;
+  // Item `periods` is the leftover rows.
+  at::parallel_for(0, periods + 1, grain_for(f.outputs() * 4), [&](int64_t begin, int64_t end) {
+    const int64_t p1 = std::min(end, periods);
+    if (stream) {
+      pool_flat_periods<true>(f, x, y, sw, W, begin, p1);
+      end_streaming(true);
+    } else {
+      pool_flat_periods<false>(f, x, y, sw, W, begin, p1);
+    }
+    if (end > periods) {
+      const int64_t o = periods * f.outputs();
+      pool_flat_pieces(x, y, sw, o, rows * OW - o, OW, W);
+    }
+  });
+}
+
+}  // namespace f32_nchw
+
 namespace bf16_nchw {
 inline void max_pool_nchw_2x2(const PoolKernelArgs& a);
 }
@@ -320,11 +494,14 @@ void max_pool_nchw_2x2(const PoolKernelArgs& a) {
   const T* x = static_cast<const T*>(a.in);
   T* y = static_cast<T*>(a.out);
   uint8_t* sw = a.out_switches;
+  const int64_t rows = a.N * a.C * g.OH;
+  if constexpr (std::is_same_v<T, float>) {
+    if (g.OW < 32 && g.H == 2 * g.OH) return f32_nchw::pool_flat(x, y, sw, rows, g, a.stream_outputs);
+  }
   const bool two_pass = g.OW >= 32;
   // Streamed only if every store is a whole vector or half of one, aligned to its size
   // (rows of 8k pooled columns; see put).
   const bool stream = a.stream_outputs && g.OW % 8 == 0 && aligned(y, 64) && aligned(sw, 16);
-  const int64_t rows = a.N * a.C * g.OH;
   at::parallel_for(0, rows, grain_for(g.OW * 4), [&](int64_t begin, int64_t end) {
     CountedIndex row(begin, g.OH);  // (plane, oh)
     for (int64_t r = begin; r < end; ++r, row.next()) {
@@ -507,6 +684,7 @@ using T = c10::BFloat16;
 using bf16_key::Best;
 using bf16_key::met_nan;
 using bf16_key::NanWatch;
+using Flat = FlatRows<32>;
 
 // (even, odd) columns of the 64 values lo | hi.
 inline std::pair<__m512i, __m512i> split(__m512i lo, __m512i hi) {
@@ -606,72 +784,10 @@ inline void pool_row_two_pass(const T* r0, const T* r1, T* y, uint8_t* sw, int64
   }
 }
 
-// NCHW maps with H == 2 OH seen as one run of pooled rows: pooled row r (counted over all
-// planes) reads input rows 2 r and 2 r + 1, which start at 2 W r and 2 W r + W, so output
-// o = r OW + c reads x[2 W r + 2 c + {0, 1}] and the same plus W. A step then takes the next
-// 32 outputs whatever rows they fall in. Every step is full (a step a row left 4 of 32 lanes
-// idle at 28 columns, and 1 row a step paid ~100 scalar instructions of row bookkeeping for
-// ~45 vector ones), and every store is a whole vector at an aligned address, so it may
-// stream. Which input lanes come from which row repeats every lcm(32, OW) outputs, a period
-// of OW / gcd(OW, 32) steps (7 at all of DeconvNet's maps): a call plans the masked loads of
-// one period (a few hundred bytes) and replays them. 2 threads, ms, a row a step (rows
-// packed several to a step at 7 and 14 columns) -> flat: 4x128x112x112 0.35 -> 0.24,
-// 4x256x56x56 0.166 -> 0.120, 4x512x28x28 0.087 -> 0.076, 4x512x14x14 0.035 -> 0.030.
-class FlatRows {
- public:
-  static constexpr int64_t kMaxSteps = 64;  // every OW < 64
-
-  // One masked load of a vector: lanes `mask` from `offset` elements past the period's start.
-  struct Segment {
-    __mmask32 mask;
-    int64_t offset;
-  };
-
-  FlatRows(int64_t OW, int64_t W)
-      : steps_(OW / std::gcd<int64_t>(OW, 32)),
-        rows_(32 * steps_ / OW),
-        // A vector's 16 windows touch at most this many rows: a partial first one, whole
-        // ones, a partial last one. 2 from OW = 15 on, 3 for OW = 8..14, 4 for 5..7.
-        segments_(static_cast<int>((15 + OW - 1) / OW + 1)),
-        period_input_(2 * W * rows_),
-        plan_(2 * steps_ * segments_, Segment{0, 0}) {
-    TORCH_INTERNAL_ASSERT(steps_ <= kMaxSteps && OW < 64);
-    // Lane l of vector v (16 windows) of the period: window w = 16 v + l / 2, in pooled row
-    // w / OW, at input element 2 W row + 2 (w % OW) + l % 2. A segment is a run of lanes
-    // from one row; its load starts at (that element - l), the same for every lane of it.
-    // Unused segments keep mask 0 (a load that reads nothing).
-    for (int64_t v = 0; v < 2 * steps_; ++v) {
-      Segment* seg = &plan_[v * segments_] - 1;
-      int64_t row = -1;
-      for (int64_t l = 0; l < 32; ++l) {
-        const int64_t w = 16 * v + l / 2;
-        if (w / OW != row) {
-          row = w / OW;
-          *++seg = {0, 2 * W * row + 2 * (w % OW) + l % 2 - l};
-        }
-        seg->mask |= __mmask32{1} << l;
-      }
-    }
-  }
-
-  int64_t steps() const { return steps_; }              // of 32 outputs, per period
-  int64_t rows() const { return rows_; }                // pooled rows per period
-  int64_t outputs() const { return 32 * steps_; }       // per period
-  int64_t period_input() const { return period_input_; }  // input elements per period
-  int segments() const { return segments_; }            // per vector
-  const Segment* plan() const { return plan_.data(); }  // [step][vector][segment]
-
- private:
-  int64_t steps_, rows_;
-  int segments_;
-  int64_t period_input_;
-  std::vector<Segment> plan_;
-};
-
 // A vector of the top rows and the same of the bottom rows, from its k segments (K: k known
 // at compile time; 0: not).
 template <int K>
-inline void load_flat(const FlatRows::Segment* s, int k, const T* top, const T* bottom,
+inline void load_flat(const Flat::Segment* s, int k, const T* top, const T* bottom,
                       __m512i& t, __m512i& b) {
   t = _mm512_maskz_loadu_epi16(s[0].mask, top + s[0].offset);
   b = _mm512_maskz_loadu_epi16(s[0].mask, bottom + s[0].offset);
@@ -682,33 +798,21 @@ inline void load_flat(const FlatRows::Segment* s, int k, const T* top, const T* 
   }
 }
 
-// Outputs [o, o + n) of a flat run, exactly (a step that met a NaN), row piece by row piece.
-__attribute__((noinline)) inline void redo_flat(const T* x, T* y, uint8_t* sw, int64_t o,
-                                                int64_t n, int64_t OW, int64_t W) {
-  while (n > 0) {
-    const int64_t r = o / OW, c = o % OW, k = std::min(n, OW - c);
-    const T* r0 = x + 2 * W * r + 2 * c;
-    pool_row_one_pass(r0, r0 + W, y + o, sw + o, k, false);
-    o += k;
-    n -= k;
-  }
-}
-
 // Periods [p0, p1) of a flat run. Every store is whole; kStream: aligned too, streamed.
 // NaNs are looked for once a period, not once a step (5% at 28x28 and 56x56, 7% at
 // 112x112): the running unsigned max of the raw inputs and the max of the window keys over
 // the period (see met_nan). A period that met one is redone whole by the exact kernel, after
 // a fence when its stores streamed, so that the redo's stores land last.
 template <int K, bool kStream>
-void pool_flat_periods(const FlatRows& f, const T* x, T* y, uint8_t* sw, int64_t OW, int64_t W,
+void pool_flat_periods(const Flat& f, const T* x, T* y, uint8_t* sw, int64_t OW, int64_t W,
                        int64_t p0, int64_t p1) {
-  const FlatRows::Segment* const plan = f.plan();
+  const Flat::Segment* const plan = f.plan();
   const int k = f.segments();
   const int64_t P = f.outputs(), period_input = f.period_input();
   for (int64_t p = p0; p < p1; ++p) {
     const T* top = x + p * period_input;
     const T* bottom = top + W;
-    const FlatRows::Segment* s = plan;
+    const Flat::Segment* s = plan;
     NanWatch watch;
     for (int64_t o = p * P, end = o + P; o < end; o += 32, s += 2 * k) {
       __m512i t0, b0, t1, b1;
@@ -725,13 +829,13 @@ void pool_flat_periods(const FlatRows& f, const T* x, T* y, uint8_t* sw, int64_t
     }
     if (__builtin_expect(watch.met(), 0)) {
       if constexpr (kStream) _mm_sfence();
-      redo_flat(x, y, sw, p * P, P, OW, W);
+      pool_flat_pieces(x, y, sw, p * P, P, OW, W);
     }
   }
 }
 
 template <bool kStream>
-void pool_flat_periods(const FlatRows& f, const T* x, T* y, uint8_t* sw, int64_t OW, int64_t W,
+void pool_flat_periods(const Flat& f, const T* x, T* y, uint8_t* sw, int64_t OW, int64_t W,
                        int64_t p0, int64_t p1) {
   switch (f.segments()) {
     case 2: return pool_flat_periods<2, kStream>(f, x, y, sw, OW, W, p0, p1);  // OW >= 15
@@ -742,10 +846,12 @@ void pool_flat_periods(const FlatRows& f, const T* x, T* y, uint8_t* sw, int64_t
 }
 
 // `rows` pooled rows (all planes), H == 2 OH and OW < 64: whole periods of FlatRows, then
-// the rows left over a row at a time.
+// the rows left over a row at a time. 2 threads, ms, a row a step (rows packed several to a
+// step at 7 and 14 columns) -> flat: 4x128x112x112 0.35 -> 0.24, 4x256x56x56 0.166 -> 0.120,
+// 4x512x28x28 0.087 -> 0.076, 4x512x14x14 0.035 -> 0.030.
 inline void pool_flat(const T* x, T* y, uint8_t* sw, int64_t rows, const PoolGeom& g,
                       bool stream_wanted) {
-  const FlatRows f(g.OW, g.W);
+  const Flat f(g.OW, g.W);
   const bool stream = stream_wanted && aligned(y, 64) && aligned(sw, 32);
   const int64_t periods = rows / f.rows(), OW = g.OW, W = g.W;
   // Item `periods` is the leftover rows.
