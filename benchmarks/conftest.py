@@ -166,8 +166,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         )
 
 
+@pytest.fixture(scope="session")
+def _settled(request: pytest.FixtureRequest) -> None:
+    """Untimed calls on the largest configuration, once per device, before the first
+    benchmark (see :func:`deconvkernels.bench.settle`)."""
+    quick = bool(request.config.getoption("quick", default=False))
+    configs = [
+        c
+        for c in bench_configs(request.config)
+        if not c.device.startswith("cuda") or torch.cuda.is_available()
+    ]
+    for device in {c.device for c in configs}:
+        largest = max((c for c in configs if c.device == device), key=lambda c: c.input_nbytes)
+        bench.settle(largest, bench.DEFAULT_SETTLE_S[1 if quick else 0])
+
+
 @pytest.fixture(scope="module")
-def pool_inputs(request: pytest.FixtureRequest) -> bench.PoolInputs:
+def pool_inputs(request: pytest.FixtureRequest, _settled: None) -> bench.PoolInputs:
     """The inputs of one benchmark configuration (one at a time: pytest groups the tests)."""
     config: bench.BenchConfig = request.param
     if config.device.startswith("cuda") and not torch.cuda.is_available():

@@ -105,6 +105,7 @@ STRIDE = 2
 DEFAULT_REPEATS = (5, 3)
 DEFAULT_WARMUP = (2, 1)
 DEFAULT_MIN_SAMPLE_S = (0.02, 0.01)
+DEFAULT_SETTLE_S = (1.5, 0.3)
 _MAX_INNER = 10_000
 
 
@@ -428,6 +429,29 @@ class _Progress:
             print(f"done: {self.done} steps in {elapsed:.1f}s", file=sys.stderr, flush=True)
 
 
+def settle(config: BenchConfig, seconds: float, cases: Sequence[str] = CASES) -> None:
+    """Run ``config``'s cases, ours and PyTorch's in turn, for ``seconds`` before any timing.
+
+    A fresh process's first large allocations are slow for a while: on the 2-core Xeon VM
+    here the first 5-12 calls of a 4x64x224x224 float32 pool forward + backward took 65-80 ms,
+    then 7-9 ms (about a second in all; the pages behind a new 50 MB gradient are slow to
+    fault in at first). Without this, the first cases of a report were timed in that phase
+    (a float32 NCHW forward + backward reported at 38.8 ms for 7.8 steady).
+    """
+    if seconds <= 0:
+        return
+    device = torch.device(config.device)
+    inputs = PoolInputs(config)
+    fns = [make_fn(case, impl, inputs) for case in cases for impl in IMPLS]
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for fn in fns:
+            fn()
+        _sync(device)
+    del inputs, fns
+    gc.collect()
+
+
 def _measure_copy(
     config: BenchConfig, repeats: int, warmup: int, min_sample_s: float
 ) -> list[float]:
@@ -453,6 +477,7 @@ def run_report(
     repeats: int | None = None,
     warmup: int | None = None,
     min_sample_s: float | None = None,
+    settle_s: float | None = None,
     stat: str = "min",
     progress: bool = True,
 ) -> list[BenchRow]:
@@ -469,6 +494,7 @@ def run_report(
         repeats: timed samples per implementation and case (ABBA order).
         warmup: untimed calls per implementation and case before the samples.
         min_sample_s: each sample runs the op back to back for at least this long.
+        settle_s: seconds of untimed calls on the largest configuration first (:func:`settle`).
         stat: ``"min"`` or ``"median"`` of the samples, for times, ratios and bandwidths.
         progress: show progress on stderr (tqdm if installed).
 
@@ -479,6 +505,7 @@ def run_report(
     repeats = DEFAULT_REPEATS[qi] if repeats is None else repeats
     warmup = DEFAULT_WARMUP[qi] if warmup is None else warmup
     min_sample_s = DEFAULT_MIN_SAMPLE_S[qi] if min_sample_s is None else min_sample_s
+    settle_s = DEFAULT_SETTLE_S[qi] if settle_s is None else settle_s
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     _reduce([1.0], stat)  # validates stat
@@ -493,10 +520,12 @@ def run_report(
         return []
     largest = max(configs, key=lambda c: c.input_nbytes)
 
-    bar = _Progress(len(configs) * len(cases) + 2, progress)
+    bar = _Progress(len(configs) * len(cases) + 3, progress)
     rows: list[BenchRow] = []
     copy_samples: list[float] = []
     try:
+        with bar.step(f"settle {largest.id} ({settle_s:g} s)"):
+            settle(largest, settle_s, cases)
         with bar.step(f"copy {largest.id} (start)"):
             copy_samples += _measure_copy(largest, repeats, warmup, min_sample_s)
         for config in configs:
@@ -719,6 +748,13 @@ def _parser() -> argparse.ArgumentParser:
         f"{DEFAULT_MIN_SAMPLE_S[0] * 1e3:g}, --quick {DEFAULT_MIN_SAMPLE_S[1] * 1e3:g})",
     )
     p.add_argument(
+        "--settle-s",
+        type=float,
+        default=None,
+        help="seconds of untimed calls on the largest shape before timing (default: "
+        f"{DEFAULT_SETTLE_S[0]:g}, --quick {DEFAULT_SETTLE_S[1]:g})",
+    )
+    p.add_argument(
         "--stat",
         choices=("min", "median"),
         default="min",
@@ -768,6 +804,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         repeats=args.repeats,
         warmup=args.warmup,
         min_sample_s=min_sample_s,
+        settle_s=args.settle_s,
         stat=args.stat,
         progress=not args.no_progress,
     )
@@ -778,6 +815,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch": args.batch,
         "repeats": args.repeats if args.repeats is not None else DEFAULT_REPEATS[qi],
         "warm-up": args.warmup if args.warmup is not None else DEFAULT_WARMUP[qi],
+        "settle": f"{args.settle_s if args.settle_s is not None else DEFAULT_SETTLE_S[qi]:g} s",
         "order": "ABBA",
         "statistic": args.stat,
         "quick": args.quick,
