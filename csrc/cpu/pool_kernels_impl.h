@@ -11,6 +11,7 @@
 //  * AVX-512 builds: the forward of 2x2 stride-2 pools in float / bfloat16 / half, and the
 //    per-row (NCHW) and per-pixel (NHWC) steps of the scatter of such pools, run the
 //    intrinsics of pool_kernels_avx512.h instead (why: see there).
+//  * AVX2 builds: the scatter steps of such pools run pool_kernels_avx2.h (raw bits).
 // Work is split over (plane, row) or (pixel) items so a small N * C still uses every core.
 #pragma once
 
@@ -121,6 +122,9 @@ struct CountedIndex {
 
 #if defined(CPU_CAPABILITY_AVX512)
 #include "pool_kernels_avx512.h"
+#endif
+#if defined(CPU_CAPABILITY_AVX2)
+#include "pool_kernels_avx2.h"
 #endif
 
 // ------------------------------------------------------------------ max pool forward
@@ -260,6 +264,11 @@ void scatter_row_pair_2x2(const T* vr, const uint8_t* sr, T* out0, T* out1, int6
     return avx512_pool::scatter_row_pair_2x2(vr, sr, out0, out1, OW);
   }
 #endif
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (avx2_pool::kSupported<T>) {
+    return avx2_pool::scatter_row_pair_2x2(vr, sr, out0, out1, OW);
+  }
+#endif
   scatter_row_2x2(vr, sr, out0, OW, 0);
   scatter_row_2x2(vr, sr, out1, OW, 1);
 }
@@ -362,6 +371,12 @@ void scatter_nhwc_2x2(const PoolKernelArgs& a) {
 #if defined(CPU_CAPABILITY_AVX512)
         if constexpr (avx512_pool::kSupported<T>) {
           avx512_pool::scatter_pixel_2x2(v + pooled, sw + pooled, dst, C);
+          continue;
+        }
+#endif
+#if defined(CPU_CAPABILITY_AVX2)
+        if constexpr (avx2_pool::kSupported<T>) {
+          avx2_pool::scatter_pixel_2x2(v + pooled, sw + pooled, dst, C);
           continue;
         }
 #endif
