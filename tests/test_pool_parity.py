@@ -187,14 +187,19 @@ def _special_values(shape, dtype) -> torch.Tensor:
 
 def _check_pool_keeps_bits(target, x, geo, what) -> None:
     """Pool ``x`` (no ceil_mode): y equal to F's, switches to the oracle's, and on the
-    AVX-512 and CUDA kernels each maximum's bits unchanged. The at::vec kernels (DEFAULT,
-    AVX2) round-trip 16-bit types through float, which quietens NaNs, as F does."""
+    AVX-512 and CUDA kernels, and the AVX2 ones in float32 and bfloat16, each maximum's bits
+    unchanged. The at::vec kernels (DEFAULT; AVX2 in float16) round-trip 16-bit types through
+    float, which quietens NaNs, as F does."""
     y, sw = target.pool(x, *geo, False)
     ey, ei = torch_pool(x, geo, False)
     _, osw, _ = oracle_pool(x, geo, False)
     assert_identical(y, ey, f"{what}: y")
     assert_identical(sw, osw, f"{what}: switches")
-    keeps_bits = target.kind != "cpu" or str(target.isa).startswith("AVX512")
+    keeps_bits = (
+        target.kind != "cpu"
+        or str(target.isa).startswith("AVX512")
+        or (target.isa == "AVX2" and x.dtype in (torch.float32, torch.bfloat16))
+    )
     if keeps_bits and target.backend is None and HAS_EXT:
         # (gathered as integers: torch's gather rewrites bfloat16 NaNs)
         it = _INT_OF[x.dtype]

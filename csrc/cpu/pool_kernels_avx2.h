@@ -1,7 +1,9 @@
-// AVX2 scatter through the switches for DeconvNet's windows (2x2, stride 2, inside the
-// output): the unpool forward and the pool backward, NCHW row pairs and NHWC pixels, on raw
-// bits (float, bfloat16, half alike; -0 and NaN payloads go through untouched). Included by
-// pool_kernels_impl.h inside its namespace, only in the AVX2 build.
+// AVX2 kernels for DeconvNet's windows (2x2, stride 2, inside the input / output), in
+// intrinsics. Included by pool_kernels_impl.h inside its namespace, only in the AVX2 build.
+//  * The scatter through the switches (unpool forward, pool backward), NCHW row pairs and
+//    NHWC pixels, on raw bits (float, bfloat16, half alike; -0 and NaN payloads go through
+//    untouched).
+//  * The pool forward in float32 and bfloat16, NCHW rows and NHWC pixels (see Lanes8).
 //
 // Why not at::vec here: its form (Lanes<T> in pool_kernels_impl.h) widens 16-bit values to
 // float, converts the switch bytes to float lanes, and takes partial vectors through
@@ -160,6 +162,205 @@ void scatter_pixel_2x2(const T* vp, const uint8_t* sp, T* const dst[4], int64_t 
       std::memcpy(dst[k] + c, o, n * sizeof(T));
     }
   }
+}
+
+
+// ------------------------------------------------------------------ pool forward
+
+// 8 lanes of T as floats: float as it is; bfloat16 widened exactly (its bits in the high
+// half of a float, zeros below), so the maximum goes back bit for bit, NaN payloads too.
+template <typename T>
+struct Lanes8;
+
+template <>
+struct Lanes8<float> {
+  static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+  // (even, odd) columns of the 16 values at p: 8 windows of a row.
+  static std::pair<__m256, __m256> load_pairs(const float* p) {
+    return split(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8));
+  }
+  // The first n < 8 windows: masked loads of 2 n values, zeros past them.
+  static std::pair<__m256, __m256> load_pairs(const float* p, int64_t n) {
+    const __m256 a = _mm256_maskload_ps(p, first_dwords(std::min<int64_t>(2 * n, 8)));
+    const __m256 b = _mm256_maskload_ps(p + 8, first_dwords(std::max<int64_t>(2 * n - 8, 0)));
+    return split(a, b);
+  }
+  static void store(float* p, __m256 v, int64_t n) { _mm256_maskstore_ps(p, first_dwords(n), v); }
+
+ private:
+  // shuffle_ps works per 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6; permute4x64 orders it.
+  static std::pair<__m256, __m256> split(__m256 a, __m256 b) {
+    const auto order = [](__m256 v) {
+      return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xD8));
+    };
+    return {order(_mm256_shuffle_ps(a, b, 0x88)), order(_mm256_shuffle_ps(a, b, 0xDD))};
+  }
+};
+
+template <>
+struct Lanes8<c10::BFloat16> {
+  using T = c10::BFloat16;
+  static __m256 load(const T* p) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
+  static void store(T* p, __m256 v) {
+    const __m256i w = _mm256_srli_epi32(_mm256_castps_si256(v), 16);
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(w, w), 0x08);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+  }
+  // A row's even columns are the low halves of its 32-bit pairs, the odd ones the high.
+  static std::pair<__m256, __m256> load_pairs(const T* p) {
+    return split(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  // The first n < 8 windows: their 2 n values are n doublewords, one masked load.
+  static std::pair<__m256, __m256> load_pairs(const T* p, int64_t n) {
+    return split(_mm256_maskload_epi32(reinterpret_cast<const int*>(p), first_dwords(n)));
+  }
+  static void store(T* p, __m256 v, int64_t n) {
+    alignas(16) T out[8];
+    store(out, v);
+    for (int64_t i = 0; i < n; ++i) p[i] = out[i];
+  }
+
+ private:
+  static std::pair<__m256, __m256> split(__m256i both) {
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(both, 16)),
+            _mm256_castsi256_ps(_mm256_and_si256(both, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))))};
+  }
+};
+
+template <typename T>
+inline constexpr bool kForwardSupported =
+    std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>;
+
+// The running max of 8 windows and the offset of its tap: PyTorch's rule, take v when
+// v > max or v is NaN.
+struct Best8 {
+  __m256 max;
+  __m256 k = _mm256_setzero_ps();  // offsets as int32 bits
+  explicit Best8(__m256 first) : max(first) {}
+  void update(__m256 v, int tap) {
+    const __m256 take =
+        _mm256_or_ps(_mm256_cmp_ps(v, max, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    max = _mm256_blendv_ps(max, v, take);
+    k = _mm256_blendv_ps(k, _mm256_castsi256_ps(_mm256_set1_epi32(tap)), take);
+  }
+  // The 8 offsets as bytes, in the low 64 bits.
+  int64_t switches() const {
+    const __m256i bytes = _mm256_shuffle_epi8(
+        _mm256_castps_si256(k),
+        _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8,
+                         12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
+    const __m256i joined = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1));
+    return _mm_cvtsi128_si64(_mm256_castsi256_si128(joined));
+  }
+};
+
+inline void store_switches8(uint8_t* p, int64_t s) { std::memcpy(p, &s, 8); }
+
+// One pooled row, NCHW: r0 / r1 the window's two input rows. A last partial step (rows of 7
+// at 14x14 maps are nothing else) loads and stores through masks.
+template <typename T>
+void pool_row(const T* r0, const T* r1, T* y, uint8_t* sw, int64_t OW) {
+  using L = Lanes8<T>;
+  const auto window_max = [](std::pair<__m256, __m256> a, std::pair<__m256, __m256> b) {
+    Best8 best(a.first);
+    best.update(a.second, 1);
+    best.update(b.first, 2);
+    best.update(b.second, 3);
+    return best;
+  };
+  int64_t ow = 0;
+  for (; ow + 8 <= OW; ow += 8) {
+    const Best8 best = window_max(L::load_pairs(r0 + 2 * ow), L::load_pairs(r1 + 2 * ow));
+    L::store(y + ow, best.max);
+    store_switches8(sw + ow, best.switches());
+  }
+  if (ow < OW) {
+    const int64_t n = OW - ow;
+    const Best8 best = window_max(L::load_pairs(r0 + 2 * ow, n), L::load_pairs(r1 + 2 * ow, n));
+    L::store(y + ow, best.max, n);
+    const int64_t s = best.switches();
+    for (int64_t i = 0; i < n; ++i) sw[ow + i] = static_cast<uint8_t>(s >> (8 * i));
+  }
+}
+
+// All C channels of one output pixel, NHWC: taps[k] the window's four input pixels. Blocks
+// of 4 x 8 channels, each tap read in address order over the block.
+template <typename T>
+void pool_pixel(const T* const taps[4], T* y, uint8_t* sw, int64_t C) {
+  using L = Lanes8<T>;
+  int64_t c = 0;
+  for (; c + 32 <= C; c += 32) {
+    Best8 best[4] = {Best8(L::load(taps[0] + c)), Best8(L::load(taps[0] + c + 8)),
+                     Best8(L::load(taps[0] + c + 16)), Best8(L::load(taps[0] + c + 24))};
+    for (int t = 1; t < 4; ++t)
+      for (int b = 0; b < 4; ++b) best[b].update(L::load(taps[t] + c + 8 * b), t);
+    for (int b = 0; b < 4; ++b) {
+      L::store(y + c + 8 * b, best[b].max);
+      store_switches8(sw + c + 8 * b, best[b].switches());
+    }
+  }
+  for (; c + 8 <= C; c += 8) {
+    Best8 best(L::load(taps[0] + c));
+    for (int t = 1; t < 4; ++t) best.update(L::load(taps[t] + c), t);
+    L::store(y + c, best.max);
+    store_switches8(sw + c, best.switches());
+  }
+  if (c < C) {
+    const int64_t n = C - c;
+    T v[4][8] = {}, yo[8];
+    uint8_t so[8];
+    for (int t = 0; t < 4; ++t)
+      for (int64_t i = 0; i < n; ++i) v[t][i] = taps[t][c + i];
+    Best8 best(L::load(v[0]));
+    for (int t = 1; t < 4; ++t) best.update(L::load(v[t]), t);
+    L::store(yo, best.max);
+    store_switches8(so, best.switches());
+    for (int64_t i = 0; i < n; ++i) {
+      y[c + i] = yo[i];
+      sw[c + i] = so[i];
+    }
+  }
+}
+
+template <typename T>
+void max_pool_nchw_2x2(const PoolKernelArgs& a) {
+  const PoolGeom g = a.g;
+  const T* x = static_cast<const T*>(a.in);
+  T* y = static_cast<T*>(a.out);
+  uint8_t* sw = a.out_switches;
+  const int64_t rows = a.N * a.C * g.OH;
+  at::parallel_for(0, rows, grain_for(g.OW * 4), [&](int64_t begin, int64_t end) {
+    CountedIndex row(begin, g.OH);  // (plane, oh)
+    for (int64_t r = begin; r < end; ++r, row.next()) {
+      const T* r0 = x + row.outer * g.H * g.W + 2 * row.inner * g.W;
+      pool_row(r0, r0 + g.W, y + r * g.OW, sw + r * g.OW, g.OW);
+    }
+  });
+}
+
+template <typename T>
+void max_pool_nhwc_2x2(const PoolKernelArgs& a) {
+  const PoolGeom g = a.g;
+  const int64_t C = a.C;
+  const T* x = static_cast<const T*>(a.in);
+  T* y = static_cast<T*>(a.out);
+  uint8_t* sw = a.out_switches;
+  const int64_t pixels = a.N * g.OH * g.OW;
+  at::parallel_for(0, pixels, grain_for(C * 4), [&](int64_t begin, int64_t end) {
+    CountedIndex pixel(begin, g.OW);        // (n * OH + oh, ow)
+    CountedIndex image(pixel.outer, g.OH);  // (n, oh): advances when pixel wraps
+    for (int64_t i = begin; i < end; ++i, pixel.next() && image.next()) {
+      const int64_t n = image.outer, oh = image.inner, ow = pixel.inner;
+      const T* p00 = x + ((n * g.H + 2 * oh) * g.W + 2 * ow) * C;
+      const T* p10 = p00 + g.W * C;
+      const T* const taps[4] = {p00, p00 + C, p10, p10 + C};
+      pool_pixel(taps, y + i * C, sw + i * C, C);
+    }
+  });
 }
 
 }  // namespace avx2_pool

@@ -11,7 +11,8 @@
 //  * AVX-512 builds: the forward of 2x2 stride-2 pools in float / bfloat16 / half, and the
 //    per-row (NCHW) and per-pixel (NHWC) steps of the scatter of such pools, run the
 //    intrinsics of pool_kernels_avx512.h instead (why: see there).
-//  * AVX2 builds: the scatter steps of such pools run pool_kernels_avx2.h (raw bits).
+//  * AVX2 builds: such pools' forward (float32, bfloat16) and scatter steps run the
+//    intrinsics of pool_kernels_avx2.h.
 // Work is split over (plane, row) or (pixel) items so a small N * C still uses every core.
 #pragma once
 
@@ -136,6 +137,11 @@ void max_pool_nchw(const PoolKernelArgs& a) {
     if (is_2x2_stride2_inside(a.g)) return avx512_pool::max_pool_nchw_2x2<T>(a);
   }
 #endif
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (avx2_pool::kForwardSupported<T>) {
+    if (is_2x2_stride2_inside(a.g)) return avx2_pool::max_pool_nchw_2x2<T>(a);
+  }
+#endif
   using L = Lanes<T>;
   using Vec = typename L::Vec;
   constexpr int64_t V = L::kSize;
@@ -178,6 +184,11 @@ void max_pool_nhwc(const PoolKernelArgs& a) {
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (avx512_pool::kSupported<T>) {
     if (is_2x2_stride2_inside(a.g)) return avx512_pool::max_pool_nhwc_2x2<T>(a);
+  }
+#endif
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (avx2_pool::kForwardSupported<T>) {
+    if (is_2x2_stride2_inside(a.g)) return avx2_pool::max_pool_nhwc_2x2<T>(a);
   }
 #endif
   using L = Lanes<T>;
