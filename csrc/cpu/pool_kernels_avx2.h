@@ -101,12 +101,15 @@ inline __m256i first_dwords(int64_t n) {
 }
 
 // A pooled row of OW values to both of its output rows (2 OW elements each). The last
-// OW % kLanes values (whole rows of 7 or 14 at 14x14 / 28x28 maps) are read by a short
-// copy loop and written by masked stores, exactly their 2 x 2 n elements (a row's 2 n
-// elements are n or 2 n doublewords). Copying them through the stack with memcpy instead
-// cost 3-4 library calls a row: 4x512x14x14 float32 took 0.14 ms.
+// OW % kLanes values (whole rows of 7 or 14 at 14x14 / 28x28 maps) take one more vector,
+// written by masked stores, exactly their 2 x 2 n elements (a row's 2 n elements are n or
+// 2 n doublewords). It is read whole where `readable` (the values, and switch bytes, that
+// may be read from vr / sr on: the rest of the buffer) allows: the lanes past the row are
+// the next row's and go nowhere. Otherwise, at the buffer's end, by a copy loop. (Stack
+// copies by memcpy for every row before: 4x512x14x14 float32 took 0.14 ms.)
 template <typename T>
-void scatter_row_pair_2x2(const T* vr, const uint8_t* sr, T* out0, T* out1, int64_t OW) {
+void scatter_row_pair_2x2(const T* vr, const uint8_t* sr, T* out0, T* out1, int64_t OW,
+                          int64_t readable) {
   constexpr int kBytes = sizeof(T);
   constexpr int64_t L = Bits<kBytes>::kLanes;
   int64_t ow = 0;
@@ -121,11 +124,17 @@ void scatter_row_pair_2x2(const T* vr, const uint8_t* sr, T* out0, T* out1, int6
     const int64_t n = OW - ow;
     alignas(32) T v[L] = {};
     alignas(16) uint8_t s[16] = {};
-    for (int64_t i = 0; i < n; ++i) {
-      v[i] = vr[ow + i];
-      s[i] = sr[ow + i];
+    const T* vp = vr + ow;
+    const uint8_t* sp = sr + ow;
+    if (readable - ow < L) {  // a vector of values, and L switch bytes
+      for (int64_t i = 0; i < n; ++i) {
+        v[i] = vp[i];
+        s[i] = sp[i];
+      }
+      vp = v;
+      sp = s;
     }
-    const RowPair<kBytes> p(load_bits(v), Bits<kBytes>::switches(s));
+    const RowPair<kBytes> p(load_bits(vp), Bits<kBytes>::switches(sp));
     const int64_t dwords = 2 * n * kBytes / 4;  // of each output row
     const __m256i m0 = first_dwords(std::min<int64_t>(dwords, 8));
     const __m256i m1 = first_dwords(std::max<int64_t>(dwords - 8, 0));

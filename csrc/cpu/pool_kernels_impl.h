@@ -268,8 +268,12 @@ void scatter_row_2x2(const T* vr, const uint8_t* sr, T* orow, int64_t OW, int ky
 }
 
 // Both output rows of a pooled row (see avx512_pool::scatter_row_pair_2x2).
+// `readable`: the values and switch bytes that may be read from vr / sr on (the rest of the
+// buffers; the AVX2 kernel reads past a short row where it can).
 template <typename T>
-void scatter_row_pair_2x2(const T* vr, const uint8_t* sr, T* out0, T* out1, int64_t OW) {
+void scatter_row_pair_2x2(const T* vr, const uint8_t* sr, T* out0, T* out1, int64_t OW,
+                          int64_t readable) {
+  (void)readable;
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (avx512_pool::kSupported<T>) {
     return avx512_pool::scatter_row_pair_2x2(vr, sr, out0, out1, OW);
@@ -277,7 +281,7 @@ void scatter_row_pair_2x2(const T* vr, const uint8_t* sr, T* out0, T* out1, int6
 #endif
 #if defined(CPU_CAPABILITY_AVX2)
   if constexpr (avx2_pool::kSupported<T>) {
-    return avx2_pool::scatter_row_pair_2x2(vr, sr, out0, out1, OW);
+    return avx2_pool::scatter_row_pair_2x2(vr, sr, out0, out1, OW, readable);
   }
 #endif
   scatter_row_2x2(vr, sr, out0, OW, 0);
@@ -306,7 +310,7 @@ void scatter_nchw_2x2(const PoolKernelArgs& a) {
       T* const plane = out + row.outer * g.H * g.W;
       T* const o0 = plane + 2 * row.inner * g.W;
       T* const o1 = o0 + g.W;
-      scatter_row_pair_2x2(v + r * g.OW, sw + r * g.OW, o0, o1, g.OW);
+      scatter_row_pair_2x2(v + r * g.OW, sw + r * g.OW, o0, o1, g.OW, (pooled_rows - r) * g.OW);
       if (2 * g.OW < g.W) {
         std::fill(o0 + 2 * g.OW, o0 + g.W, T(0));
         std::fill(o1 + 2 * g.OW, o1 + g.W, T(0));
