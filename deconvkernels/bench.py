@@ -625,6 +625,9 @@ def machine_info(device: str = "cpu") -> dict[str, str]:
         info["cpu_isa"] = f"{dk.cpu_isa()} (available: {isas})"
     else:
         info["cpu_isa"] = "n/a (reference backend)"
+    # PyTorch's own kernels dispatch on their own level (ATEN_CPU_CAPABILITY forces it): a
+    # comparison at --cpu-isa AVX2 is fair only with PyTorch at AVX2 too.
+    info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     return info
 
 
@@ -769,7 +772,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cpu-isa",
         default=None,
-        help="force a CPU kernel variant (deconvkernels.set_cpu_isa), e.g. AVX2",
+        help="force a CPU kernel variant (deconvkernels.set_cpu_isa), e.g. AVX2; set "
+        "ATEN_CPU_CAPABILITY to the same level for PyTorch's side",
     )
     p.add_argument("--json", metavar="PATH", default=None, help="also write the rows as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
@@ -791,6 +795,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.cpu_isa is not None:
         dk.set_cpu_isa(args.cpu_isa)
+        torch_level = torch.backends.cpu.get_cpu_capability()
+        if not dk.cpu_isa().upper().startswith(torch_level.upper()):
+            print(
+                f"note: our kernels run at {dk.cpu_isa()}, PyTorch's at {torch_level}; "
+                f"ATEN_CPU_CAPABILITY={dk.cpu_isa().lower()} puts PyTorch at the same level.",
+                file=sys.stderr,
+            )
     min_sample_s = None if args.min_sample_ms is None else args.min_sample_ms / 1e3
 
     t0 = time.perf_counter()
