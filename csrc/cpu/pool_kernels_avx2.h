@@ -109,8 +109,8 @@ inline __m256i first_dwords(int64_t n) {
 // written by masked stores, exactly their 2 x 2 n elements (a row's 2 n elements are n or
 // 2 n doublewords). It is read whole where `readable` (the values, and switch bytes, that
 // may be read from vr / sr on: the rest of the buffer) allows: the lanes past the row are
-// the next row's and go nowhere. Otherwise, at the buffer's end, by a copy loop. (Stack
-// copies by memcpy for every row before: 4x512x14x14 float32 took 0.14 ms.)
+// the next row's and go nowhere. At the buffer's end, scatter_row_pair_plain instead.
+// (Stack copies by memcpy for every row before: 4x512x14x14 float32 took 0.14 ms.)
 template <typename T>
 void scatter_row_pair_2x2(const T* vr, const uint8_t* sr, T* out0, T* out1, int64_t OW,
                           int64_t readable) {
@@ -126,19 +126,10 @@ void scatter_row_pair_2x2(const T* vr, const uint8_t* sr, T* out0, T* out1, int6
   }
   if (ow < OW) {
     const int64_t n = OW - ow;
-    alignas(32) T v[L] = {};
-    alignas(16) uint8_t s[16] = {};
-    const T* vp = vr + ow;
-    const uint8_t* sp = sr + ow;
-    if (readable - ow < L) {  // a vector of values, and L switch bytes
-      for (int64_t i = 0; i < n; ++i) {
-        v[i] = vp[i];
-        s[i] = sp[i];
-      }
-      vp = v;
-      sp = s;
+    if (readable - ow < L) {  // a vector of values, and L switch bytes, would read past the end
+      return scatter_row_pair_plain(vr + ow, sr + ow, out0 + 2 * ow, out1 + 2 * ow, n);
     }
-    const RowPair<kBytes> p(load_bits(vp), Bits<kBytes>::switches(sp));
+    const RowPair<kBytes> p(load_bits(vr + ow), Bits<kBytes>::switches(sr + ow));
     const int64_t dwords = 2 * n * kBytes / 4;  // of each output row
     const __m256i m0 = first_dwords(std::min<int64_t>(dwords, 8));
     const __m256i m1 = first_dwords(std::max<int64_t>(dwords - 8, 0));
@@ -163,17 +154,8 @@ void scatter_pixel_2x2(const T* vp, const uint8_t* sp, T* const dst[4], int64_t 
     for (int k = 0; k < 4; ++k) store_bits(dst[k] + c, where_switch<kBytes>(v, s, k));
   }
   if (c < C) {
-    const int64_t n = C - c;
-    alignas(32) T v[L] = {};
-    alignas(32) T o[L];
-    alignas(16) uint8_t s[16] = {};
-    std::memcpy(v, vp + c, n * sizeof(T));
-    std::memcpy(s, sp + c, n);
-    const __m256i vv = load_bits(v), ss = Bits<kBytes>::switches(s);
-    for (int k = 0; k < 4; ++k) {
-      store_bits(o, where_switch<kBytes>(vv, ss, k));
-      std::memcpy(dst[k] + c, o, n * sizeof(T));
-    }
+    T* const rest[4] = {dst[0] + c, dst[1] + c, dst[2] + c, dst[3] + c};
+    scatter_pixel_plain(vp + c, sp + c, rest, C - c);
   }
 }
 
@@ -240,7 +222,8 @@ struct Lanes8<c10::BFloat16> {
  private:
   static std::pair<__m256, __m256> split(__m256i both) {
     return {_mm256_castsi256_ps(_mm256_slli_epi32(both, 16)),
-            _mm256_castsi256_ps(_mm256_and_si256(both, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))))};
+            _mm256_castsi256_ps(
+                _mm256_and_si256(both, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))))};
   }
 };
 
@@ -266,7 +249,8 @@ struct Best8 {
         _mm256_castps_si256(k),
         _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8,
                          12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
-    const __m256i joined = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1));
+    const __m256i joined =
+        _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1));
     return _mm_cvtsi128_si64(_mm256_castsi256_si128(joined));
   }
 };
@@ -375,43 +359,33 @@ void pool_pixel(const T* const taps[4], T* y, uint8_t* sw, int64_t C) {
 
 template <typename T>
 void max_pool_nchw_2x2(const PoolKernelArgs& a) {
-  const PoolGeom g = a.g;
-  const T* x = static_cast<const T*>(a.in);
+  const int64_t W = a.g.W, OW = a.g.OW;
   T* y = static_cast<T*>(a.out);
   uint8_t* sw = a.out_switches;
-  const int64_t rows = a.N * a.C * g.OH;
-  at::parallel_for(0, rows, grain_for(g.OW * 4), [&](int64_t begin, int64_t end) {
-    CountedIndex row(begin, g.OH);  // (plane, oh)
-    for (int64_t r = begin; r < end; ++r, row.next()) {
-      const T* r0 = x + row.outer * g.H * g.W + 2 * row.inner * g.W;
-      if (g.OW >= 32) {
-        pool_row_two_pass(r0, r0 + g.W, y + r * g.OW, sw + r * g.OW, g.OW);
-      } else {
-        pool_row(r0, r0 + g.W, y + r * g.OW, sw + r * g.OW, g.OW);
-      }
-    }
-  });
+  for_each_pooled_row_2x2<T>(
+      a,
+      [&](int64_t r, const T* r0) {
+        if (OW >= 32) {
+          pool_row_two_pass(r0, r0 + W, y + r * OW, sw + r * OW, OW);
+        } else {
+          pool_row(r0, r0 + W, y + r * OW, sw + r * OW, OW);
+        }
+      },
+      [] {});
 }
 
 template <typename T>
 void max_pool_nhwc_2x2(const PoolKernelArgs& a) {
-  const PoolGeom g = a.g;
   const int64_t C = a.C;
-  const T* x = static_cast<const T*>(a.in);
   T* y = static_cast<T*>(a.out);
   uint8_t* sw = a.out_switches;
-  const int64_t pixels = a.N * g.OH * g.OW;
-  at::parallel_for(0, pixels, grain_for(C * 4), [&](int64_t begin, int64_t end) {
-    CountedIndex pixel(begin, g.OW);        // (n * OH + oh, ow)
-    CountedIndex image(pixel.outer, g.OH);  // (n, oh): advances when pixel wraps
-    for (int64_t i = begin; i < end; ++i, pixel.next() && image.next()) {
-      const int64_t n = image.outer, oh = image.inner, ow = pixel.inner;
-      const T* p00 = x + ((n * g.H + 2 * oh) * g.W + 2 * ow) * C;
-      const T* p10 = p00 + g.W * C;
-      const T* const taps[4] = {p00, p00 + C, p10, p10 + C};
-      pool_pixel(taps, y + i * C, sw + i * C, C);
-    }
-  });
+  for_each_pixel_2x2<T>(
+      a,
+      [&](int64_t i, const T* p00, const T* p10) {
+        const T* const taps[4] = {p00, p00 + C, p10, p10 + C};
+        pool_pixel(taps, y + i * C, sw + i * C, C);
+      },
+      [] {});
 }
 
 }  // namespace avx2_pool

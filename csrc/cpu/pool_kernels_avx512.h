@@ -372,6 +372,19 @@ class FlatRows {
   std::vector<Segment> plan_;
 };
 
+// Runs the `rows` pooled rows of a flat map: periods(p0, p1) for whole periods [p0, p1) in
+// parallel, then leftover(r) for the rows r left over, a row at a time (the last task item).
+template <int kLanes, typename Periods, typename Leftover>
+void run_flat(const FlatRows<kLanes>& f, int64_t rows, Periods&& periods, Leftover&& leftover) {
+  const int64_t whole = rows / f.rows();
+  at::parallel_for(0, whole + 1, grain_for(f.outputs() * 4), [&](int64_t begin, int64_t end) {
+    periods(begin, std::min(end, whole));
+    if (end > whole) {
+      for (int64_t r = whole * f.rows(); r < rows; ++r) leftover(r);
+    }
+  });
+}
+
 // Outputs [o, o + n) of a flat run, exactly, row piece by row piece (bfloat16: a period that
 // met a NaN; float: the rows after the last whole period).
 template <typename T>
@@ -464,21 +477,18 @@ inline void pool_flat(const float* x, float* y, uint8_t* sw, int64_t rows, const
                       bool stream_wanted) {
   const Flat f(g.OW, g.W);
   const bool stream = stream_wanted && aligned(y, 64) && aligned(sw, 16);
-  const int64_t periods = rows / f.rows(), OW = g.OW, W = g.W;
-  // Item `periods` is the leftover rows.
-  at::parallel_for(0, periods + 1, grain_for(f.outputs() * 4), [&](int64_t begin, int64_t end) {
-    const int64_t p1 = std::min(end, periods);
-    if (stream) {
-      pool_flat_periods<true>(f, x, y, sw, W, begin, p1);
-      end_streaming(true);
-    } else {
-      pool_flat_periods<false>(f, x, y, sw, W, begin, p1);
-    }
-    if (end > periods) {
-      const int64_t o = periods * f.outputs();
-      pool_flat_pieces(x, y, sw, o, rows * OW - o, OW, W);
-    }
-  });
+  const int64_t OW = g.OW, W = g.W;
+  run_flat(
+      f, rows,
+      [&](int64_t p0, int64_t p1) {
+        if (stream) {
+          pool_flat_periods<true>(f, x, y, sw, W, p0, p1);
+          end_streaming(true);
+        } else {
+          pool_flat_periods<false>(f, x, y, sw, W, p0, p1);
+        }
+      },
+      [&](int64_t r) { pool_flat_pieces(x, y, sw, r * OW, OW, OW, W); });
 }
 
 }  // namespace f32_nchw
@@ -496,24 +506,23 @@ void max_pool_nchw_2x2(const PoolKernelArgs& a) {
   uint8_t* sw = a.out_switches;
   const int64_t rows = a.N * a.C * g.OH;
   if constexpr (std::is_same_v<T, float>) {
-    if (g.OW < 32 && g.H == 2 * g.OH) return f32_nchw::pool_flat(x, y, sw, rows, g, a.stream_outputs);
+    if (g.OW < 32 && g.H == 2 * g.OH) {
+      return f32_nchw::pool_flat(x, y, sw, rows, g, a.stream_outputs);
+    }
   }
-  const bool two_pass = g.OW >= 32;
   // Streamed only if every store is a whole vector or half of one, aligned to its size
   // (rows of 8k pooled columns; see put).
   const bool stream = a.stream_outputs && g.OW % 8 == 0 && aligned(y, 64) && aligned(sw, 16);
-  at::parallel_for(0, rows, grain_for(g.OW * 4), [&](int64_t begin, int64_t end) {
-    CountedIndex row(begin, g.OH);  // (plane, oh)
-    for (int64_t r = begin; r < end; ++r, row.next()) {
-      const T* r0 = x + row.outer * g.H * g.W + 2 * row.inner * g.W;
-      if (two_pass) {
-        pool_row_two_pass(r0, r0 + g.W, y + r * g.OW, sw + r * g.OW, g.OW, stream);
-      } else {
-        pool_row_one_pass(r0, r0 + g.W, y + r * g.OW, sw + r * g.OW, g.OW, stream);
-      }
-    }
-    end_streaming(stream);
-  });
+  for_each_pooled_row_2x2<T>(
+      a,
+      [&](int64_t r, const T* r0) {
+        if (g.OW >= 32) {
+          pool_row_two_pass(r0, r0 + g.W, y + r * g.OW, sw + r * g.OW, g.OW, stream);
+        } else {
+          pool_row_one_pass(r0, r0 + g.W, y + r * g.OW, sw + r * g.OW, g.OW, stream);
+        }
+      },
+      [&] { end_streaming(stream); });
 }
 
 // kB x 16 channels of one output pixel, kept in registers while the four taps are read
@@ -853,23 +862,21 @@ inline void pool_flat(const T* x, T* y, uint8_t* sw, int64_t rows, const PoolGeo
                       bool stream_wanted) {
   const Flat f(g.OW, g.W);
   const bool stream = stream_wanted && aligned(y, 64) && aligned(sw, 32);
-  const int64_t periods = rows / f.rows(), OW = g.OW, W = g.W;
-  // Item `periods` is the leftover rows.
-  at::parallel_for(0, periods + 1, grain_for(f.outputs() * 4), [&](int64_t begin, int64_t end) {
-    const int64_t p1 = std::min(end, periods);
-    if (stream) {
-      pool_flat_periods<true>(f, x, y, sw, OW, W, begin, p1);
-      end_streaming(true);
-    } else {
-      pool_flat_periods<false>(f, x, y, sw, OW, W, begin, p1);
-    }
-    if (end > periods) {
-      for (int64_t r = periods * f.rows(); r < rows; ++r) {
+  const int64_t OW = g.OW, W = g.W;
+  run_flat(
+      f, rows,
+      [&](int64_t p0, int64_t p1) {
+        if (stream) {
+          pool_flat_periods<true>(f, x, y, sw, OW, W, p0, p1);
+          end_streaming(true);
+        } else {
+          pool_flat_periods<false>(f, x, y, sw, OW, W, p0, p1);
+        }
+      },
+      [&](int64_t r) {
         const T* r0 = x + 2 * W * r;
         pool_row(r0, r0 + W, y + r * OW, sw + r * OW, OW, false);
-      }
-    }
-  });
+      });
 }
 
 inline void max_pool_nchw_2x2(const PoolKernelArgs& a) {
@@ -884,18 +891,16 @@ inline void max_pool_nchw_2x2(const PoolKernelArgs& a) {
   // Streamed only if every store is a whole vector or half of one, aligned to its size
   // (see put).
   const bool stream = a.stream_outputs && g.OW % 16 == 0 && aligned(y, 64) && aligned(sw, 32);
-  at::parallel_for(0, rows, grain_for(g.OW * 4), [&](int64_t begin, int64_t end) {
-    CountedIndex row(begin, g.OH);  // (plane, oh)
-    for (int64_t r = begin; r < end; ++r, row.next()) {
-      const T* r0 = x + row.outer * g.H * g.W + 2 * row.inner * g.W;
-      if (g.OW >= 64) {
-        pool_row_two_pass(r0, r0 + g.W, y + r * g.OW, sw + r * g.OW, g.OW, stream);
-      } else {
-        pool_row(r0, r0 + g.W, y + r * g.OW, sw + r * g.OW, g.OW, stream);
-      }
-    }
-    end_streaming(stream);
-  });
+  for_each_pooled_row_2x2<T>(
+      a,
+      [&](int64_t r, const T* r0) {
+        if (g.OW >= 64) {
+          pool_row_two_pass(r0, r0 + g.W, y + r * g.OW, sw + r * g.OW, g.OW, stream);
+        } else {
+          pool_row(r0, r0 + g.W, y + r * g.OW, sw + r * g.OW, g.OW, stream);
+        }
+      },
+      [&] { end_streaming(stream); });
 }
 
 }  // namespace bf16_nchw
@@ -958,87 +963,71 @@ inline void pool_pixel_bf16(const c10::BFloat16* p00, const c10::BFloat16* p10, 
 
 inline void max_pool_nhwc_2x2_bf16(const PoolKernelArgs& a) {
   using T = c10::BFloat16;
-  const PoolGeom g = a.g;
   const int64_t C = a.C;
-  const T* x = static_cast<const T*>(a.in);
   T* y = static_cast<T*>(a.out);
   uint8_t* sw = a.out_switches;
   const bool stream = a.stream_outputs && C % 32 == 0 && aligned(y, 64) && aligned(sw, 32);
-  const int64_t pixels = a.N * g.OH * g.OW;
-  at::parallel_for(0, pixels, grain_for(C * 4), [&](int64_t begin, int64_t end) {
-    CountedIndex pixel(begin, g.OW);          // (n * OH + oh, ow)
-    CountedIndex image(pixel.outer, g.OH);    // (n, oh): advances when pixel wraps
-    for (int64_t i = begin; i < end; ++i, pixel.next() && image.next()) {
-      const int64_t n = image.outer, oh = image.inner, ow = pixel.inner;
-      const T* p00 = x + ((n * g.H + 2 * oh) * g.W + 2 * ow) * C;
-      const T* p10 = p00 + g.W * C;
-      bf16_key::NanWatch watch;
-      pool_pixel_bf16<bf16_key::Best>(p00, p10, C, y + i * C, sw + i * C, stream, watch);
-      if (__builtin_expect(watch.met(), 0)) {
-        if (stream) _mm_sfence();
-        pool_pixel_bf16<Bf16NanKey>(p00, p10, C, y + i * C, sw + i * C, stream, watch);
-      }
-    }
-    end_streaming(stream);
-  });
+  for_each_pixel_2x2<T>(
+      a,
+      [&](int64_t i, const T* p00, const T* p10) {
+        bf16_key::NanWatch watch;
+        pool_pixel_bf16<bf16_key::Best>(p00, p10, C, y + i * C, sw + i * C, stream, watch);
+        if (__builtin_expect(watch.met(), 0)) {
+          if (stream) _mm_sfence();
+          pool_pixel_bf16<Bf16NanKey>(p00, p10, C, y + i * C, sw + i * C, stream, watch);
+        }
+      },
+      [&] { end_streaming(stream); });
 }
 
 template <typename T>
 void max_pool_nhwc_2x2(const PoolKernelArgs& a) {
   if constexpr (std::is_same_v<T, c10::BFloat16>) return max_pool_nhwc_2x2_bf16(a);
   using L = Lanes16<T>;
-  const PoolGeom g = a.g;
   const int64_t C = a.C;
-  const T* x = static_cast<const T*>(a.in);
   T* y = static_cast<T*>(a.out);
   uint8_t* sw = a.out_switches;
   const bool stream = a.stream_outputs && C % 16 == 0 && aligned(y, 64) && aligned(sw, 16);
-  const int64_t pixels = a.N * g.OH * g.OW;
-  at::parallel_for(0, pixels, grain_for(C * 4), [&](int64_t begin, int64_t end) {
-    CountedIndex pixel(begin, g.OW);          // (n * OH + oh, ow)
-    CountedIndex image(pixel.outer, g.OH);    // (n, oh): advances when pixel wraps
-    for (int64_t i = begin; i < end; ++i, pixel.next() && image.next()) {
-      const int64_t n = image.outer, oh = image.inner, ow = pixel.inner;
-      const T* p00 = x + ((n * g.H + 2 * oh) * g.W + 2 * ow) * C;
-      const T* p10 = p00 + g.W * C;
-      T* yi = y + i * C;
-      uint8_t* si = sw + i * C;
-      int64_t c = 0;
-      if constexpr (std::is_same_v<T, float>) {
-        __m512 nan_sum = _mm512_setzero_ps();
-        for (; c + 64 <= C; c += 64) {
-          const T* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
-          pool_pixel_block<T, 4, OrderedBest>(tap, yi + c, si + c, stream, &nan_sum);
-        }
-        if (__builtin_expect(_mm512_cmp_ps_mask(nan_sum, nan_sum, _CMP_UNORD_Q) != 0, 0)) {
-          if (stream) _mm_sfence();
-          for (int64_t d = 0; d < c; d += 64) {
-            const T* const tap[4] = {p00 + d, p00 + C + d, p10 + d, p10 + C + d};
-            pool_pixel_block<T, 4>(tap, yi + d, si + d, stream);
+  for_each_pixel_2x2<T>(
+      a,
+      [&](int64_t i, const T* p00, const T* p10) {
+        T* yi = y + i * C;
+        uint8_t* si = sw + i * C;
+        int64_t c = 0;
+        if constexpr (std::is_same_v<T, float>) {
+          __m512 nan_sum = _mm512_setzero_ps();
+          for (; c + 64 <= C; c += 64) {
+            const T* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
+            pool_pixel_block<T, 4, OrderedBest>(tap, yi + c, si + c, stream, &nan_sum);
+          }
+          if (__builtin_expect(_mm512_cmp_ps_mask(nan_sum, nan_sum, _CMP_UNORD_Q) != 0, 0)) {
+            if (stream) _mm_sfence();
+            for (int64_t d = 0; d < c; d += 64) {
+              const T* const tap[4] = {p00 + d, p00 + C + d, p10 + d, p10 + C + d};
+              pool_pixel_block<T, 4>(tap, yi + d, si + d, stream);
+            }
           }
         }
-      }
-      for (; c + 128 <= C; c += 128) {
-        const T* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
-        pool_pixel_block<T, 8>(tap, yi + c, si + c, stream);
-      }
-      if (c + 64 <= C) {
-        const T* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
-        pool_pixel_block<T, 4>(tap, yi + c, si + c, stream);
-        c += 64;
-      }
-      for (; c < C; c += 16) {  // the last channels, a group at a time
-        const __mmask16 m = first_lanes(C - c);
-        Best<T> best(L::load(p00 + c, m));
-        const __mmask16 t1 = best.update(L::load(p00 + C + c, m));
-        const __mmask16 t2 = best.update(L::load(p10 + c, m));
-        const __mmask16 t3 = best.update(L::load(p10 + C + c, m));
-        put<T>(yi + c, m, best.raw, stream);
-        put_switches(si + c, m, switches_from(t1, t2, t3), stream);
-      }
-    }
-    end_streaming(stream);
-  });
+        for (; c + 128 <= C; c += 128) {
+          const T* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
+          pool_pixel_block<T, 8>(tap, yi + c, si + c, stream);
+        }
+        if (c + 64 <= C) {
+          const T* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
+          pool_pixel_block<T, 4>(tap, yi + c, si + c, stream);
+          c += 64;
+        }
+        for (; c < C; c += 16) {  // the last channels, a group at a time
+          const __mmask16 m = first_lanes(C - c);
+          Best<T> best(L::load(p00 + c, m));
+          const __mmask16 t1 = best.update(L::load(p00 + C + c, m));
+          const __mmask16 t2 = best.update(L::load(p10 + c, m));
+          const __mmask16 t3 = best.update(L::load(p10 + C + c, m));
+          put<T>(yi + c, m, best.raw, stream);
+          put_switches(si + c, m, switches_from(t1, t2, t3), stream);
+        }
+      },
+      [&] { end_streaming(stream); });
 }
 
 // ------------------------------------------------------------------------------------------

@@ -115,6 +115,89 @@ struct CountedIndex {
   }
 };
 
+// The raw bits of a T, as an unsigned integer that may alias it.
+template <int kBytes>
+struct RawBitsOf;
+template <>
+struct RawBitsOf<2> {
+  typedef uint16_t __attribute__((may_alias)) type;
+};
+template <>
+struct RawBitsOf<4> {
+  typedef uint32_t __attribute__((may_alias)) type;
+};
+template <>
+struct RawBitsOf<8> {
+  typedef uint64_t __attribute__((may_alias)) type;
+};
+
+// NCHW, 2x2 stride-2 windows inside the output: a pooled row to both of its output rows,
+// the DEFAULT level's kernel (and double's at every level; the AVX2 kernel's rows at the
+// end of a buffer): both rows zeroed by memset,
+// then each value stored where its switch says, on raw bits. (at::vec's form before, values
+// widened to float, switches converted to float lanes, both rows blended and interleaved,
+// ran the unpool at 0.11x PyTorch's scalar loop at the DEFAULT level, 2-core Xeon, both
+// forced to DEFAULT; a select per output element, vectorised by the compiler to SSE2, at
+// 0.38x.)
+template <typename T>
+void scatter_row_pair_plain(const T* vr, const uint8_t* sr, T* out0, T* out1, int64_t OW) {
+  using U = typename RawBitsOf<sizeof(T)>::type;
+  const U* v = reinterpret_cast<const U*>(vr);
+  U* const rows[2] = {reinterpret_cast<U*>(out0), reinterpret_cast<U*>(out1)};
+  std::memset(out0, 0, 2 * OW * sizeof(T));
+  std::memset(out1, 0, 2 * OW * sizeof(T));
+  for (int64_t i = 0; i < OW; ++i) {
+    const unsigned k = sr[i];
+    rows[k >> 1][2 * i + (k & 1)] = v[i];
+  }
+}
+
+// NHWC: the C channels of one pooled pixel to the four pixels of its window (dst[k] for
+// switch k), as scatter_row_pair_plain.
+template <typename T>
+void scatter_pixel_plain(const T* vp, const uint8_t* sp, T* const dst[4], int64_t C) {
+  using U = typename RawBitsOf<sizeof(T)>::type;
+  const U* v = reinterpret_cast<const U*>(vp);
+  U* const out[4] = {reinterpret_cast<U*>(dst[0]), reinterpret_cast<U*>(dst[1]),
+                     reinterpret_cast<U*>(dst[2]), reinterpret_cast<U*>(dst[3])};
+  for (int k = 0; k < 4; ++k) std::memset(dst[k], 0, C * sizeof(T));
+  for (int64_t c = 0; c < C; ++c) out[sp[c]][c] = v[c];
+}
+
+// The walks of the 2x2 stride-2 pool forward, shared by the AVX2 and AVX-512 kernels, in
+// parallel with enough items a task (grain_for). NCHW: f(r, r0) for each pooled row r
+// (counted over all planes), r0 its windows' top input row (the bottom one is r0 + W).
+// NHWC: f(i, p00, p10) for each output pixel i, p00 / p10 its window's top-left input
+// pixel and the one below. done() ends each task (kernels that stream fence there).
+template <typename T, typename F, typename Done>
+void for_each_pooled_row_2x2(const PoolKernelArgs& a, F&& f, Done&& done) {
+  const PoolGeom g = a.g;
+  const T* x = static_cast<const T*>(a.in);
+  at::parallel_for(0, a.N * a.C * g.OH, grain_for(g.OW * 4), [&](int64_t begin, int64_t end) {
+    CountedIndex row(begin, g.OH);  // (plane, oh)
+    for (int64_t r = begin; r < end; ++r, row.next()) {
+      f(r, x + row.outer * g.H * g.W + 2 * row.inner * g.W);
+    }
+    done();
+  });
+}
+
+template <typename T, typename F, typename Done>
+void for_each_pixel_2x2(const PoolKernelArgs& a, F&& f, Done&& done) {
+  const PoolGeom g = a.g;
+  const int64_t C = a.C;
+  const T* x = static_cast<const T*>(a.in);
+  at::parallel_for(0, a.N * g.OH * g.OW, grain_for(C * 4), [&](int64_t begin, int64_t end) {
+    CountedIndex pixel(begin, g.OW);        // (n * OH + oh, ow)
+    CountedIndex image(pixel.outer, g.OH);  // (n, oh): advances when pixel wraps
+    for (int64_t i = begin; i < end; ++i, pixel.next() && image.next()) {
+      const T* p00 = x + ((image.outer * g.H + 2 * image.inner) * g.W + 2 * pixel.inner) * C;
+      f(i, p00, p00 + g.W * C);
+    }
+    done();
+  });
+}
+
 #if defined(CPU_CAPABILITY_AVX512)
 #include "pool_kernels_avx512.h"
 #endif
@@ -244,42 +327,6 @@ void max_pool_nhwc(const PoolKernelArgs& a) {
 
 // ---------------------------------------------------- scatter: pooled -> unpooled
 
-// The raw bits of a T, as an unsigned integer that may alias it.
-template <int kBytes>
-struct RawBitsOf;
-template <>
-struct RawBitsOf<2> {
-  typedef uint16_t __attribute__((may_alias)) type;
-};
-template <>
-struct RawBitsOf<4> {
-  typedef uint32_t __attribute__((may_alias)) type;
-};
-template <>
-struct RawBitsOf<8> {
-  typedef uint64_t __attribute__((may_alias)) type;
-};
-
-// NCHW, 2x2 stride-2 windows inside the output: a pooled row to both of its output rows,
-// the DEFAULT level's kernel (and double's at every level): both rows zeroed by memset,
-// then each value stored where its switch says, on raw bits. (at::vec's form before, values
-// widened to float, switches converted to float lanes, both rows blended and interleaved,
-// ran the unpool at 0.11x PyTorch's scalar loop at the DEFAULT level, 2-core Xeon, both
-// forced to DEFAULT; a select per output element, vectorised by the compiler to SSE2, at
-// 0.38x.)
-template <typename T>
-void scatter_row_pair_plain(const T* vr, const uint8_t* sr, T* out0, T* out1, int64_t OW) {
-  using U = typename RawBitsOf<sizeof(T)>::type;
-  const U* v = reinterpret_cast<const U*>(vr);
-  U* const rows[2] = {reinterpret_cast<U*>(out0), reinterpret_cast<U*>(out1)};
-  std::memset(out0, 0, 2 * OW * sizeof(T));
-  std::memset(out1, 0, 2 * OW * sizeof(T));
-  for (int64_t i = 0; i < OW; ++i) {
-    const unsigned k = sr[i];
-    rows[k >> 1][2 * i + (k & 1)] = v[i];
-  }
-}
-
 // Both output rows of a pooled row (see avx512_pool::scatter_row_pair_2x2).
 // `readable`: the values and switch bytes that may be read from vr / sr on (the rest of the
 // buffers; the AVX2 kernel reads past a short row where it can).
@@ -360,18 +407,8 @@ void scatter_nchw(const PoolKernelArgs& a, bool sum) {
 
 // NHWC, 2x2 stride-2 windows inside the input: walk pooled pixels and write each one's
 // 2x2 output block (every value once, switch compares along channels); then zero the
-// odd last row / column that no window covers. The per-pixel step is memset and a scalar
-// scatter on raw bits here (as scatter_row_pair_plain) and intrinsics on AVX2 / AVX-512.
-template <typename T>
-void scatter_pixel_2x2(const T* vp, const uint8_t* sp, T* const dst[4], int64_t C) {
-  using U = typename RawBitsOf<sizeof(T)>::type;
-  const U* v = reinterpret_cast<const U*>(vp);
-  U* const out[4] = {reinterpret_cast<U*>(dst[0]), reinterpret_cast<U*>(dst[1]),
-                     reinterpret_cast<U*>(dst[2]), reinterpret_cast<U*>(dst[3])};
-  for (int k = 0; k < 4; ++k) std::memset(dst[k], 0, C * sizeof(T));
-  for (int64_t c = 0; c < C; ++c) out[sp[c]][c] = v[c];
-}
-
+// odd last row / column that no window covers. The per-pixel step is scatter_pixel_plain
+// here and intrinsics on AVX2 / AVX-512.
 template <typename T>
 void scatter_nhwc_2x2(const PoolKernelArgs& a) {
   const PoolGeom g = a.g;
@@ -402,7 +439,7 @@ void scatter_nhwc_2x2(const PoolKernelArgs& a) {
           continue;
         }
 #endif
-        scatter_pixel_2x2(v + pooled, sw + pooled, dst, C);
+        scatter_pixel_plain(v + pooled, sw + pooled, dst, C);
       }
       if (g.W > 2 * g.OW) {  // odd width: the last column of both rows
         std::fill(o0 + 2 * g.OW * C, o0 + g.W * C, T(0));
