@@ -224,12 +224,15 @@ def unpooled_shape(
     params: PoolParams,
     output_size: Sequence[int] | None,
     name: str = "output_size",
+    leading: Sequence[int] | None = None,
 ) -> tuple[int, int]:
     """Resolve and check the unpooled spatial size.
 
-    ``output_size`` may hold leading batch/channel sizes (as ``F.max_unpool2d`` allows); only the
-    last two count. It must be a size that a pool with ``params`` (floor or ceil mode) maps to
-    ``pooled``: anything else could not have produced these switches.
+    ``output_size`` is ``(H, W)`` or, given ``leading`` (the pooled tensor's sizes before its
+    last two), the whole unpooled shape, e.g. ``x.shape`` of the pooled input: its leading
+    sizes must then equal ``leading`` (``F.max_unpool2d`` takes 4 elements and ignores the
+    first two). ``(H, W)`` must be a size that a pool with ``params`` (floor or ceil mode) maps
+    to ``pooled``: anything else could not have produced these switches.
     """
     if output_size is None:
         size = default_unpooled_shape(pooled, params)
@@ -242,8 +245,9 @@ def unpooled_shape(
     if isinstance(output_size, (int, torch.SymInt)):
         raise ValueError(f"{name} must be a sequence (H, W), got {output_size!r}")
     size = tuple(output_size)
-    if len(size) < 2:
-        raise ValueError(f"{name} must hold at least (H, W), got {size}")
+    if len(size) != 2 and (leading is None or size[:-2] != tuple(leading)):
+        whole = "" if leading is None else f" or the whole unpooled shape {(*leading, 'H', 'W')}"
+        raise ValueError(f"{name} must be (H, W){whole}, got {size}")
     size = size[-2:]
     for n, o, k, s, p, d in zip(size, pooled, *params, strict=True):
         if not isinstance(n, (int, torch.SymInt)) or isinstance(n, bool):

@@ -173,8 +173,14 @@ def make_configs(
     ]
 
 
+#: The pooled data: ``randn``, or ``relu``: randn after a ReLU, half of it +0, which is what
+#: DeconvNet's pools see (bfloat16 compares such inputs on their raw bits, a faster path).
+DATA_KINDS = ("randn", "relu")
+
+
 class PoolInputs:
-    """The tensors every case of one :class:`BenchConfig` needs, made once.
+    """The tensors every case of one :class:`BenchConfig` needs, made once (``data``: one of
+    :data:`DATA_KINDS`).
 
     ``x`` (no grad) and ``x_grad`` (the same storage, requiring grad) in the config's dtype and
     layout; ``g`` a fixed upstream gradient of the pooled shape; ``y_ours``/``switches`` from our
@@ -182,11 +188,15 @@ class PoolInputs:
     copy yardstick.
     """
 
-    def __init__(self, config: BenchConfig, seed: int = 0) -> None:
+    def __init__(self, config: BenchConfig, seed: int = 0, data: str = "randn") -> None:
+        if data not in DATA_KINDS:
+            raise ValueError(f"data must be one of {DATA_KINDS}, got {data!r}")
         self.config = config
         device = torch.device(config.device)
         gen = torch.Generator(device=device).manual_seed(seed)
         x = torch.randn(config.shape, generator=gen, device=device, dtype=torch.float32)
+        if data == "relu":
+            x = x.relu_()
         self.x = x.to(config.torch_dtype).contiguous(memory_format=config.memory_format)
         del x
         self.x_grad = self.x.detach().requires_grad_(True)
@@ -480,6 +490,7 @@ def run_report(
     settle_s: float | None = None,
     stat: str = "min",
     progress: bool = True,
+    data: str = "randn",
 ) -> list[BenchRow]:
     """Measure every case on every (shape, dtype, layout) and return one row per measurement.
 
@@ -497,6 +508,7 @@ def run_report(
         settle_s: seconds of untimed calls on the largest configuration first (:func:`settle`).
         stat: ``"min"`` or ``"median"`` of the samples, for times, ratios and bandwidths.
         progress: show progress on stderr (tqdm if installed).
+        data: the pooled values, one of :data:`DATA_KINDS`.
 
     The copy yardstick (``dst.copy_(x)`` of the largest input of the run, ``2 * x.nbytes``
     bytes) is measured before and after the cases; the faster of the two sets is used.
@@ -529,7 +541,7 @@ def run_report(
         with bar.step(f"copy {largest.id} (start)"):
             copy_samples += _measure_copy(largest, repeats, warmup, min_sample_s)
         for config in configs:
-            inputs = PoolInputs(config)
+            inputs = PoolInputs(config, data=data)
             fns: list[Callable[[], object]] = []
             for case in cases:
                 with bar.step(f"{case} {config.id}"):
@@ -775,6 +787,13 @@ def _parser() -> argparse.ArgumentParser:
         help="force a CPU kernel variant (deconvkernels.set_cpu_isa), e.g. AVX2; set "
         "ATEN_CPU_CAPABILITY to the same level for PyTorch's side",
     )
+    p.add_argument(
+        "--data",
+        choices=DATA_KINDS,
+        default="randn",
+        help="pooled values: randn, or relu (randn after a ReLU, as DeconvNet's pools see) "
+        "(default: randn)",
+    )
     p.add_argument("--json", metavar="PATH", default=None, help="also write the rows as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
     return p
@@ -818,6 +837,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settle_s=args.settle_s,
         stat=args.stat,
         progress=not args.no_progress,
+        data=args.data,
     )
     elapsed = time.perf_counter() - t0
     qi = 1 if args.quick else 0
@@ -829,6 +849,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settle": f"{args.settle_s if args.settle_s is not None else DEFAULT_SETTLE_S[qi]:g} s",
         "order": "ABBA",
         "statistic": args.stat,
+        "data": args.data,
         "quick": args.quick,
         "run time": f"{elapsed:.0f} s",
     }

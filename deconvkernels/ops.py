@@ -129,7 +129,7 @@ def max_unpool2d_with_switches(
     params = pool_params(kernel_size, stride, padding, dilation)
     check_float_tensor(y, "y")
     check_switches(switches, y)
-    size = unpooled_shape(y.shape[-2:], params, output_size)
+    size = unpooled_shape(y.shape[-2:], params, output_size, leading=y.shape[:-2])
     if use_extension():
         return _call(_ops.max_unpool2d_with_switches, y, switches, size, *params, grad_args=(y,))
     return reference.max_unpool2d_with_switches(y, switches, params, size)
@@ -244,7 +244,7 @@ def unpool_deconv2d(
     check_float_tensor(y, "y")
     check_switches(switches, y)
     check_deconv_weight(weight, bias, y, dc.groups)
-    size = unpooled_shape(y.shape[-2:], params, output_size)
+    size = unpooled_shape(y.shape[-2:], params, output_size, leading=y.shape[:-2])
     if min(dc.output_shape(size, weight.shape[-2:])) < 1:
         raise ValueError(
             f"padding {dc.padding} is too large: the deconvolution of a {size} map would be "

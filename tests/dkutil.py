@@ -356,6 +356,9 @@ class Target:
         if self.emulated:
             geo = geometry(kernel_size, stride, padding, dilation)
             size = default_unpooled_hw(y.shape[-2:], geo) if output_size is None else output_size
+            if len(size) != 2 and tuple(size)[:-2] != tuple(y.shape[:-2]):
+                # (the public op's rule, in Python there: a whole shape has y's leading sizes)
+                raise ValueError(f"output_size {tuple(size)} does not lead with {y.shape[:-2]}")
             return self.raw("max_unpool2d_with_switches", y, switches, list(size)[-2:], *geo)
         return dk.max_unpool2d_with_switches(
             y, switches, kernel_size, stride, padding, dilation, output_size

@@ -146,12 +146,14 @@ def test_unpool_bad_tensors(public_target):
 
 @pytest.mark.parametrize("output_size", [
     (4, 7), (8, 7), (6, 9), (10, 10), (0, 7), (6,), (6.0, 7), [2, 3, 6, -7],
+    (1, 2, 7, 7), (3, 7, 7), (5, 2, 3, 7, 7),
 ], ids=repr)
 def test_unpool_impossible_output_size(public_target, output_size):
-    """Pooled 3x3 with kernel 2 stride 2 comes from 6..7 rows (floor) or 5 (ceil): not 4 or 8."""
+    """Pooled 3x3 with kernel 2 stride 2 comes from 6..7 rows (floor) or 5 (ceil): not 4 or 8.
+    A whole shape must have y's leading sizes (F.max_unpool2d ignores the first two of four)."""
     y = public_target.put(torch.randn(2, 3, 3, 3))
     sw = public_target.put(torch.zeros(2, 3, 3, 3, dtype=torch.uint8))  # valid for any size
-    for possible in [(5, 5), (6, 7), (7, 6), (1, 2, 7, 7)]:
+    for possible in [(5, 5), (6, 7), (7, 6), (2, 3, 7, 7), torch.Size([2, 3, 6, 6])]:
         assert dk.max_unpool2d_with_switches(y, sw, 2, output_size=possible).shape[-2:] == (
             possible[-2:]
         )

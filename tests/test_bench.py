@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from deconvkernels import bench
 
@@ -43,3 +44,17 @@ def test_settle_runs_every_case_for_its_time(monkeypatch):
     calls.clear()
     bench.settle(config, 0.0)
     assert not calls
+
+
+def test_relu_data_is_nonnegative_and_reported():
+    config = bench.make_configs("cpu", ["bfloat16"], ["nchw"], 1, [(3, 8, 10)])[0]
+    relu = bench.PoolInputs(config, data="relu")
+    assert (relu.x >= 0).all() and (relu.x == 0).any() and not torch.signbit(relu.x).any()
+    assert (bench.PoolInputs(config).x < 0).any()
+    with pytest.raises(ValueError, match="data"):
+        bench.PoolInputs(config, data="ones")
+    rows = bench.run_report(
+        "cpu", ["bfloat16"], ["nchw"], batch=1, shapes=[(3, 8, 10)], cases=["pool_fwd"],
+        repeats=1, warmup=0, min_sample_s=0.0, settle_s=0.0, progress=False, data="relu",
+    )
+    assert len(rows) == 1 and rows[0].ours_s > 0

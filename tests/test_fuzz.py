@@ -268,12 +268,15 @@ def test_fuzz_max_unpool2d_with_switches(data, spec, geo_args, isa, seed):
     sw, _ = _switches_for(data.draw, lead, hw, geo, ceil)
     y = _values(sw.shape, dtype, layout, kind)
     sw = arrange(sw, layout)
-    choice = data.draw(st.sampled_from(["true", "true", "default", "random", "leading"]))
+    choice = data.draw(
+        st.sampled_from(["true", "true", "default", "random", "leading", "bad-leading"])
+    )
     output_size = {
         "true": hw,
         "default": None,
         "random": (data.draw(st.integers(-1, 14)), data.draw(st.integers(1, 14))),
-        "leading": (5, 7, *hw),
+        "leading": (*y.shape[:-2], *hw),  # the whole unpooled shape
+        "bad-leading": (5, 7, *hw),  # leading sizes not y's (unless y leads with 5, 7)
     }[choice]
     note(f"y: {tuple(y.shape)} {dtype} {layout}; output_size={output_size}")
     with _isa(isa):
@@ -284,7 +287,7 @@ def test_fuzz_max_unpool2d_with_switches(data, spec, geo_args, isa, seed):
             exact=False,
         )
     raw_call = None
-    if geo is not None:
+    if geo is not None and choice != "bad-leading":  # (the raw ops take (H, W) only)
         size = list(default_unpooled_hw(y.shape[-2:], geo) if output_size is None
                     else output_size[-2:])
 
@@ -394,12 +397,15 @@ def test_fuzz_unpool_deconv2d(data, spec, geo_args, isa, seed):
     y = _values(sw.shape, dtype, layout, kind)
     sw = arrange(sw, layout)
     w, b, dkw = data.draw(deconv_args(sw.shape[-3], dtype))
-    choice = data.draw(st.sampled_from(["true", "true", "true", "default", "random", "leading"]))
+    choice = data.draw(st.sampled_from(
+        ["true", "true", "true", "default", "random", "leading", "bad-leading"]
+    ))
     output_size = {
         "true": hw,
         "default": None,
         "random": (data.draw(st.integers(-1, 10)), data.draw(st.integers(1, 10))),
-        "leading": (5, 7, *hw),
+        "leading": (*y.shape[:-2], *hw),  # the whole unpooled shape
+        "bad-leading": (5, 7, *hw),  # leading sizes not y's (unless y leads with 5, 7)
     }[choice]
     pool_kw = dict(pool_kernel_size=kernel, pool_stride=stride, pool_padding=padding,
                    pool_dilation=dilation)
@@ -436,7 +442,7 @@ def test_fuzz_unpool_deconv2d(data, spec, geo_args, isa, seed):
     deconv = [_int_pair(dkw[k]) for k in ("stride", "padding", "output_padding", "dilation")]
     groups = dkw["groups"]
     if not HAS_EXT or geo is None or None in deconv or not isinstance(groups, int) or (
-            isinstance(groups, bool)):
+            isinstance(groups, bool)) or choice == "bad-leading":  # (raw ops: (H, W) only)
         return
     size = list(default_unpooled_hw(y.shape[-2:], geo) if output_size is None
                 else output_size[-2:])

@@ -313,6 +313,73 @@ def test_pool_bfloat16_channels_last_key_paths(target, channels):
         _check_pool_keeps_bits(target, x, geo, f"bfloat16 channels_last {tuple(shape)} {kind}")
 
 
+def _nonnegative_bfloat16(shape, kind: str) -> torch.Tensor:
+    """Inputs +0 or greater without NaN (what DeconvNet's pools see after a ReLU): "relu"
+    (relu of randn, a quarter of it +0), "ties" (0, 1 and 2: windows of equal values) and
+    "inf" (relu of randn with +inf planted)."""
+    if kind == "ties":
+        return torch.randint(0, 3, shape).to(torch.bfloat16)
+    x = torch.randn(shape).relu().to(torch.bfloat16)
+    if kind == "inf":
+        x[torch.rand(shape) < 0.1] = float("inf")
+    return x
+
+
+# Values the raw-pattern compare cannot order (so that block is redone with keys), as int16.
+_RAW_BREAKERS = {"-0": -0x8000, "-1": -0x4080, "+nan": 0x7FC1, "-nan": -0x3F, "+tiny": 0x0001}
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_pool_bfloat16_nonnegative_raw_paths(target, layout):
+    """bfloat16 2x2/2 on AVX-512 compares inputs that are all +0 or greater (no NaN) as raw
+    unsigned patterns (flat NCHW runs, channels_last pixels) until a block holds another
+    value; that block is redone with keys and the rest of the call runs on keys. Non-negative
+    data alone (relu, ties of equal values, +inf), and with one value the raw compare cannot
+    order (-0, a negative number, a NaN of either sign) planted in the first, a middle or the
+    last window of the call; a subnormal is a number it does order. Enough planes for both
+    threads to take several periods, streamed outputs included (threshold 0)."""
+    torch.manual_seed(14)
+    geo = geometry(2)
+    if layout == "contiguous":  # flat runs: even heights, OW < 64
+        shapes = [(2, 9, 2, 14), (3, 40, 6, 14), (2, 12, 4, 28), (1, 5, 14, 56), (2, 3, 6, 10),
+                  (2, 20, 2, 66), (1, 7, 4, 126), (3, 4, 5, 28)]
+    else:
+        shapes = [(2, 64, 6, 6), (3, 96, 4, 8), (2, 200, 2, 4), (1, 32, 14, 14), (2, 512, 2, 2)]
+    for shape in shapes:
+        x0 = arrange(_nonnegative_bfloat16(shape, "relu"), layout)
+        for kind in ("relu", "ties", "inf"):
+            x = arrange(_nonnegative_bfloat16(shape, kind), layout)
+            _check_pool_keeps_bits(target, x, geo, f"bfloat16 {layout} {shape} {kind}")
+        n, c, h, w = shape
+        spots = {"first": (0, 0, 0, 0), "middle": (n // 2, c // 2, h // 2, w // 2),
+                 "last": (n - 1, c - 1, h - 1, w - 1)}
+        for (where, (i, j, k, m)), (name, bits) in itertools.product(
+            spots.items(), _RAW_BREAKERS.items()
+        ):
+            x = x0.clone()
+            x.view(torch.int16)[i, j, k, m] = bits
+            _check_pool_keeps_bits(target, x, geo, f"bfloat16 {layout} {shape} {name} {where}")
+
+
+@pytest.mark.requires_extension
+def test_pool_bfloat16_nonnegative_raw_paths_streamed(stream_every_pool):
+    """As test_pool_bfloat16_nonnegative_raw_paths with every output streamed: a period or
+    pixel redone with keys after raw stores streamed must leave the redo's bits."""
+    geo = geometry(2)
+    torch.manual_seed(15)
+    for shape, layout in [((2, 16, 6, 28), "contiguous"), ((2, 64, 4, 6), "channels_last")]:
+        x0 = arrange(_nonnegative_bfloat16(shape, "relu"), layout)
+        for bits in (None, *_RAW_BREAKERS.values()):
+            x = x0.clone()
+            if bits is not None:
+                x.view(torch.int16)[1, shape[1] // 2, 2, 3] = bits
+            y, sw = dk.max_pool2d_with_switches(x, 2)
+            ey, _ = torch_pool(x, geo, False)
+            _, osw, _ = oracle_pool(x, geo, False)
+            assert_identical(y, ey, f"{shape} {layout} {bits}: y")
+            assert_identical(sw, osw, f"{shape} {layout} {bits}: switches")
+
+
 @pytest.fixture
 def stream_every_pool():
     """The CPU pool forward streams its outputs whenever its kernel can (threshold 0)."""
@@ -862,6 +929,30 @@ def test_pool_backward_matches_torch(target, case):
         assert gx.device == target.device and gx.dtype == dtype, what
         assert_identical(y, ey, f"{what}: y")
         assert_equal_values(gx, egx, f"{what}: grad_x")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("geo", [geometry(3, 1, 1), geometry(3, 2, 1), geometry(2, 1),
+                                 geometry(3, 1, 0, 2)], ids=lambda g: geo_id((g, False)))
+def test_pool_backward_16bit_sums_rounded_once(target, dtype, geo):
+    """Where windows overlap, a position's gradient is a sum. In float16 and bfloat16 it is
+    summed in float32 and rounded once: F.max_pool2d's float32 backward rounded to the dtype.
+    (F's own 16-bit CPU backward rounds after every addition, so it can differ in the last
+    bits and lies further from the exact sum; randn gradients, not small integers, show it.
+    PyTorch's CUDA backward also sums in float32. The reference backend is F, so it rounds
+    as F does.)"""
+    if target.backend == "reference":
+        pytest.skip("the reference backend differentiates F.max_pool2d: F's rounding")
+    torch.manual_seed(16)
+    k, s, p, d = geo
+    for layout in ("contiguous", "channels_last"):
+        x = arrange(torch.randn(2, 5, 17, 23).to(dtype), layout)
+        oh, ow = pooled_hw(x.shape[-2:], geo, False)
+        gy = torch.randn(2, 5, oh, ow).to(dtype)
+        _, _, gx = target.pool_grad(x, gy, geo, False)
+        xr = x.float().requires_grad_(True)
+        (g32,) = torch.autograd.grad(F.max_pool2d(xr, k, s, p, d), xr, gy.float())
+        assert_equal_values(gx, g32.to(dtype), f"{dtype} {layout}: grad_x")
 
 
 def test_pool_backward_hand_overlap(target):

@@ -13,7 +13,9 @@
 //    inputs, so it goes back without a rounding conversion and NaN payloads survive bit
 //    for bit (bfloat16: drop the low half again; half: blend the raw 16-bit patterns).
 //    bfloat16 compares 32 lanes at a time as integer keys instead (bf16_key): channels_last
-//    pixels (pool_pixel_block_bf16) and bf16_nchw (NCHW rows, short ones run flat).
+//    pixels (pool_pixel_block_bf16) and bf16_nchw (NCHW rows, short ones run flat). Inputs
+//    that are all +0 or greater (after a ReLU) are compared on their raw bits, until a block
+//    holds a value that is not (bf16_raw): channels_last pixels and flat NCHW runs.
 //  * Channels_last pixels are read a tap at a time over register blocks of up to 128
 //    channels (pool_pixel_block), so each row is read in address order (see there). float32
 //    and bfloat16 take blocks of 64 and look for NaNs once a pixel (redone exactly if one
@@ -651,6 +653,44 @@ struct Bf16NanKey {
   }
 };
 
+// bfloat16 inputs that are all +0 or greater and none NaN, as every pooled input of DeconvNet
+// is (a ReLU comes before each pool): their raw 16-bit patterns, compared as unsigned
+// integers, order as the values do and are equal only when the values are, so a tap is a
+// compare and a max (PyTorch's rule: take v only when it is greater), where a key costs two
+// more instructions and its select one. Whether a block of windows held only such inputs is
+// the unsigned maximum of its window maxima: at most +inf's pattern 0x7F80 (a -0 is 0x8000,
+// any other negative value is above that, and so is a NaN). A block that held others is
+// redone with keys (bf16_key), and the call goes on with keys from there: randn-like data
+// pays one block twice per thread. Kernel time per image of relu(randn) (the slope from
+// N = 2 to 8, one thread, EPYC Zen 4), us, keys -> raw: NCHW 512x14x14 9.4 -> 9.0, 512x28x28
+// 37.9 -> 33.9, 256x56x56 ~85 -> ~70; channels_last 14x14 5.2 -> 4.5, 28x28 32.8 -> 28.6.
+// randn inputs: the same as before within the noise. Less than the 5 -> 2 instructions a
+// tap suggest: the loads (NCHW: masked segment loads) and stores set much of the time.
+namespace bf16_raw {
+
+struct Best {
+  __m512i raw;
+  Best() = default;
+  explicit Best(__m512i first) : raw(first) {}
+  // Take v where it is greater. Returns the lanes that took v.
+  __mmask32 update(__m512i v) {
+    const __mmask32 take = _mm512_cmpgt_epu16_mask(v, raw);
+    raw = _mm512_max_epu16(raw, v);
+    return take;
+  }
+};
+
+struct Watch {
+  __m512i umax = _mm512_setzero_si512();
+  void add(const Best& b) { umax = _mm512_max_epu16(umax, b.raw); }
+  // Some window held a negative value, a -0 or a NaN: its block is to be redone with keys.
+  bool met() const {
+    return _mm512_cmpgt_epu16_mask(umax, _mm512_set1_epi16(static_cast<short>(0x7F80))) != 0;
+  }
+};
+
+}  // namespace bf16_raw
+
 // As put / put_switches, 32 lanes.
 inline void put_bf16x32(void* p, __mmask32 m, __m512i v, bool stream) {
   if (stream && m == 0xFFFFFFFFu && aligned(p, 64)) {
@@ -736,6 +776,15 @@ inline Step step(__m512i t0, __m512i t1, __m512i b0, __m512i b1, NanWatch& watch
   watch.add(_mm512_max_epu16(_mm512_max_epu16(t0, t1), _mm512_max_epu16(b0, b1)), best.k);
   return {best.raw, switches32_from(took1, took2, took3)};
 }
+// The same on raw patterns (bf16_raw): inputs +0 or greater, no NaN, or `watch` says not.
+inline Step step(__m512i t0, __m512i t1, __m512i b0, __m512i b1, bf16_raw::Watch& watch) {
+  const auto [te, to] = split(t0, t1);
+  const auto [be, bo] = split(b0, b1);
+  bf16_raw::Best best(te);
+  const __mmask32 took1 = best.update(to), took2 = best.update(be), took3 = best.update(bo);
+  watch.add(best);
+  return {best.raw, switches32_from(took1, took2, took3)};
+}
 
 inline void put(T* y, uint8_t* sw, __mmask32 m, const Step& s, bool stream) {
   put_bf16x32(y, m, s.raw, stream);
@@ -807,36 +856,55 @@ inline void load_flat(const Flat::Segment* s, int k, const T* top, const T* bott
   }
 }
 
-// Periods [p0, p1) of a flat run. Every store is whole; kStream: aligned too, streamed.
+// The period of a flat run whose first output is o and whose input starts at top. Every
+// store is whole; kStream: aligned too, streamed. What the period held that its Best cannot
+// order (bf16_raw: a negative value, -0 or NaN; keys: a NaN) is in the returned watch.
 // NaNs are looked for once a period, not once a step (5% at 28x28 and 56x56, 7% at
 // 112x112): the running unsigned max of the raw inputs and the max of the window keys over
-// the period (see met_nan). A period that met one is redone whole by the exact kernel, after
-// a fence when its stores streamed, so that the redo's stores land last.
+// the period (see met_nan).
+template <int K, bool kStream, typename Watch>
+inline Watch pool_flat_period(const Flat& f, const T* top, T* y, uint8_t* sw, int64_t W,
+                              int64_t o) {
+  const Flat::Segment* s = f.plan();
+  const int k = f.segments();
+  const T* bottom = top + W;
+  Watch watch;
+  for (const int64_t end = o + f.outputs(); o < end; o += 32, s += 2 * k) {
+    __m512i t0, b0, t1, b1;
+    load_flat<K>(s, k, top, bottom, t0, b0);
+    load_flat<K>(s + k, k, top, bottom, t1, b1);
+    const Step st = step(t0, t1, b0, b1, watch);
+    if constexpr (kStream) {
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(y + o), st.raw);
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(sw + o), st.switches);
+    } else {
+      _mm512_storeu_si512(y + o, st.raw);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(sw + o), st.switches);
+    }
+  }
+  return watch;
+}
+
+// Periods [p0, p1) of a flat run: on raw patterns (bf16_raw) until a period holds a value
+// they cannot order, that period and the rest with keys. A period redone (with keys, or
+// exactly by pool_flat_pieces after keys met a NaN) is redone after a fence when its stores
+// streamed, so that the redo's stores land last. (Figures: see bf16_raw.)
 template <int K, bool kStream>
 void pool_flat_periods(const Flat& f, const T* x, T* y, uint8_t* sw, int64_t OW, int64_t W,
                        int64_t p0, int64_t p1) {
-  const Flat::Segment* const plan = f.plan();
-  const int k = f.segments();
   const int64_t P = f.outputs(), period_input = f.period_input();
+  bool raw = true;
   for (int64_t p = p0; p < p1; ++p) {
     const T* top = x + p * period_input;
-    const T* bottom = top + W;
-    const Flat::Segment* s = plan;
-    NanWatch watch;
-    for (int64_t o = p * P, end = o + P; o < end; o += 32, s += 2 * k) {
-      __m512i t0, b0, t1, b1;
-      load_flat<K>(s, k, top, bottom, t0, b0);
-      load_flat<K>(s + k, k, top, bottom, t1, b1);
-      const Step st = step(t0, t1, b0, b1, watch);
-      if constexpr (kStream) {
-        _mm512_stream_si512(reinterpret_cast<__m512i*>(y + o), st.raw);
-        _mm256_stream_si256(reinterpret_cast<__m256i*>(sw + o), st.switches);
-      } else {
-        _mm512_storeu_si512(y + o, st.raw);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(sw + o), st.switches);
+    if (raw) {
+      if (!pool_flat_period<K, kStream, bf16_raw::Watch>(f, top, y, sw, W, p * P).met()) {
+        continue;
       }
+      raw = false;
+      if constexpr (kStream) _mm_sfence();
     }
-    if (__builtin_expect(watch.met(), 0)) {
+    if (__builtin_expect(pool_flat_period<K, kStream, NanWatch>(f, top, y, sw, W, p * P).met(),
+                         0)) {
       if constexpr (kStream) _mm_sfence();
       pool_flat_pieces(x, y, sw, p * P, P, OW, W);
     }
@@ -907,20 +975,22 @@ inline void max_pool_nchw_2x2(const PoolKernelArgs& a) {
 
 // kB x 32 channels of one output pixel (kB = 0: the last C - c <= 32 channels, masked), the
 // taps read one after the other as in pool_pixel_block. Templated on the running maximum:
+// bf16_raw::Best (fastest: inputs +0 or greater and no NaN, or `watch` says not),
 // bf16_key::Best (fast: NaNs are the caller's to look for, in `watch`) or Bf16NanKey
 // (exact; `watch` unused).
 // Blocks of 64 channels (kB = 2): blocks of 128, as the float kernel's, were 2-7% slower
 // (register pressure: 4 groups x 3 taps of masks), 2 threads, us: 4x256x56x56 86-90 ->
 // 83-84, 4x512x28x28 52-53 -> 49-54, 4x128x112x112 165-190 -> 153-191; blocks of 32 were no
 // faster than 64.
-template <typename Key, int kB>
+template <typename Key, int kB, typename Watch>
 inline void pool_pixel_block_bf16(const c10::BFloat16* const tap[4], c10::BFloat16* y,
-                                  uint8_t* sw, int64_t n, bool stream, bf16_key::NanWatch& watch) {
-  constexpr bool kFast = std::is_same_v<Key, bf16_key::Best>;
+                                  uint8_t* sw, int64_t n, bool stream, Watch& watch) {
+  constexpr bool kKeys = std::is_same_v<Key, bf16_key::Best>;
+  constexpr bool kRaw = std::is_same_v<Key, bf16_raw::Best>;
   constexpr int kGroups = kB == 0 ? 1 : kB;
   const __mmask32 m = kB == 0 ? first_lanes32(n) : static_cast<__mmask32>(0xFFFFFFFFu);
   Key best[kGroups];
-  __m512i umax[kGroups];
+  __m512i umax[kGroups];  // keys: of the raw inputs, for met_nan
   __m256i k[kGroups];
   unrolled<kGroups>([&](auto b) {
     const __m512i first = _mm512_maskz_loadu_epi16(m, tap[0] + 32 * b);
@@ -932,24 +1002,24 @@ inline void pool_pixel_block_bf16(const c10::BFloat16* const tap[4], c10::BFloat
     const __m256i offset = _mm256_set1_epi8(static_cast<char>(t + 1));
     unrolled<kGroups>([&](auto b) {
       const __m512i v = _mm512_maskz_loadu_epi16(m, tap[t + 1] + 32 * b);
-      if constexpr (kFast) umax[b] = _mm512_max_epu16(umax[b], v);
+      if constexpr (kKeys) umax[b] = _mm512_max_epu16(umax[b], v);
       k[b] = _mm256_mask_mov_epi8(k[b], best[b].update(v), offset);
     });
   });
   unrolled<kGroups>([&](auto b) {
-    if constexpr (kFast) watch.add(umax[b], best[b].k);
+    if constexpr (kKeys) watch.add(umax[b], best[b].k);
+    if constexpr (kRaw) watch.add(best[b]);
     put_bf16x32(y + 32 * b, m, best[b].raw, stream);
     put_switches32(sw + 32 * b, m, k[b], stream);
   });
 }
 
-// All C channels of one output pixel: keys, and NaNs looked for once a pixel, not once a
-// block (2 threads, us: 4x512x28x28 50.5-53.4 -> 48.0, 4x256x56x56 84-86 -> 82-84,
-// 4x512x14x14 19.1-21.8 -> 18.4). A pixel that met one is redone whole by the exact code,
-// after a fence when its stores streamed, so that the redo's stores land last.
-template <typename Key>
+// All C channels of one output pixel, with what the pixel held that Key cannot order looked
+// for once a pixel, not once a block (keys, 2 threads, us: 4x512x28x28 50.5-53.4 -> 48.0,
+// 4x256x56x56 84-86 -> 82-84, 4x512x14x14 19.1-21.8 -> 18.4).
+template <typename Key, typename Watch>
 inline void pool_pixel_bf16(const c10::BFloat16* p00, const c10::BFloat16* p10, int64_t C,
-                            c10::BFloat16* y, uint8_t* sw, bool stream, bf16_key::NanWatch& watch) {
+                            c10::BFloat16* y, uint8_t* sw, bool stream, Watch& watch) {
   int64_t c = 0;
   for (; c + 64 <= C; c += 64) {
     const c10::BFloat16* const tap[4] = {p00 + c, p00 + C + c, p10 + c, p10 + C + c};
@@ -961,15 +1031,27 @@ inline void pool_pixel_bf16(const c10::BFloat16* p00, const c10::BFloat16* p10, 
   }
 }
 
+// Pixels on raw patterns (bf16_raw) until one holds a value they cannot order; from then on,
+// in every thread, with keys. A pixel whose keys met a NaN is redone by the exact code. A
+// pixel redone goes after a fence when its stores streamed, so that the redo's stores land
+// last. (Figures: see bf16_raw.)
 inline void max_pool_nhwc_2x2_bf16(const PoolKernelArgs& a) {
   using T = c10::BFloat16;
   const int64_t C = a.C;
   T* y = static_cast<T*>(a.out);
   uint8_t* sw = a.out_switches;
   const bool stream = a.stream_outputs && C % 32 == 0 && aligned(y, 64) && aligned(sw, 32);
+  std::atomic<bool> raw{true};  // read and cleared relaxed: a hint, not a result
   for_each_pixel_2x2<T>(
       a,
       [&](int64_t i, const T* p00, const T* p10) {
+        if (raw.load(std::memory_order_relaxed)) {
+          bf16_raw::Watch watch;
+          pool_pixel_bf16<bf16_raw::Best>(p00, p10, C, y + i * C, sw + i * C, stream, watch);
+          if (!watch.met()) return;
+          raw.store(false, std::memory_order_relaxed);
+          if (stream) _mm_sfence();
+        }
         bf16_key::NanWatch watch;
         pool_pixel_bf16<bf16_key::Best>(p00, p10, C, y + i * C, sw + i * C, stream, watch);
         if (__builtin_expect(watch.met(), 0)) {
