@@ -196,7 +196,7 @@ class PoolInputs:
         gen = torch.Generator(device=device).manual_seed(seed)
         x = torch.randn(config.shape, generator=gen, device=device, dtype=torch.float32)
         if data == "relu":
-            x = x.relu_()
+            x.relu_()
         self.x = x.to(config.torch_dtype).contiguous(memory_format=config.memory_format)
         del x
         self.x_grad = self.x.detach().requires_grad_(True)

@@ -995,7 +995,7 @@ inline void pool_pixel_block_bf16(const c10::BFloat16* const tap[4], c10::BFloat
   unrolled<kGroups>([&](auto b) {
     const __m512i first = _mm512_maskz_loadu_epi16(m, tap[0] + 32 * b);
     best[b] = Key(first);
-    umax[b] = first;
+    if constexpr (kKeys) umax[b] = first;
     k[b] = _mm256_setzero_si256();
   });
   unrolled<3>([&](auto t) {
