@@ -36,6 +36,7 @@
 #error "pool_kernels_avx512.h is for the AVX-512 builds only"
 #endif
 
+#include <array>
 #include <immintrin.h>
 
 #include <utility>
@@ -725,6 +726,8 @@ inline void put_switches32(uint8_t* p, __mmask32 m, __m256i k, bool stream) {
 //    idle and the per-row work set the time: 4x512x14x14, 2 threads: 0.063 ms widened,
 //    0.113 ms a row a step in keys, 0.036 ms with whole rows packed into a step, 0.030 ms
 //    flat (float32: 0.070 ms).
+//  * Of those, maps of up to 16 pooled columns and 32 input columns (14x14, 28x28) run
+//    their raw-pattern periods in pairs of row groups (RowGroups), unless streamed.
 //  * Rows of 64+ pooled columns are read in two passes, as in pool_row_two_pass.
 namespace bf16_nchw {
 
@@ -768,22 +771,25 @@ struct Step {
   __m512i raw;
   __m256i switches;
 };
-inline Step step(__m512i t0, __m512i t1, __m512i b0, __m512i b1, NanWatch& watch) {
-  const auto [te, to] = split(t0, t1);
-  const auto [be, bo] = split(b0, b1);
+// 32 windows from their four taps (top-left, top-right, bottom-left, bottom-right).
+inline Step step_taps(__m512i te, __m512i to, __m512i be, __m512i bo, NanWatch& watch) {
   Best best(te);
   const __mmask32 took1 = best.update(to), took2 = best.update(be), took3 = best.update(bo);
-  watch.add(_mm512_max_epu16(_mm512_max_epu16(t0, t1), _mm512_max_epu16(b0, b1)), best.k);
+  watch.add(_mm512_max_epu16(_mm512_max_epu16(te, to), _mm512_max_epu16(be, bo)), best.k);
   return {best.raw, switches32_from(took1, took2, took3)};
 }
 // The same on raw patterns (bf16_raw): inputs +0 or greater, no NaN, or `watch` says not.
-inline Step step(__m512i t0, __m512i t1, __m512i b0, __m512i b1, bf16_raw::Watch& watch) {
-  const auto [te, to] = split(t0, t1);
-  const auto [be, bo] = split(b0, b1);
+inline Step step_taps(__m512i te, __m512i to, __m512i be, __m512i bo, bf16_raw::Watch& watch) {
   bf16_raw::Best best(te);
   const __mmask32 took1 = best.update(to), took2 = best.update(be), took3 = best.update(bo);
   watch.add(best);
   return {best.raw, switches32_from(took1, took2, took3)};
+}
+template <typename Watch>
+inline Step step(__m512i t0, __m512i t1, __m512i b0, __m512i b1, Watch& watch) {
+  const auto [te, to] = split(t0, t1);
+  const auto [be, bo] = split(b0, b1);
+  return step_taps(te, to, be, bo, watch);
 }
 
 inline void put(T* y, uint8_t* sw, __mmask32 m, const Step& s, bool stream) {
@@ -889,11 +895,13 @@ inline Watch pool_flat_period(const Flat& f, const T* top, T* y, uint8_t* sw, in
 // they cannot order, that period and the rest with keys. A period redone (with keys, or
 // exactly by pool_flat_pieces after keys met a NaN) is redone after a fence when its stores
 // streamed, so that the redo's stores land last. (Figures: see bf16_raw.)
+// raw = false: keys from the first period. (Not inlined into pool_grouped_periods: there the
+// row groups' permute tables, live across the loop, cost the keys loop 4%.)
 template <int K, bool kStream>
-void pool_flat_periods(const Flat& f, const T* x, T* y, uint8_t* sw, int64_t OW, int64_t W,
-                       int64_t p0, int64_t p1) {
+__attribute__((noinline)) void pool_flat_periods(const Flat& f, const T* x, T* y, uint8_t* sw,
+                                                 int64_t OW, int64_t W, int64_t p0, int64_t p1,
+                                                 bool raw = true) {
   const int64_t P = f.outputs(), period_input = f.period_input();
-  bool raw = true;
   for (int64_t p = p0; p < p1; ++p) {
     const T* top = x + p * period_input;
     if (raw) {
@@ -947,12 +955,133 @@ inline void pool_flat(const T* x, T* y, uint8_t* sw, int64_t rows, const PoolGeo
       });
 }
 
+// Maps of at most 16 pooled columns and 32 input columns (H even) in groups of G pooled
+// rows (a power of two, G OW <= 16, 2 W G <= 64): a group's input is its 2 W G contiguous
+// elements, two vector loads, and one permute of the two gives a tap of all its n = G OW
+// windows. Groups go two at a time, the second's windows in lanes [n, 2n) (a blend of two
+// permutes), so a pair's 2n windows fill a vector as its outputs lie in memory: no
+// compaction, and the compare is the 32-lane one of `step`. In FlatRows the masked segment
+// loads (16 for 32 windows at OW = 7, 12 at OW = 14; an unaligned 64-byte load takes ~1.6
+// cycles on Zen 4, a permute 1) set the time of the raw-pattern compare; a pair loads 4
+// vectors and spends 8 permutes. relu(randn), one thread pinned, 4x512 maps, us a call,
+// FlatRows -> row groups: 14x14 47 -> 33, 28x28 127 -> 104.
+class RowGroups {
+ public:
+  RowGroups(int64_t OW, int64_t W)
+      : G_(rows_for(OW, W)), n_(G_ * OW), input_(2 * W * G_),
+        lo_(first_lanes32(std::min<int64_t>(input_, 32))),
+        hi_(first_lanes32(std::max<int64_t>(input_ - 32, 0))),
+        second_(static_cast<__mmask32>(first_lanes32(2 * n_) & ~first_lanes32(n_))),
+        out_(first_lanes32(2 * n_)) {
+    TORCH_INTERNAL_ASSERT(G_ >= 1);
+    alignas(64) int16_t idx[4][32];
+    for (int64_t l = 0; l < 32; ++l) {
+      const int64_t w = l < n_ ? l : l < 2 * n_ ? l - n_ : 0;  // the window, in its group
+      const int64_t top_left = 2 * W * (w / OW) + 2 * (w % OW);
+      for (int tap = 0; tap < 4; ++tap) {
+        idx[tap][l] = static_cast<int16_t>(top_left + (tap / 2) * W + tap % 2);
+      }
+    }
+    for (int tap = 0; tap < 4; ++tap) idx_[tap] = _mm512_load_si512(idx[tap]);
+  }
+
+  // Pooled rows a group: at most 16 windows and 64 input elements, a power of two (so that
+  // a FlatRows period, 32 / gcd(OW, 32) rows, holds whole pairs); 0: too wide.
+  static int64_t rows_for(int64_t OW, int64_t W) {
+    const int64_t most = std::min(16 / OW, 32 / W);
+    if (most < 1) return 0;
+    int64_t rows = 1;
+    while (2 * rows <= most) rows *= 2;
+    return rows;
+  }
+
+  int64_t rows() const { return G_; }       // pooled rows a group
+  int64_t windows() const { return n_; }    // a group
+  int64_t input() const { return input_; }  // elements a group
+  __mmask32 out() const { return out_; }    // the lanes of a pair's windows
+
+  // The four taps (top-left, top-right, bottom-left, bottom-right) of the pair of groups
+  // whose input starts at p.
+  std::array<__m512i, 4> load(const T* p) const {
+    const __m512i lo0 = _mm512_maskz_loadu_epi16(lo_, p);
+    const __m512i hi0 = _mm512_maskz_loadu_epi16(hi_, p + 32);
+    const __m512i lo1 = _mm512_maskz_loadu_epi16(lo_, p + input_);
+    const __m512i hi1 = _mm512_maskz_loadu_epi16(hi_, p + input_ + 32);
+    std::array<__m512i, 4> taps;
+    for (int tap = 0; tap < 4; ++tap) {
+      taps[tap] = _mm512_mask_blend_epi16(second_, _mm512_permutex2var_epi16(lo0, idx_[tap], hi0),
+                                          _mm512_permutex2var_epi16(lo1, idx_[tap], hi1));
+    }
+    return taps;
+  }
+
+ private:
+  int64_t G_, n_, input_;
+  __mmask32 lo_, hi_, second_, out_;
+  __m512i idx_[4];
+};
+
+// Periods [p0, p1) of a flat run (FlatRows) whose rows split into whole pairs of row
+// groups: each period as pairs of row groups on raw patterns (bf16_raw) until one holds a
+// value they cannot order; that period and the rest as pool_flat_periods runs them on keys
+// (FlatRows' loads), exactly after keys met a NaN. Not streamed: the row groups' stores are
+// masked. On keys the row groups lost: the 8
+// permutes and 4 blends of a pair join the 20 instructions of keys and selects, and the
+// vector units, not the loads, set the time (randn 512x28x28 a thread, per image: 40 us flat,
+// 44 us in row groups). (A local copy of the groups' plan: stores through uint8_t* could
+// alias it, so the compiler reloaded it every pair.)
+template <int K>
+void pool_grouped_periods(const Flat& f, const RowGroups& plan, const T* x, T* y, uint8_t* sw,
+                          int64_t OW, int64_t W, int64_t p0, int64_t p1) {
+  const RowGroups rg = plan;
+  const int64_t P = f.outputs(), period_input = f.period_input();
+  const int64_t pairs = f.rows() / (2 * rg.rows()), in = 2 * rg.input(), out = 2 * rg.windows();
+  const __mmask32 m = rg.out();
+  for (int64_t p = p0; p < p1; ++p) {
+    const T* top = x + p * period_input;
+    bf16_raw::Watch watch;
+    for (int64_t q = 0; q < pairs; ++q) {
+      const auto t = rg.load(top + q * in);
+      const int64_t o = p * P + q * out;
+      put(y + o, sw + o, m, step_taps(t[0], t[1], t[2], t[3], watch), false);
+    }
+    if (watch.met()) return pool_flat_periods<K, false>(f, x, y, sw, OW, W, p, p1, false);
+  }
+}
+
+// `rows` pooled rows (all planes), H == 2 OH, RowGroups::rows_for(OW, W) > 0 and outputs not
+// streamed: whole periods of FlatRows (each a whole number of pairs of row groups), then the
+// rows left over a row at a time.
+inline void pool_row_groups(const T* x, T* y, uint8_t* sw, int64_t rows, const PoolGeom& g) {
+  const Flat f(g.OW, g.W);
+  const RowGroups rg(g.OW, g.W);
+  TORCH_INTERNAL_ASSERT(f.rows() % (2 * rg.rows()) == 0);
+  const int64_t OW = g.OW, W = g.W;
+  run_flat(
+      f, rows,
+      [&](int64_t p0, int64_t p1) {
+        switch (f.segments()) {
+          case 2: return pool_grouped_periods<2>(f, rg, x, y, sw, OW, W, p0, p1);
+          case 3: return pool_grouped_periods<3>(f, rg, x, y, sw, OW, W, p0, p1);
+          case 4: return pool_grouped_periods<4>(f, rg, x, y, sw, OW, W, p0, p1);
+          default: return pool_grouped_periods<0>(f, rg, x, y, sw, OW, W, p0, p1);
+        }
+      },
+      [&](int64_t r) {
+        const T* r0 = x + 2 * W * r;
+        pool_row(r0, r0 + W, y + r * OW, sw + r * OW, OW, false);
+      });
+}
+
 inline void max_pool_nchw_2x2(const PoolKernelArgs& a) {
   const PoolGeom g = a.g;
   const T* x = static_cast<const T*>(a.in);
   T* y = static_cast<T*>(a.out);
   uint8_t* sw = a.out_switches;
   const int64_t rows = a.N * a.C * g.OH;
+  if (g.H == 2 * g.OH && RowGroups::rows_for(g.OW, g.W) > 0 && !a.stream_outputs) {
+    return pool_row_groups(x, y, sw, rows, g);
+  }
   if (g.OW < 64 && g.H == 2 * g.OH) {
     return pool_flat(x, y, sw, rows, g, a.stream_outputs);
   }
