@@ -277,6 +277,59 @@ def check_float_tensor(t: object, name: str) -> None:
         )
 
 
+def _plain_int_or_pair(value: object) -> bool:
+    """An int or a tuple of two ints, exactly (no bool, float or SymInt)."""
+    if type(value) is int:
+        return True
+    return (
+        type(value) is tuple and len(value) == 2 and type(value[0]) is int
+        and type(value[1]) is int
+    )
+
+
+# Pool calls that passed every check, keyed by all that the checks read, so that a repeated
+# call (every forward of a model) skips them: about 1.5 us of the ~9 us a call costs on a tiny
+# map (session 13, benchmarks/RESULTS.md). Only exact ints and pairs of them, whose equality is
+# their identity for the checks (True == 1 and 2.0 == 2 hash alike but must still be refused).
+_CHECKED_POOLS: dict[tuple, PoolParams] = {}
+_CHECKED_POOLS_MAX = 4096
+
+
+def checked_pool(
+    x: object,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None,
+    padding: IntOrPair,
+    dilation: IntOrPair,
+    ceil_mode: bool,
+) -> PoolParams:
+    """The geometry of a valid pool of ``x``: :func:`pool_params`, then
+    :func:`check_float_tensor` and :func:`pooled_shape` on ``x`` (their ValueErrors)."""
+    key = None
+    if (
+        isinstance(x, torch.Tensor)
+        and type(ceil_mode) is bool
+        and _plain_int_or_pair(kernel_size)
+        and (stride is None or _plain_int_or_pair(stride))
+        and _plain_int_or_pair(padding)
+        and _plain_int_or_pair(dilation)
+        and not torch.compiler.is_compiling()
+    ):
+        key = (kernel_size, stride, padding, dilation, ceil_mode, x.dtype, x.dim(), x.shape[-2:])
+        try:
+            params = _CHECKED_POOLS.get(key)
+        except TypeError:  # symbolic sizes
+            params = key = None
+        if params is not None:
+            return params
+    params = pool_params(kernel_size, stride, padding, dilation)
+    check_float_tensor(x, "x")
+    pooled_shape(x.shape[-2:], params, bool(ceil_mode))  # type: ignore[union-attr]
+    if key is not None and len(_CHECKED_POOLS) < _CHECKED_POOLS_MAX:
+        _CHECKED_POOLS[key] = params
+    return params
+
+
 def check_switches(switches: object, like: torch.Tensor, name: str = "switches") -> None:
     """uint8, same shape and device as the pooled tensor ``like``."""
     if not isinstance(switches, torch.Tensor):

@@ -27,6 +27,7 @@ from ._geometry import (
     check_deconv_weight,
     check_float_tensor,
     check_switches,
+    checked_pool,
     deconv_params,
     pool_params,
     pooled_shape,
@@ -95,9 +96,7 @@ def max_pool2d_with_switches(
         tie-breaking included) and keeps ``x``'s memory format; ``switches`` is ``torch.uint8`` of
         ``y``'s shape, the offset ``ky * kernel_w + kx`` of each maximum inside its window.
     """
-    params = pool_params(kernel_size, stride, padding, dilation)
-    check_float_tensor(x, "x")
-    pooled_shape(x.shape[-2:], params, bool(ceil_mode))
+    params = checked_pool(x, kernel_size, stride, padding, dilation, ceil_mode)
     if use_extension():
         # (the geometry's tuples go to the op's int[] arguments as they are)
         return _call(_ops.max_pool2d_with_switches, x, *params, bool(ceil_mode), grad_args=(x,))

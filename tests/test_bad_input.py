@@ -116,6 +116,27 @@ def test_pool_geometry_cache_keeps_types_apart(public_target, valid, invalid):
         dk.max_pool2d_with_switches(x, **invalid)
 
 
+@pytest.mark.parametrize("geo", [dict(kernel_size=2), dict(kernel_size=(2, 2), stride=(2, 2),
+                                               padding=(0, 0), dilation=(1, 1))], ids=repr)
+def test_pool_checks_cache_keeps_tensors_apart(public_target, geo):
+    """A valid call is remembered by its geometry and by x's dtype, rank and (H, W): an x that
+    differs in any of them is checked afresh and refused as without the memo."""
+    put = public_target.put
+    x = put(torch.randn(1, 2, 8, 8))
+    for _ in range(2):
+        dk.max_pool2d_with_switches(x, **geo)
+    for bad, match in [
+        (torch.zeros(1, 2, 8, 8, dtype=torch.int32), X),
+        (torch.zeros(1, 1, 2, 8, 8), X),
+        (torch.zeros(8, 8), X),
+        (torch.zeros(1, 2, 1, 8), "too small"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            dk.max_pool2d_with_switches(put(bad), **geo)
+    y, sw = dk.max_pool2d_with_switches(x, **geo, ceil_mode=1)  # not a bool: not remembered
+    assert y.shape == sw.shape == (1, 2, 4, 4)
+
+
 def test_pool_input_too_small(public_target):
     x = public_target.put(torch.randn(1, 2, 2, 9))
     with pytest.raises(ValueError, match="too small"):
