@@ -921,12 +921,12 @@ __attribute__((noinline)) void pool_flat_periods(const Flat& f, const T* x, T* y
 
 template <bool kStream>
 void pool_flat_periods(const Flat& f, const T* x, T* y, uint8_t* sw, int64_t OW, int64_t W,
-                       int64_t p0, int64_t p1) {
+                       int64_t p0, int64_t p1, bool raw = true) {
   switch (f.segments()) {
-    case 2: return pool_flat_periods<2, kStream>(f, x, y, sw, OW, W, p0, p1);  // OW >= 15
-    case 3: return pool_flat_periods<3, kStream>(f, x, y, sw, OW, W, p0, p1);  // 8..14
-    case 4: return pool_flat_periods<4, kStream>(f, x, y, sw, OW, W, p0, p1);  // 5..7
-    default: return pool_flat_periods<0, kStream>(f, x, y, sw, OW, W, p0, p1);
+    case 2: return pool_flat_periods<2, kStream>(f, x, y, sw, OW, W, p0, p1, raw);  // OW >= 15
+    case 3: return pool_flat_periods<3, kStream>(f, x, y, sw, OW, W, p0, p1, raw);  // 8..14
+    case 4: return pool_flat_periods<4, kStream>(f, x, y, sw, OW, W, p0, p1, raw);  // 5..7
+    default: return pool_flat_periods<0, kStream>(f, x, y, sw, OW, W, p0, p1, raw);
   }
 }
 
@@ -1025,14 +1025,13 @@ class RowGroups {
 // groups: each period as pairs of row groups on raw patterns (bf16_raw) until one holds a
 // value they cannot order; that period and the rest as pool_flat_periods runs them on keys
 // (FlatRows' loads), exactly after keys met a NaN. Not streamed: the row groups' stores are
-// masked. On keys the row groups lost: the 8
-// permutes and 4 blends of a pair join the 20 instructions of keys and selects, and the
-// vector units, not the loads, set the time (randn 512x28x28 a thread, per image: 40 us flat,
-// 44 us in row groups). (A local copy of the groups' plan: stores through uint8_t* could
-// alias it, so the compiler reloaded it every pair.)
-template <int K>
-void pool_grouped_periods(const Flat& f, const RowGroups& plan, const T* x, T* y, uint8_t* sw,
-                          int64_t OW, int64_t W, int64_t p0, int64_t p1) {
+// masked. On keys the row groups lost: the 8 permutes and 4 blends of a pair join the 20
+// instructions of keys and selects, and the vector units, not the loads, set the time
+// (randn 4x512x28x28, one thread: 124 us a call flat, 136 us in row groups). (A local copy
+// of the groups' plan: stores through uint8_t* could alias it, so the compiler reloaded it
+// every pair.)
+inline void pool_grouped_periods(const Flat& f, const RowGroups& plan, const T* x, T* y,
+                                 uint8_t* sw, int64_t OW, int64_t W, int64_t p0, int64_t p1) {
   const RowGroups rg = plan;
   const int64_t P = f.outputs(), period_input = f.period_input();
   const int64_t pairs = f.rows() / (2 * rg.rows()), in = 2 * rg.input(), out = 2 * rg.windows();
@@ -1045,7 +1044,7 @@ void pool_grouped_periods(const Flat& f, const RowGroups& plan, const T* x, T* y
       const int64_t o = p * P + q * out;
       put(y + o, sw + o, m, step_taps(t[0], t[1], t[2], t[3], watch), false);
     }
-    if (watch.met()) return pool_flat_periods<K, false>(f, x, y, sw, OW, W, p, p1, false);
+    if (watch.met()) return pool_flat_periods<false>(f, x, y, sw, OW, W, p, p1, false);
   }
 }
 
@@ -1059,14 +1058,7 @@ inline void pool_row_groups(const T* x, T* y, uint8_t* sw, int64_t rows, const P
   const int64_t OW = g.OW, W = g.W;
   run_flat(
       f, rows,
-      [&](int64_t p0, int64_t p1) {
-        switch (f.segments()) {
-          case 2: return pool_grouped_periods<2>(f, rg, x, y, sw, OW, W, p0, p1);
-          case 3: return pool_grouped_periods<3>(f, rg, x, y, sw, OW, W, p0, p1);
-          case 4: return pool_grouped_periods<4>(f, rg, x, y, sw, OW, W, p0, p1);
-          default: return pool_grouped_periods<0>(f, rg, x, y, sw, OW, W, p0, p1);
-        }
-      },
+      [&](int64_t p0, int64_t p1) { pool_grouped_periods(f, rg, x, y, sw, OW, W, p0, p1); },
       [&](int64_t r) {
         const T* r0 = x + 2 * W * r;
         pool_row(r0, r0 + W, y + r * OW, sw + r * OW, OW, false);
