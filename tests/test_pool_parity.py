@@ -385,9 +385,8 @@ def test_pool_bfloat16_row_groups(target):
             planes = -(-rows // oh)
             shape = (1, planes, 2 * oh, w)
             for kind in ("relu", "ties", "randn"):
-                x = torch.randn(shape).to(torch.bfloat16)
-                if kind != "randn":
-                    x = _nonnegative_bfloat16(shape, kind)
+                x = (torch.randn(shape).to(torch.bfloat16) if kind == "randn"
+                     else _nonnegative_bfloat16(shape, kind))
                 _check_pool_keeps_bits(target, x, geo, f"row groups {shape} {kind}")
             flat = _nonnegative_bfloat16(shape, "relu").flatten()
             n = flat.numel()
