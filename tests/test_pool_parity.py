@@ -364,41 +364,50 @@ def test_pool_bfloat16_nonnegative_raw_paths(target, layout):
             _check_pool_keeps_bits(target, x, geo, f"bfloat16 {layout} {shape} {name} {where}")
 
 
-def test_pool_bfloat16_row_groups(target):
-    """bfloat16 2x2/2 NCHW maps of at most 16 pooled columns and 32 input columns, of even
-    height, run on AVX-512 in periods of 32 / gcd(OW, 32) pooled rows, each period as pairs
-    of row groups (a power of two of pooled rows a group, one permute a tap) on raw patterns
-    until a period holds a negative value, -0 or NaN: that period and the rest on keys, a
-    period whose keys met a NaN exactly; the rows after the last whole period a row at a
-    time. Every OW from 1 to 16, W = 2 OW and 2 OW + 1 (a column no window reads); fewer
-    rows than a period, one period, several and a part; relu, ties and randn data, and a
-    value the raw compare cannot order planted in the first window, in the second group of
-    the first pair, in the second period, in the rows past the last period and in the last
-    window."""
+def test_pool_bfloat16_row_steps(target):
+    """bfloat16 2x2/2 NCHW maps of at most 32 pooled columns, of even height, run on AVX-512
+    in periods of 32 / gcd(OW, 32) pooled rows, each period in steps of whole pooled rows:
+    row groups (pairs of groups of contiguous input, up to 7 pooled columns), packed rows
+    (one masked load a row, 8 to 16) or whole rows (17 to 32) on raw patterns until a period
+    holds a negative value, -0 or NaN; that period and the rest on keys (packed or whole rows
+    where a step fills 24+ lanes, FlatRows otherwise); a period whose keys met a NaN exactly;
+    the rows after the last whole period a row at a time. Every OW from 1 to 32, W = 2 OW and
+    2 OW + 1 (a column no window reads); fewer rows than a period, one period, several and
+    a part (one period and a part from 17 on); relu, ties and randn
+    data. Planted: a value the raw compare cannot order, and (in randn data, on keys from the
+    start) a NaN of either sign, in the first window, in each of the first four pooled rows
+    (the second row of a vector, the second vector of a step, the second step), at the end of
+    the first two rows, in the second period, in the rows past the last period and in the
+    last window."""
     torch.manual_seed(16)
     geo = geometry(2)
-    for ow, w in itertools.product(range(1, 17), (0, 1)):
+    for ow, w in itertools.product(range(1, 33), (0, 1)):
         w += 2 * ow
         period = 32 // math.gcd(ow, 32)
-        for rows in (period - 1, period, 3 * period + period // 2 + 1):
+        counts = (period - 1, period, 3 * period + period // 2 + 1) if ow <= 16 else (
+            period + period // 2 + 1,)
+        for rows in counts:
             oh = 1 + (rows - 1) % 3
             planes = -(-rows // oh)
             shape = (1, planes, 2 * oh, w)
             for kind in ("relu", "ties", "randn"):
                 x = (torch.randn(shape).to(torch.bfloat16) if kind == "randn"
                      else _nonnegative_bfloat16(shape, kind))
-                _check_pool_keeps_bits(target, x, geo, f"row groups {shape} {kind}")
-            flat = _nonnegative_bfloat16(shape, "relu").flatten()
-            n = flat.numel()
-            # element offsets: pooled row r starts at 2 w r; a group is `group` pooled rows
-            group = 1 << (max(1, min(16 // ow, 32 // w)).bit_length() - 1)
-            spots = {0, 2 * w * group + w + 1, 2 * w * period + 3,
-                     2 * w * (rows - 1) + 1, n - 1}
+                _check_pool_keeps_bits(target, x, geo, f"small map {shape} {kind}")
+            relu = _nonnegative_bfloat16(shape, "relu").flatten()
+            randn = torch.randn(shape).to(torch.bfloat16).flatten()
+            n = relu.numel()
+            # element offsets: pooled row r starts at 2 w r, its bottom input row at 2 w r + w
+            spots = {0, 2 * w * period + 3, 2 * w * (rows - 1) + 1, n - 1}
+            spots |= {2 * w * r + w + 1 for r in range(1, 4)}
+            spots |= {2 * w * r + 2 * ow - 2 for r in range(2)}
+            planted = [(relu, name, bits) for name, bits in _RAW_BREAKERS.items()]
+            planted += [(randn, name, _NAN_BITS[name]) for name in ("+nan", "-nan")]
             for at in sorted(i for i in spots if i < n):
-                for name, bits in _RAW_BREAKERS.items():
-                    x = flat.clone()
+                for data, name, bits in planted:
+                    x = data.clone()
                     x.view(torch.int16)[at] = bits
-                    what = f"row groups {shape} {name} at {at}"
+                    what = f"small map {shape} {name} at {at}"
                     _check_pool_keeps_bits(target, x.view(shape), geo, what)
 
 

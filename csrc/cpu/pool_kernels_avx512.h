@@ -726,8 +726,9 @@ inline void put_switches32(uint8_t* p, __mmask32 m, __m256i k, bool stream) {
 //    idle and the per-row work set the time: 4x512x14x14, 2 threads: 0.063 ms widened,
 //    0.113 ms a row a step in keys, 0.036 ms with whole rows packed into a step, 0.030 ms
 //    flat (float32: 0.070 ms).
-//  * Of those, maps of up to 16 pooled columns and 32 input columns (14x14, 28x28) run
-//    their raw-pattern periods in pairs of row groups (RowGroups), unless streamed.
+//  * Of those, maps of up to 32 pooled columns (14x14, 28x28, 56x56) run each period in
+//    steps of whole pooled rows after all, unless streamed (pool_row_steps): with the loads
+//    planned once a call and NaNs looked for once a period, their fewer loads win.
 //  * Rows of 64+ pooled columns are read in two passes, as in pool_row_two_pass.
 namespace bf16_nchw {
 
@@ -895,8 +896,8 @@ inline Watch pool_flat_period(const Flat& f, const T* top, T* y, uint8_t* sw, in
 // they cannot order, that period and the rest with keys. A period redone (with keys, or
 // exactly by pool_flat_pieces after keys met a NaN) is redone after a fence when its stores
 // streamed, so that the redo's stores land last. (Figures: see bf16_raw.)
-// raw = false: keys from the first period. (Not inlined into pool_grouped_periods: there the
-// row groups' permute tables, live across the loop, cost the keys loop 4%.)
+// raw = false: keys from the first period. (Not inlined into pool_raw_periods: there the
+// raw steps' permute tables, live across the loop, cost the keys loop 4%.)
 template <int K, bool kStream>
 __attribute__((noinline)) void pool_flat_periods(const Flat& f, const T* x, T* y, uint8_t* sw,
                                                  int64_t OW, int64_t W, int64_t p0, int64_t p1,
@@ -930,6 +931,14 @@ void pool_flat_periods(const Flat& f, const T* x, T* y, uint8_t* sw, int64_t OW,
   }
 }
 
+// The rows left over by a flat run (run_flat's `leftover`), a row at a time.
+inline auto row_at_a_time(const T* x, T* y, uint8_t* sw, const PoolGeom& g) {
+  return [=](int64_t r) {
+    const T* r0 = x + 2 * g.W * r;
+    pool_row(r0, r0 + g.W, y + r * g.OW, sw + r * g.OW, g.OW, false);
+  };
+}
+
 // `rows` pooled rows (all planes), H == 2 OH and OW < 64: whole periods of FlatRows, then
 // the rows left over a row at a time. 2 threads, ms, a row a step (rows packed several to a
 // step at 7 and 14 columns) -> flat: 4x128x112x112 0.35 -> 0.24, 4x256x56x56 0.166 -> 0.120,
@@ -949,22 +958,31 @@ inline void pool_flat(const T* x, T* y, uint8_t* sw, int64_t rows, const PoolGeo
           pool_flat_periods<false>(f, x, y, sw, OW, W, p0, p1);
         }
       },
-      [&](int64_t r) {
-        const T* r0 = x + 2 * W * r;
-        pool_row(r0, r0 + W, y + r * OW, sw + r * OW, OW, false);
-      });
+      row_at_a_time(x, y, sw, g));
 }
 
-// Maps of at most 16 pooled columns and 32 input columns (H even) in groups of G pooled
-// rows (a power of two, G OW <= 16, 2 W G <= 64): a group's input is its 2 W G contiguous
-// elements, two vector loads, and one permute of the two gives a tap of all its n = G OW
-// windows. Groups go two at a time, the second's windows in lanes [n, 2n) (a blend of two
-// permutes), so a pair's 2n windows fill a vector as its outputs lie in memory: no
-// compaction, and the compare is the 32-lane one of `step`. In FlatRows the masked segment
-// loads (16 for 32 windows at OW = 7, 12 at OW = 14; an unaligned 64-byte load takes ~1.6
-// cycles on Zen 4, a permute 1) set the time of the raw-pattern compare; a pair loads 4
-// vectors and spends 8 permutes. relu(randn), one thread pinned, 4x512 maps, us a call,
-// FlatRows -> row groups: 14x14 47 -> 33, 28x28 127 -> 104.
+// Maps of up to 32 pooled columns (H even, outputs not streamed) run each FlatRows period as
+// steps of whole pooled rows, a step's windows in the first lanes of a vector as their
+// outputs lie in memory (so its stores are masked, and never streamed). FlatRows' vectors
+// hold windows of up to 4 rows, a masked load per row and vector (16 loads for 32 windows
+// at OW = 7, 12 at OW = 14, 8 at OW = 28), and those loads set the time there, on raw
+// patterns and on keys alike (an unaligned 64-byte load takes ~1.6 cycles on Zen 4, a
+// permute 1). Three kinds of step, each giving a step's four taps (top-left, top-right,
+// bottom-left, bottom-right) from load(p), p its first input element:
+//  * RowGroups: pairs of groups of contiguous input, 4 loads and 12 permutes and blends;
+//  * PackedRows: 2 R rows, one masked load per row and vector, 4 permutes;
+//  * WholeRows: one row of 17 to 32 windows, 4 loads and 4 permutes.
+// Which one where (pool_row_steps) is measured: relu(randn) and randn, one thread pinned,
+// 4x512 maps (4x256 at 56x56 and over), bfloat16, us a call.
+
+// A pair of groups of G pooled rows (a power of two, G OW <= 16, 2 W G <= 64): a group's
+// input is its 2 W G contiguous elements, two vector loads, and one permute of the two gives
+// a tap of all its n = G OW windows. The second group's windows go to lanes [n, 2n) (a
+// blend of two permutes), so a pair's 2n windows fill a vector as their outputs lie in
+// memory. FlatRows -> row groups, relu(randn): 14x14 47 -> 33, 28x28 127 -> 104 (since
+// replaced by PackedRows at 28x28). On keys the 8 permutes and 4 blends of a pair join the 20
+// instructions of keys and selects, and the vector units, not the loads, set the time:
+// randn 4x512x28x28, 124 us flat, 136 in row groups.
 class RowGroups {
  public:
   RowGroups(int64_t OW, int64_t W)
@@ -995,13 +1013,11 @@ class RowGroups {
     return rows;
   }
 
-  int64_t rows() const { return G_; }       // pooled rows a group
-  int64_t windows() const { return n_; }    // a group
-  int64_t input() const { return input_; }  // elements a group
-  __mmask32 out() const { return out_; }    // the lanes of a pair's windows
+  int64_t rows() const { return 2 * G_; }       // pooled rows a step
+  int64_t windows() const { return 2 * n_; }    // a step
+  int64_t input() const { return 2 * input_; }  // elements a step
+  __mmask32 out() const { return out_; }        // the lanes of a step's windows
 
-  // The four taps (top-left, top-right, bottom-left, bottom-right) of the pair of groups
-  // whose input starts at p.
   std::array<__m512i, 4> load(const T* p) const {
     const __m512i lo0 = _mm512_maskz_loadu_epi16(lo_, p);
     const __m512i hi0 = _mm512_maskz_loadu_epi16(hi_, p + 32);
@@ -1016,53 +1032,188 @@ class RowGroups {
   }
 
  private:
-  int64_t G_, n_, input_;
+  int64_t G_, n_, input_;  // input_: elements a group
   __mmask32 lo_, hi_, second_, out_;
   __m512i idx_[4];
 };
 
-// Periods [p0, p1) of a flat run (FlatRows) whose rows split into whole pairs of row
-// groups: each period as pairs of row groups on raw patterns (bf16_raw) until one holds a
-// value they cannot order; that period and the rest as pool_flat_periods runs them on keys
-// (FlatRows' loads), exactly after keys met a NaN. Not streamed: the row groups' stores are
-// masked. On keys the row groups lost: the 8 permutes and 4 blends of a pair join the 20
-// instructions of keys and selects, and the vector units, not the loads, set the time
-// (randn 4x512x28x28, one thread: 124 us a call flat, 136 us in row groups). (A local copy
-// of the groups' plan: stores through uint8_t* could alias it, so the compiler reloaded it
-// every pair.)
-inline void pool_grouped_periods(const Flat& f, const RowGroups& plan, const T* x, T* y,
-                                 uint8_t* sw, int64_t OW, int64_t W, int64_t p0, int64_t p1) {
-  const RowGroups rg = plan;
-  const int64_t P = f.outputs(), period_input = f.period_input();
-  const int64_t pairs = f.rows() / (2 * rg.rows()), in = 2 * rg.input(), out = 2 * rg.windows();
-  const __mmask32 m = rg.out();
-  for (int64_t p = p0; p < p1; ++p) {
-    const T* top = x + p * period_input;
-    bf16_raw::Watch watch;
-    for (int64_t q = 0; q < pairs; ++q) {
-      const auto t = rg.load(top + q * in);
-      const int64_t o = p * P + q * out;
-      put(y + o, sw + o, m, step_taps(t[0], t[1], t[2], t[3], watch), false);
+// R as PackedRows takes it for OW: the largest power of two with R OW <= 16.
+inline int64_t packed_rows_for(int64_t OW) {
+  int64_t rows = 1;
+  while (2 * rows * OW <= 16) rows *= 2;
+  return rows;
+}
+
+// 2 R pooled rows (R a power of two, R OW <= 16, so a FlatRows period holds whole steps):
+// the top input rows of the first R masked into one vector (row i in lanes [2 OW i,
+// 2 OW (i + 1))), of the next R into a second, the same for the bottom rows, and a permute
+// of two vectors per tap packs the 2 R OW windows into the first lanes. 4 R loads and 4
+// permutes a step, lanes 2 R OW of 32: 28 at OW = 7 and 14. FlatRows -> packed rows, randn:
+// 14x14 46 -> 36, 28x28 128 -> 100; relu(randn), row groups -> packed rows: 28x28 86 -> 70.
+template <int R>
+class PackedRows {
+ public:
+  PackedRows(int64_t OW, int64_t W) : W_(W), n_(2 * R * OW), out_(first_lanes32(n_)) {
+    TORCH_INTERNAL_ASSERT(R * OW <= 16);
+    for (int i = 0; i < R; ++i) {
+      row_[i] = static_cast<__mmask32>(first_lanes32(2 * OW * (i + 1)) & ~first_lanes32(2 * OW * i));
+      offset_[i] = (2 * W - 2 * OW) * i;  // row i's load: its lanes fall on its elements
     }
-    if (watch.met()) return pool_flat_periods<false>(f, x, y, sw, OW, W, p, p1, false);
+    alignas(64) int16_t idx[2][32];
+    for (int64_t w = 0; w < 32; ++w) {
+      const int64_t row = w < n_ ? w / OW : 0, column = w < n_ ? w % OW : 0;
+      const int64_t lane = 32 * (row / R) + 2 * OW * (row % R) + 2 * column;
+      idx[0][w] = static_cast<int16_t>(lane);
+      idx[1][w] = static_cast<int16_t>(lane + 1);
+    }
+    left_ = _mm512_load_si512(idx[0]);
+    right_ = _mm512_load_si512(idx[1]);
+  }
+
+  int64_t rows() const { return 2 * R; }        // pooled rows a step
+  int64_t windows() const { return n_; }        // a step
+  int64_t input() const { return 4 * R * W_; }  // elements a step
+  __mmask32 out() const { return out_; }        // the lanes of a step's windows
+
+  std::array<__m512i, 4> load(const T* p) const {
+    const T* q = p + 2 * R * W_;
+    const __m512i t0 = rows_from(p), t1 = rows_from(q);
+    const __m512i b0 = rows_from(p + W_), b1 = rows_from(q + W_);
+    return {_mm512_permutex2var_epi16(t0, left_, t1), _mm512_permutex2var_epi16(t0, right_, t1),
+            _mm512_permutex2var_epi16(b0, left_, b1), _mm512_permutex2var_epi16(b0, right_, b1)};
+  }
+
+ private:
+  // R input rows 2 W apart, from p.
+  __m512i rows_from(const T* p) const {
+    __m512i v = _mm512_maskz_loadu_epi16(row_[0], p);
+    unrolled<R - 1>([&](auto i) {
+      v = _mm512_mask_loadu_epi16(v, row_[i + 1], p + offset_[i + 1]);
+    });
+    return v;
+  }
+  int64_t W_, n_;
+  __mmask32 out_;
+  __mmask32 row_[R];
+  int64_t offset_[R];
+  __m512i left_, right_;
+};
+
+// One pooled row of 17 to 32 windows: its top and bottom input rows, two vectors each (the
+// second masked), split into even and odd columns, as pool_row does a row but without its
+// per-row masks and NaN check. Lanes OW of 32: 28 at 56x56. FlatRows -> whole rows,
+// relu(randn): OW = 17: 131 -> 123, 28: 395 -> 262, 32: 740 -> 483; randn: 17: 166 -> 218 (17
+// lanes), 23: 301 -> 300, 24: 350 -> 334, 28: 494 -> 390, 32: 855 -> 689.
+class WholeRows {
+ public:
+  WholeRows(int64_t OW, int64_t W)
+      : W_(W), OW_(OW), lanes_(RowLanes(OW)), out_(first_lanes32(OW)) {
+    TORCH_INTERNAL_ASSERT(OW > 16 && OW <= 32);
+  }
+  int64_t rows() const { return 1; }             // pooled rows a step
+  int64_t windows() const { return OW_; }        // a step
+  int64_t input() const { return 2 * W_; }       // elements a step
+  __mmask32 out() const { return out_; }         // the lanes of a step's windows
+
+  std::array<__m512i, 4> load(const T* p) const {
+    const auto [t0, t1] = lanes_.load(p);
+    const auto [b0, b1] = lanes_.load(p + W_);
+    const auto [te, to] = split(t0, t1);
+    const auto [be, bo] = split(b0, b1);
+    return {te, to, be, bo};
+  }
+
+ private:
+  int64_t W_, OW_;
+  RowLanes lanes_;
+  __mmask32 out_;
+};
+
+// `n` steps of `s` from top, the outputs from y / sw on.
+template <typename Steps, typename Watch>
+inline Watch pool_steps(const Steps& s, int64_t n, const T* top, T* y, uint8_t* sw) {
+  Watch watch;
+  for (int64_t i = 0; i < n; ++i, top += s.input(), y += s.windows(), sw += s.windows()) {
+    const auto t = s.load(top);
+    put(y, sw, s.out(), step_taps(t[0], t[1], t[2], t[3], watch), false);
+  }
+  return watch;
+}
+
+// Periods [p0, p1) of a flat run on keys in the steps of `plan`, exactly (pool_flat_pieces)
+// after keys met a NaN. Not inlined into pool_raw_periods, whose raw steps' tables would stay
+// live across this loop (4% on the FlatRows keys loop).
+template <typename Steps>
+__attribute__((noinline)) void pool_key_periods(const Flat& f, const Steps& plan, const T* x,
+                                                T* y, uint8_t* sw, int64_t OW, int64_t W,
+                                                int64_t p0, int64_t p1) {
+  const Steps s = plan;  // a local copy: stores through uint8_t* could alias it
+  const int64_t P = f.outputs(), period_input = f.period_input(), steps = f.rows() / s.rows();
+  for (int64_t p = p0; p < p1; ++p) {
+    const NanWatch watch =
+        pool_steps<Steps, NanWatch>(s, steps, x + p * period_input, y + p * P, sw + p * P);
+    if (__builtin_expect(watch.met(), 0)) pool_flat_pieces(x, y, sw, p * P, P, OW, W);
   }
 }
 
-// `rows` pooled rows (all planes), H == 2 OH, RowGroups::rows_for(OW, W) > 0 and outputs not
-// streamed: whole periods of FlatRows (each a whole number of pairs of row groups), then the
-// rows left over a row at a time.
-inline void pool_row_groups(const T* x, T* y, uint8_t* sw, int64_t rows, const PoolGeom& g) {
+// Periods [p0, p1) of a flat run in the steps of `plan` on raw patterns (bf16_raw), until a
+// period holds a value they cannot order: that period and the rest go to keys(p, p1).
+template <typename Steps, typename Keys>
+inline void pool_raw_periods(const Flat& f, const Steps& plan, const T* x, T* y, uint8_t* sw,
+                             int64_t p0, int64_t p1, const Keys& keys) {
+  const Steps s = plan;  // a local copy, as in pool_key_periods
+  const int64_t P = f.outputs(), period_input = f.period_input(), steps = f.rows() / s.rows();
+  for (int64_t p = p0; p < p1; ++p) {
+    if (pool_steps<Steps, bf16_raw::Watch>(s, steps, x + p * period_input, y + p * P, sw + p * P)
+            .met()) {
+      return keys(p, p1);
+    }
+  }
+}
+
+// `rows` pooled rows (all planes), H == 2 OH, OW <= 32 and outputs not streamed: whole
+// periods of FlatRows in steps of whole rows, then the rows left over a row at a time.
+//  * Raw patterns: row groups up to 7 pooled columns, packed rows from 8 to 16, whole rows
+//    from 17. relu(randn), row groups -> packed rows, us: OW = 3: 15.0 -> 12.3, 6: 12.3 ->
+//    15.0, 7: 29.5 -> 34.3, 8: 37.1 -> 32.1, 9: 56 -> 49, 14: 86 -> 70, 16: 113 -> 80.
+//  * Keys: packed or whole rows where a step fills 24+ of the 32 lanes (packed: R <= 4),
+//    FlatRows otherwise. randn, FlatRows -> packed rows, us: OW = 4: 24.7 -> 17.1, 7: 46 ->
+//    36, 9: 60 -> 68 (18 lanes), 10: 72 -> 74 (20), 12: 98 -> 86, 14: 128 -> 100, 16: 167 ->
+//    111; whole rows: see there.
+inline void pool_row_steps(const T* x, T* y, uint8_t* sw, int64_t rows, const PoolGeom& g) {
   const Flat f(g.OW, g.W);
-  const RowGroups rg(g.OW, g.W);
-  TORCH_INTERNAL_ASSERT(f.rows() % (2 * rg.rows()) == 0);
   const int64_t OW = g.OW, W = g.W;
-  run_flat(
-      f, rows,
-      [&](int64_t p0, int64_t p1) { pool_grouped_periods(f, rg, x, y, sw, OW, W, p0, p1); },
-      [&](int64_t r) {
-        const T* r0 = x + 2 * W * r;
-        pool_row(r0, r0 + W, y + r * OW, sw + r * OW, OW, false);
-      });
+  const auto run = [&](const auto& raw_steps, const auto& keys) {
+    TORCH_INTERNAL_ASSERT(f.rows() % raw_steps.rows() == 0);
+    run_flat(
+        f, rows,
+        [&](int64_t p0, int64_t p1) { pool_raw_periods(f, raw_steps, x, y, sw, p0, p1, keys); },
+        row_at_a_time(x, y, sw, g));
+  };
+  const auto flat_keys = [&](int64_t p0, int64_t p1) {
+    pool_flat_periods<false>(f, x, y, sw, OW, W, p0, p1, /*raw=*/false);
+  };
+  const auto keys_on = [&](const auto& s) {
+    TORCH_INTERNAL_ASSERT(f.rows() % s.rows() == 0);
+    return [&f, s, x, y, sw, OW, W](int64_t p0, int64_t p1) {
+      pool_key_periods(f, s, x, y, sw, OW, W, p0, p1);
+    };
+  };
+  if (OW > 16) {
+    const WholeRows s(OW, W);
+    return OW >= 24 ? run(s, keys_on(s)) : run(s, flat_keys);
+  }
+  const int64_t R = packed_rows_for(OW);
+  const bool packed_keys_pay = R <= 4 && 2 * R * OW >= 24;
+  if (OW >= 8) {
+    if (R == 2) return run(PackedRows<2>(OW, W), keys_on(PackedRows<2>(OW, W)));
+    const PackedRows<1> s(OW, W);
+    return packed_keys_pay ? run(s, keys_on(s)) : run(s, flat_keys);
+  }
+  const RowGroups groups(OW, W);
+  if (!packed_keys_pay) return run(groups, flat_keys);
+  if (R == 2) return run(groups, keys_on(PackedRows<2>(OW, W)));
+  return run(groups, keys_on(PackedRows<4>(OW, W)));
 }
 
 inline void max_pool_nchw_2x2(const PoolKernelArgs& a) {
@@ -1071,8 +1222,8 @@ inline void max_pool_nchw_2x2(const PoolKernelArgs& a) {
   T* y = static_cast<T*>(a.out);
   uint8_t* sw = a.out_switches;
   const int64_t rows = a.N * a.C * g.OH;
-  if (g.H == 2 * g.OH && RowGroups::rows_for(g.OW, g.W) > 0 && !a.stream_outputs) {
-    return pool_row_groups(x, y, sw, rows, g);
+  if (g.H == 2 * g.OH && g.OW <= 32 && !a.stream_outputs) {
+    return pool_row_steps(x, y, sw, rows, g);
   }
   if (g.OW < 64 && g.H == 2 * g.OH) {
     return pool_flat(x, y, sw, rows, g, a.stream_outputs);
