@@ -365,23 +365,23 @@ def test_pool_bfloat16_nonnegative_raw_paths(target, layout):
 
 
 def test_pool_bfloat16_row_steps(target):
-    """bfloat16 2x2/2 NCHW maps of at most 32 pooled columns, of even height, run on AVX-512
-    in periods of 32 / gcd(OW, 32) pooled rows, each period in steps of whole pooled rows:
-    row groups (pairs of groups of contiguous input, up to 7 pooled columns), packed rows
-    (one masked load a row, 8 to 16) or whole rows (17 to 32) on raw patterns until a period
-    holds a negative value, -0 or NaN; that period and the rest on keys (packed or whole rows
-    where a step fills 24+ lanes, FlatRows otherwise); a period whose keys met a NaN exactly;
-    the rows after the last whole period a row at a time. Every OW from 1 to 32, W = 2 OW and
-    2 OW + 1 (a column no window reads); fewer rows than a period, one period, several and
-    a part (one period and a part from 17 on); relu, ties and randn
-    data. Planted: a value the raw compare cannot order, and (in randn data, on keys from the
-    start) a NaN of either sign, in the first window, in each of the first four pooled rows
-    (the second row of a vector, the second vector of a step, the second step), at the end of
-    the first two rows, in the second period, in the rows past the last period and in the
-    last window."""
+    """bfloat16 2x2/2 NCHW maps of up to 32 and of 48 to 63 pooled columns, of even height, run
+    on AVX-512 in periods of 32 / gcd(OW, 32) pooled rows, each period in steps of whole
+    pooled rows: row groups (pairs of groups of contiguous input, up to 7 pooled columns),
+    packed rows (one masked load a row, 8 to 16), whole rows (17 to 32) or wide rows (two
+    vectors of windows, 48 to 63) on raw patterns until a period holds a negative value, -0
+    or NaN; that period and the rest on keys (those steps where they fill 24+ of 32 lanes,
+    FlatRows otherwise); a period whose keys met a NaN exactly; the rows after the last whole
+    period a row at a time. Every OW from 1 to 32, and 47 (flat runs), 48, 56 and 63; W = 2 OW
+    and 2 OW + 1 (a column no window reads); fewer rows than a period, one period, several
+    and a part (one period and a part from 17 on); relu, ties and randn data. Planted: a value
+    the raw compare cannot order, and (in randn data, on keys from the start) a NaN of either
+    sign, in the first window, in each of the first four pooled rows (the second row of a
+    vector, the second vector of a step, the second step), at the end of the first two rows,
+    in the second period, in the rows past the last period and in the last window."""
     torch.manual_seed(16)
     geo = geometry(2)
-    for ow, w in itertools.product(range(1, 33), (0, 1)):
+    for ow, w in itertools.product([*range(1, 33), 47, 48, 56, 63], (0, 1)):
         w += 2 * ow
         period = 32 // math.gcd(ow, 32)
         counts = (period - 1, period, 3 * period + period // 2 + 1) if ow <= 16 else (

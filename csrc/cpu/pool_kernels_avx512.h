@@ -726,9 +726,9 @@ inline void put_switches32(uint8_t* p, __mmask32 m, __m256i k, bool stream) {
 //    idle and the per-row work set the time: 4x512x14x14, 2 threads: 0.063 ms widened,
 //    0.113 ms a row a step in keys, 0.036 ms with whole rows packed into a step, 0.030 ms
 //    flat (float32: 0.070 ms).
-//  * Of those, maps of up to 32 pooled columns (14x14, 28x28, 56x56) run each period in
-//    steps of whole pooled rows after all, unless streamed (pool_row_steps): with the loads
-//    planned once a call and NaNs looked for once a period, their fewer loads win.
+//  * Of those, maps of up to 32 and of 48 to 63 pooled columns (14x14 to 112x112) run each
+//    period in steps of whole pooled rows after all, unless streamed (pool_row_steps): with
+//    the loads planned once a call and NaNs looked for once a period, their fewer loads win.
 //  * Rows of 64+ pooled columns are read in two passes, as in pool_row_two_pass.
 namespace bf16_nchw {
 
@@ -961,19 +961,19 @@ inline void pool_flat(const T* x, T* y, uint8_t* sw, int64_t rows, const PoolGeo
       row_at_a_time(x, y, sw, g));
 }
 
-// Maps of up to 32 pooled columns (H even, outputs not streamed) run each FlatRows period as
-// steps of whole pooled rows, a step's windows in the first lanes of a vector as their
-// outputs lie in memory (so its stores are masked, and never streamed). FlatRows' vectors
-// hold windows of up to 4 rows, a masked load per row and vector (16 loads for 32 windows
-// at OW = 7, 12 at OW = 14, 8 at OW = 28), and those loads set the time there, on raw
-// patterns and on keys alike (an unaligned 64-byte load takes ~1.6 cycles on Zen 4, a
-// permute 1). Three kinds of step, each giving a step's four taps (top-left, top-right,
-// bottom-left, bottom-right) from load(p), p its first input element:
+// Maps of up to 32 or 48 to 63 pooled columns (H even, outputs not streamed) run each
+// FlatRows period as steps of whole pooled rows, a step's windows in the first lanes of a
+// vector (or two) as their outputs lie in memory (so its stores are masked, and never
+// streamed). FlatRows' vectors hold windows of up to 4 rows, a masked load per row and
+// vector (16 loads for 32 windows at OW = 7, 12 at OW = 14, 8 at OW = 28 and 56), and those
+// loads set the time there, on raw patterns and on keys alike (an unaligned 64-byte load
+// takes ~1.6 cycles on Zen 4, a permute 1). The kinds of step (pool_step runs one):
 //  * RowGroups: pairs of groups of contiguous input, 4 loads and 12 permutes and blends;
 //  * PackedRows: 2 R rows, one masked load per row and vector, 4 permutes;
-//  * WholeRows: one row of 17 to 32 windows, 4 loads and 4 permutes.
+//  * WholeRows: one row of 17 to 32 windows, 4 loads and 4 permutes;
+//  * WideRows: one row of 48 to 63 windows, 8 loads and 8 permutes.
 // Which one where (pool_row_steps) is measured: relu(randn) and randn, one thread pinned,
-// 4x512 maps (4x256 at 56x56 and over), bfloat16, us a call.
+// 4x512 maps (4x256 at 56x56, 4x128 from 96x96 on), bfloat16, us a call.
 
 // A pair of groups of G pooled rows (a power of two, G OW <= 16, 2 W G <= 64): a group's
 // input is its 2 W G contiguous elements, two vector loads, and one permute of the two gives
@@ -1129,13 +1129,54 @@ class WholeRows {
   __mmask32 out_;
 };
 
+// One pooled row of 48 to 63 windows, as two vectors of windows: the first 32 from whole
+// loads, the rest masked (pool_step below). Lanes OW of 64: 56 at 112x112. FlatRows -> wide
+// rows, one thread, 4x128 maps, us a call, relu(randn): OW = 40: 157 -> 159, 48: 273 -> 215,
+// 56: 399 -> 276, 63: 755 -> 464; randn: 40: 224 -> 278, 48: 375 -> 358, 56: 538 -> 427,
+// 63: 784 -> 657.
+class WideRows {
+ public:
+  WideRows(int64_t OW, int64_t W)
+      : W_(W), OW_(OW), rest_(RowLanes(OW - 32)), out_(first_lanes32(OW - 32)) {
+    TORCH_INTERNAL_ASSERT(OW >= 48 && OW < 64);
+  }
+  int64_t rows() const { return 1; }        // pooled rows a step
+  int64_t windows() const { return OW_; }   // a step
+  int64_t input() const { return 2 * W_; }  // elements a step
+  int64_t W() const { return W_; }
+  const RowLanes& rest() const { return rest_; }  // the input lanes of windows 32..OW-1
+  __mmask32 out() const { return out_; }          // the lanes of windows 32..OW-1
+
+ private:
+  int64_t W_, OW_;
+  RowLanes rest_;
+  __mmask32 out_;
+};
+
+// One step of `s` from p: its windows' maxima and switches to y / sw.
+template <typename Steps, typename Watch>
+inline void pool_step(const Steps& s, const T* p, T* y, uint8_t* sw, Watch& watch) {
+  const auto t = s.load(p);
+  put(y, sw, s.out(), step_taps(t[0], t[1], t[2], t[3], watch), false);
+}
+template <typename Watch>
+inline void pool_step(const WideRows& s, const T* p, T* y, uint8_t* sw, Watch& watch) {
+  const T* q = p + s.W();
+  put(y, sw, 0xFFFFFFFFu,
+      step(_mm512_loadu_si512(p), _mm512_loadu_si512(p + 32), _mm512_loadu_si512(q),
+           _mm512_loadu_si512(q + 32), watch),
+      false);
+  const auto [t0, t1] = s.rest().load(p + 64);
+  const auto [b0, b1] = s.rest().load(q + 64);
+  put(y + 32, sw + 32, s.out(), step(t0, t1, b0, b1, watch), false);
+}
+
 // `n` steps of `s` from top, the outputs from y / sw on.
 template <typename Steps, typename Watch>
 inline Watch pool_steps(const Steps& s, int64_t n, const T* top, T* y, uint8_t* sw) {
   Watch watch;
   for (int64_t i = 0; i < n; ++i, top += s.input(), y += s.windows(), sw += s.windows()) {
-    const auto t = s.load(top);
-    put(y, sw, s.out(), step_taps(t[0], t[1], t[2], t[3], watch), false);
+    pool_step(s, top, y, sw, watch);
   }
   return watch;
 }
@@ -1171,15 +1212,19 @@ inline void pool_raw_periods(const Flat& f, const Steps& plan, const T* x, T* y,
   }
 }
 
-// `rows` pooled rows (all planes), H == 2 OH, OW <= 32 and outputs not streamed: whole
-// periods of FlatRows in steps of whole rows, then the rows left over a row at a time.
+// Whether pool_row_steps takes maps of OW pooled columns (and even height, outputs not
+// streamed), rather than pool_flat (OW < 64).
+inline bool row_steps_pay(int64_t OW) { return OW <= 32 || (OW >= 48 && OW < 64); }
+
+// `rows` pooled rows (all planes), H == 2 OH, row_steps_pay(OW) and outputs not streamed:
+// whole periods of FlatRows in steps of whole rows, then the rows left over a row at a time.
 //  * Raw patterns: row groups up to 7 pooled columns, packed rows from 8 to 16, whole rows
-//    from 17. relu(randn), row groups -> packed rows, us: OW = 3: 15.0 -> 12.3, 6: 12.3 ->
+//    from 17 (wide rows from 48). relu(randn), row groups -> packed rows, us: OW = 3: 15.0 -> 12.3, 6: 12.3 ->
 //    15.0, 7: 29.5 -> 34.3, 8: 37.1 -> 32.1, 9: 56 -> 49, 14: 86 -> 70, 16: 113 -> 80.
-//  * Keys: packed or whole rows where a step fills 24+ of the 32 lanes (packed: R <= 4),
-//    FlatRows otherwise. randn, FlatRows -> packed rows, us: OW = 4: 24.7 -> 17.1, 7: 46 ->
+//  * Keys: packed, whole or wide rows where a step fills 24+ of the 32 lanes (48+ of 64;
+//    packed: R <= 4), FlatRows otherwise. randn, FlatRows -> packed rows, us: OW = 4: 24.7 -> 17.1, 7: 46 ->
 //    36, 9: 60 -> 68 (18 lanes), 10: 72 -> 74 (20), 12: 98 -> 86, 14: 128 -> 100, 16: 167 ->
-//    111; whole rows: see there.
+//    111; whole and wide rows: see there.
 inline void pool_row_steps(const T* x, T* y, uint8_t* sw, int64_t rows, const PoolGeom& g) {
   const Flat f(g.OW, g.W);
   const int64_t OW = g.OW, W = g.W;
@@ -1199,6 +1244,10 @@ inline void pool_row_steps(const T* x, T* y, uint8_t* sw, int64_t rows, const Po
       pool_key_periods(f, s, x, y, sw, OW, W, p0, p1);
     };
   };
+  if (OW >= 48) {
+    const WideRows s(OW, W);
+    return run(s, keys_on(s));
+  }
   if (OW > 16) {
     const WholeRows s(OW, W);
     return OW >= 24 ? run(s, keys_on(s)) : run(s, flat_keys);
@@ -1222,7 +1271,7 @@ inline void max_pool_nchw_2x2(const PoolKernelArgs& a) {
   T* y = static_cast<T*>(a.out);
   uint8_t* sw = a.out_switches;
   const int64_t rows = a.N * a.C * g.OH;
-  if (g.H == 2 * g.OH && g.OW <= 32 && !a.stream_outputs) {
+  if (g.H == 2 * g.OH && row_steps_pay(g.OW) && !a.stream_outputs) {
     return pool_row_steps(x, y, sw, rows, g);
   }
   if (g.OW < 64 && g.H == 2 * g.OH) {
