@@ -335,17 +335,22 @@ _RAW_BREAKERS = {"-0": -0x8000, "-1": -0x4080, "+nan": 0x7FC1, "-nan": -0x3F, "+
 def test_pool_bfloat16_nonnegative_raw_paths(target, layout):
     """bfloat16 2x2/2 on AVX-512 compares inputs that are all +0 or greater (no NaN) as raw
     unsigned patterns (flat NCHW runs, channels_last pixels) until a block holds another
-    value; that block is redone with keys and the rest of the call runs on keys. Non-negative
-    data alone (relu, ties of equal values, +inf), and with one value the raw compare cannot
-    order (-0, a negative number, a NaN of either sign) planted in the first, a middle or the
-    last window of the call; a subnormal is a number it does order. Enough planes for both
-    threads to take several periods; an odd height (the row kernel, no raw path) as control.
-    Streamed outputs: the next test."""
+    value; that block is redone with keys and the rest of the call runs on keys. Wide NCHW
+    maps (64+ pooled columns, any height) go a pooled row at a time the same way, and a key
+    row that meets a NaN is redone exactly. Non-negative data alone (relu, ties of equal
+    values, +inf), and with one value the raw compare cannot order (-0, a negative number, a
+    NaN of either sign) planted in the first, a middle or the last window of the call; a
+    subnormal is a number it does order; and a negative number in the first window with a NaN
+    in that window or in pooled row 1 (raw, then keys, then the exact redo in one task).
+    Enough planes for both threads to take several periods; an odd height with fewer than 64
+    pooled columns (the row kernel, no raw path) as control. Streamed outputs: the next
+    test."""
     torch.manual_seed(14)
     geo = geometry(2)
     if layout == "contiguous":  # flat runs: even heights, OW < 64 (and one odd height)
         shapes = [(2, 9, 2, 14), (3, 40, 6, 14), (2, 12, 4, 28), (1, 5, 14, 56), (2, 3, 6, 10),
-                  (2, 20, 2, 66), (1, 7, 4, 126), (3, 4, 5, 28)]
+                  (2, 20, 2, 66), (1, 7, 4, 126), (2, 6, 7, 130), (1, 4, 3, 128),
+                  (3, 4, 5, 28)]
     else:
         shapes = [(2, 64, 6, 6), (3, 96, 4, 8), (2, 200, 2, 4), (1, 32, 14, 14), (2, 512, 2, 2)]
     for shape in shapes:
@@ -362,6 +367,12 @@ def test_pool_bfloat16_nonnegative_raw_paths(target, layout):
             x = x0.clone()
             x.view(torch.int16)[i, j, k, m] = bits
             _check_pool_keeps_bits(target, x, geo, f"bfloat16 {layout} {shape} {name} {where}")
+        if layout == "contiguous":
+            for nan_at in (3, 2 * w + 1):  # the first window, pooled row 1
+                x = x0.clone()
+                flat = x.view(torch.int16).view(-1)
+                flat[0], flat[nan_at] = _RAW_BREAKERS["-1"], _NAN_BITS["+nan"]
+                _check_pool_keeps_bits(target, x, geo, f"bfloat16 {shape} -1, NaN at {nan_at}")
 
 
 def test_pool_bfloat16_row_steps(target):
@@ -417,7 +428,9 @@ def test_pool_bfloat16_nonnegative_raw_paths_streamed(stream_every_pool):
     pixel redone with keys after raw stores streamed must leave the redo's bits."""
     geo = geometry(2)
     torch.manual_seed(15)
-    for shape, layout in [((2, 16, 6, 28), "contiguous"), ((2, 64, 4, 6), "channels_last")]:
+    cases = [((2, 16, 6, 28), "contiguous"), ((2, 8, 6, 128), "contiguous"),
+             ((2, 64, 4, 6), "channels_last")]
+    for shape, layout in cases:
         x0 = arrange(_nonnegative_bfloat16(shape, "relu"), layout)
         for bits in (None, *_RAW_BREAKERS.values()):
             x = x0.clone()

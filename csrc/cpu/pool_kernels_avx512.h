@@ -815,38 +815,84 @@ inline void pool_row(const T* r0, const T* r1, T* y, uint8_t* sw, int64_t OW, bo
   }
 }
 
-// One pooled row of 64+ columns, its top input row first, then its bottom row.
-inline void pool_row_two_pass(const T* r0, const T* r1, T* y, uint8_t* sw, int64_t OW,
-                              bool stream) {
-  constexpr int64_t kChunk = 512;  // pooled columns per pass: 2 KiB of keys, 2 of values
-  alignas(64) __m512i top_raw[kChunk / 32], top_key[kChunk / 32];
+// What a pass over a row folds into its watch for the NaN / raw-pattern check, once a step:
+// keys need the inputs' unsigned maximum (a negative NaN never wins) and the window keys,
+// taken after the bottom row; raw patterns the windows' maxima, also after it.
+inline void watch_top(NanWatch& w, __m512i t0, __m512i t1, const Best&) {
+  w.umax = _mm512_max_epu16(w.umax, _mm512_max_epu16(t0, t1));
+}
+inline void watch_top(bf16_raw::Watch&, __m512i, __m512i, const bf16_raw::Best&) {}
+inline void watch_bottom(NanWatch& w, __m512i b0, __m512i b1, const Best& best) {
+  w.add(_mm512_max_epu16(b0, b1), best.k);
+}
+inline void watch_bottom(bf16_raw::Watch& w, __m512i, __m512i, const bf16_raw::Best& best) {
+  w.add(best);
+}
+
+// One pooled row of 64+ columns, its top input row first, then its bottom row, on keys
+// (bf16_key::Best, NanWatch) or raw patterns (bf16_raw). Every step is stored; the returned
+// watch says whether the row met a value the comparison cannot order (the caller redoes
+// the row). A check a row rather than a step: the key path spent 8 instructions a step on
+// it. Lanes past the row load zeros, which neither watch minds.
+template <typename B, typename Watch>
+inline Watch pool_row_two_pass(const T* r0, const T* r1, T* y, uint8_t* sw, int64_t OW,
+                               bool stream) {
+  constexpr int64_t kChunk = 512;  // pooled columns per pass: up to 4 KiB of partial maxima
+  alignas(64) B top[kChunk / 32];
   __mmask32 took1[kChunk / 32];
-  bool top_nan[kChunk / 32];
+  Watch watch;
   for (int64_t c0 = 0; c0 < OW; c0 += kChunk) {
     const int64_t c1 = std::min(OW, c0 + kChunk);
     for (int64_t ow = c0, j = 0; ow < c1; ow += 32, ++j) {
       const auto [t0, t1] = RowLanes(std::min<int64_t>(32, c1 - ow)).load(r0 + 2 * ow);
       const auto [te, to] = split(t0, t1);
-      Best best(te);
+      B best(te);
       took1[j] = best.update(to);
-      top_raw[j] = best.raw;
-      top_key[j] = best.k;
-      top_nan[j] = met_nan(_mm512_max_epu16(t0, t1), best.k);
+      top[j] = best;
+      watch_top(watch, t0, t1, best);
     }
     for (int64_t ow = c0, j = 0; ow < c1; ow += 32, ++j) {
       const int64_t n = std::min<int64_t>(32, c1 - ow);
       const auto [b0, b1] = RowLanes(n).load(r1 + 2 * ow);
       const auto [be, bo] = split(b0, b1);
-      Best best(top_raw[j], top_key[j]);
+      B best = top[j];
       const __mmask32 took2 = best.update(be), took3 = best.update(bo);
-      if (top_nan[j] || met_nan(_mm512_max_epu16(b0, b1), best.k)) {
-        pool_row_one_pass(r0 + 2 * ow, r1 + 2 * ow, y + ow, sw + ow, n, stream);
-        continue;
-      }
+      watch_bottom(watch, b0, b1, best);
       put(y + ow, sw + ow, first_lanes32(n), {best.raw, switches32_from(took1[j], took2, took3)},
           stream);
     }
   }
+  return watch;
+}
+
+// Rows of 64+ pooled columns (any H), a task at a time: raw patterns while the rows allow,
+// then keys. A row that met a value it could not order is redone, after a fence if it was
+// streamed (its lines are rewritten by ordinary stores): on keys by a raw row, exactly by
+// pool_row_one_pass by a key row. 4x64x224x224, one thread, us a call (geo-mean of 6-8 runs
+// alternated with the keys-only rows checked a step): relu 1387 -> 976, randn 1416 -> 1402.
+inline void pool_wide_rows(const PoolKernelArgs& a, T* y, uint8_t* sw, bool stream) {
+  const PoolGeom g = a.g;
+  const int64_t OW = g.OW;
+  for_each_pooled_row_2x2<T>(
+      a,
+      [&, raw = true](int64_t r, const T* r0) mutable {
+        const T* r1 = r0 + g.W;
+        T* yr = y + r * OW;
+        uint8_t* swr = sw + r * OW;
+        if (raw) {
+          if (!pool_row_two_pass<bf16_raw::Best, bf16_raw::Watch>(r0, r1, yr, swr, OW, stream)
+                   .met()) {
+            return;
+          }
+          raw = false;  // the rest of this task on keys
+          end_streaming(stream);
+        }
+        if (pool_row_two_pass<Best, NanWatch>(r0, r1, yr, swr, OW, stream).met()) {
+          end_streaming(stream);
+          pool_row_one_pass(r0, r1, yr, swr, OW, /*stream=*/false);
+        }
+      },
+      [&] { end_streaming(stream); });
 }
 
 // A vector of the top rows and the same of the bottom rows, from its k segments (K: k known
@@ -1280,14 +1326,11 @@ inline void max_pool_nchw_2x2(const PoolKernelArgs& a) {
   // Streamed only if every store is a whole vector or half of one, aligned to its size
   // (see put).
   const bool stream = a.stream_outputs && g.OW % 16 == 0 && aligned(y, 64) && aligned(sw, 32);
+  if (g.OW >= 64) return pool_wide_rows(a, y, sw, stream);
   for_each_pooled_row_2x2<T>(
       a,
       [&](int64_t r, const T* r0) {
-        if (g.OW >= 64) {
-          pool_row_two_pass(r0, r0 + g.W, y + r * g.OW, sw + r * g.OW, g.OW, stream);
-        } else {
-          pool_row(r0, r0 + g.W, y + r * g.OW, sw + r * g.OW, g.OW, stream);
-        }
+        pool_row(r0, r0 + g.W, y + r * g.OW, sw + r * g.OW, g.OW, stream);
       },
       [&] { end_streaming(stream); });
 }

@@ -169,15 +169,17 @@ void scatter_pixel_plain(const T* vp, const uint8_t* sp, T* const dst[4], int64_
 // parallel with enough items a task (grain_for). NCHW: f(r, r0) for each pooled row r
 // (counted over all planes), r0 its windows' top input row (the bottom one is r0 + W).
 // NHWC: f(i, p00, p10) for each output pixel i, p00 / p10 its window's top-left input
-// pixel and the one below. done() ends each task (kernels that stream fence there).
+// pixel and the one below. done() ends each task (kernels that stream fence there). Each
+// task runs a copy of the NCHW f: a mutable lambda's captures are that task's own.
 template <typename T, typename F, typename Done>
 void for_each_pooled_row_2x2(const PoolKernelArgs& a, F&& f, Done&& done) {
   const PoolGeom g = a.g;
   const T* x = static_cast<const T*>(a.in);
   at::parallel_for(0, a.N * a.C * g.OH, grain_for(g.OW * 4), [&](int64_t begin, int64_t end) {
+    auto task = f;  // a copy a task, so a mutable f keeps state of its own there
     CountedIndex row(begin, g.OH);  // (plane, oh)
     for (int64_t r = begin; r < end; ++r, row.next()) {
-      f(r, x + row.outer * g.H * g.W + 2 * row.inner * g.W);
+      task(r, x + row.outer * g.H * g.W + 2 * row.inner * g.W);
     }
     done();
   });
