@@ -343,8 +343,8 @@ def test_pool_bfloat16_nonnegative_raw_paths(target, layout):
     subnormal is a number it does order; and a negative number in the first window with a NaN
     in that window or in pooled row 1 (raw, then keys, then the exact redo in one task).
     Enough planes for both threads to take several periods; an odd height with fewer than 64
-    pooled columns (the row kernel, no raw path) as control. Streamed outputs: the next
-    test."""
+    pooled columns (the row kernel, no raw path; test_pool_bfloat16_odd_heights) as control.
+    Streamed outputs: the next test."""
     torch.manual_seed(14)
     geo = geometry(2)
     if layout == "contiguous":  # flat runs: even heights, OW < 64 (and one odd height)
@@ -420,6 +420,60 @@ def test_pool_bfloat16_row_steps(target):
                     x.view(torch.int16)[at] = bits
                     what = f"small map {shape} {name} at {at}"
                     _check_pool_keeps_bits(target, x.view(shape), geo, what)
+
+
+def test_pool_bfloat16_odd_heights(target):
+    """bfloat16 2x2/2 NCHW maps of odd height (each plane's last input row read by no window)
+    and fewer than 64 pooled columns, where a plane's pooled rows are 2 W apart but planes
+    H W apart: a kernel that runs rows across planes as one stream, or packs several rows a
+    step, must not read the unread row nor mix planes. OW 1 to 17 and a few to 63 (the widths
+    of every packed-step size); W = 2 OW and 2 OW + 1; heights that reach each step size (31
+    pooled rows = 16 + 8 + 4 + 2 + 1); relu, ties and randn data; the unread last row of
+    every plane +NaN (a wrong plane stride reads it). Planted: a value the raw compare cannot
+    order and (in randn data) a NaN of either sign in the first window, the last row of the
+    first plane, the first row of the second plane and the last window. And one map whose
+    rows two threads split inside a plane, planted there."""
+    torch.manual_seed(17)
+    geo = geometry(2)
+
+    def with_unread_rows_nan(x: torch.Tensor) -> torch.Tensor:
+        x.view(torch.int16)[:, :, -1, :] = _NAN_BITS["+nan"]
+        return x
+
+    planted = [("relu", name, bits) for name, bits in _RAW_BREAKERS.items()]
+    planted += [("randn", name, _NAN_BITS[name]) for name in ("+nan", "-nan")]
+    for ow, extra in itertools.product([*range(1, 18), 20, 28, 32, 33, 40, 47, 48, 56, 63], (0, 1)):
+        w = 2 * ow + extra
+        for oh in (1, 2, 3, 7, 12, 31):
+            planes = 3 if oh > 7 else 5
+            shape = (1, planes, 2 * oh + 1, w)
+            data = {"randn": with_unread_rows_nan(torch.randn(shape).to(torch.bfloat16))}
+            for kind in ("relu", "ties"):
+                data[kind] = with_unread_rows_nan(_nonnegative_bfloat16(shape, kind))
+            for kind, x in data.items():
+                _check_pool_keeps_bits(target, x, geo, f"odd height {shape} {kind}")
+            if oh not in (1, 3, 12, 31):
+                continue
+            last = 2 * oh - 1  # the last input row a window reads
+            spots = {"first window": (0, 0, 0),
+                     "first plane's last row": (0, last - 1, 2 * ow - 1),
+                     "second plane's first row": (1, 1, 0),
+                     "last window": (planes - 1, last, 2 * ow - 1)}
+            for (where, (p, row, col)), (kind, name, bits) in itertools.product(
+                spots.items(), planted
+            ):
+                x = data[kind].clone()
+                x.view(torch.int16)[0, p, row, col] = bits
+                what = f"odd height {shape} {kind} {name} at {where}"
+                _check_pool_keeps_bits(target, x, geo, what)
+    # 1803 pooled rows: two threads split them at row 902, plane 300's last
+    shape = (1, 601, 7, 14)
+    for kind, name, bits in planted:
+        for p, row in ((300, 3), (300, 5), (300, 2), (0, 0), (600, 5)):
+            x = _nonnegative_bfloat16(shape, "ties") if kind == "relu" else (
+                torch.randn(shape).to(torch.bfloat16))
+            x.view(torch.int16)[0, p, row, 3] = bits
+            _check_pool_keeps_bits(target, x, geo, f"{shape} {kind} {name} at plane {p} row {row}")
 
 
 @pytest.mark.requires_extension
