@@ -1311,99 +1311,6 @@ inline void pool_row_steps(const T* x, T* y, uint8_t* sw, int64_t rows, const Po
   return run(groups, keys_on(PackedRows<4>(OW, W)));
 }
 
-// Maps of odd height (each plane's last input row is read by no window) and fewer than 64
-// pooled columns, outputs not streamed. A plane's pooled rows lie 2 W apart but the planes
-// H W apart, so the steps of pool_row_steps, which run across planes, do not apply: each
-// run of one plane's rows in a task goes in steps of PackedRows<R> (2 R rows, up to 16
-// pooled columns), then of the smaller ones, then a row at a time (one_row, any width); on
-// raw patterns while a task's runs allow, then on keys; a run that met what it cannot order
-// is redone (raw -> keys; keys -> exactly, a row at a time). Before, every row was a step of
-// its own checked for NaN (pool_row), with no raw path: 2 threads, relu(randn), us a call,
-// float32 / bfloat16: 4x512x15x15 60 / 83, 4x512x29x29 107 / 159.
-
-// One pooled row, 32 windows a step; what it met that it cannot order goes to `watch`.
-template <typename Watch>
-inline void one_row(const T* r0, const T* r1, T* y, uint8_t* sw, int64_t OW, Watch& watch) {
-  for (int64_t ow = 0; ow < OW; ow += 32) {
-    const int64_t n = std::min<int64_t>(32, OW - ow);
-    const RowLanes lanes(n);
-    const auto [t0, t1] = lanes.load(r0 + 2 * ow);
-    const auto [b0, b1] = lanes.load(r1 + 2 * ow);
-    put(y + ow, sw + ow, first_lanes32(n), step(t0, t1, b0, b1, watch), false);
-  }
-}
-
-// m pooled rows of one plane from top (their outputs from y / sw on): steps of PackedRows<R>
-// while 2 R rows are left, then PlaneRows<R / 2>; PlaneRows<0>: one_row.
-template <int R>
-struct PlaneRows {
-  PackedRows<R> steps;
-  PlaneRows<R / 2> rest;
-  PlaneRows(int64_t OW, int64_t W) : steps(OW, W), rest(OW, W) {}
-  template <typename Watch>
-  void run(const T* top, T* y, uint8_t* sw, int64_t m, int64_t OW, int64_t W,
-           Watch& watch) const {
-    for (; m >= 2 * R; m -= 2 * R, top += steps.input(), y += steps.windows(),
-                       sw += steps.windows()) {
-      pool_step(steps, top, y, sw, watch);
-    }
-    rest.run(top, y, sw, m, OW, W, watch);
-  }
-};
-template <>
-struct PlaneRows<0> {
-  PlaneRows(int64_t, int64_t) {}
-  template <typename Watch>
-  void run(const T* top, T* y, uint8_t* sw, int64_t m, int64_t OW, int64_t W,
-           Watch& watch) const {
-    for (; m > 0; --m, top += 2 * W, y += OW, sw += OW) one_row(top, top + W, y, sw, OW, watch);
-  }
-};
-
-template <int R>
-void pool_odd_height(const PoolKernelArgs& a, T* y, uint8_t* sw) {
-  const PoolGeom g = a.g;
-  const T* x = static_cast<const T*>(a.in);
-  const int64_t OW = g.OW, W = g.W, OH = g.OH;
-  const PlaneRows<R> plan(OW, W);
-  at::parallel_for(0, a.N * a.C * OH, grain_for(OW * 4), [&](int64_t begin, int64_t end) {
-    const PlaneRows<R> rows = plan;  // a local copy: stores through uint8_t* could alias it
-    bool raw = true;
-    for (int64_t r = begin, m; r < end; r += m) {
-      const int64_t plane = r / OH, oh = r % OH;
-      m = std::min(OH - oh, end - r);  // the rest of this plane's rows in the task
-      const T* top = x + plane * g.H * W + 2 * oh * W;
-      T* yr = y + r * OW;
-      uint8_t* swr = sw + r * OW;
-      if (raw) {
-        bf16_raw::Watch watch;
-        rows.run(top, yr, swr, m, OW, W, watch);
-        if (!watch.met()) continue;
-        raw = false;  // this run again, and the rest of the task, on keys
-      }
-      NanWatch watch;
-      rows.run(top, yr, swr, m, OW, W, watch);
-      if (__builtin_expect(watch.met(), 0)) {
-        for (int64_t i = 0; i < m; ++i) {
-          const T* r0 = top + 2 * W * i;
-          pool_row_one_pass(r0, r0 + W, yr + OW * i, swr + OW * i, OW, /*stream=*/false);
-        }
-      }
-    }
-  });
-}
-
-inline void pool_odd_height(const PoolKernelArgs& a, T* y, uint8_t* sw) {
-  if (a.g.OW > 16) return pool_odd_height<0>(a, y, sw);
-  switch (packed_rows_for(a.g.OW)) {
-    case 1: return pool_odd_height<1>(a, y, sw);
-    case 2: return pool_odd_height<2>(a, y, sw);
-    case 4: return pool_odd_height<4>(a, y, sw);
-    case 8: return pool_odd_height<8>(a, y, sw);
-    default: return pool_odd_height<16>(a, y, sw);
-  }
-}
-
 inline void max_pool_nchw_2x2(const PoolKernelArgs& a) {
   const PoolGeom g = a.g;
   const T* x = static_cast<const T*>(a.in);
@@ -1420,7 +1327,6 @@ inline void max_pool_nchw_2x2(const PoolKernelArgs& a) {
   // (see put).
   const bool stream = a.stream_outputs && g.OW % 16 == 0 && aligned(y, 64) && aligned(sw, 32);
   if (g.OW >= 64) return pool_wide_rows(a, y, sw, stream);
-  if (!stream) return pool_odd_height(a, y, sw);  // (H is odd here: even heights ran flat)
   for_each_pooled_row_2x2<T>(
       a,
       [&](int64_t r, const T* r0) {
