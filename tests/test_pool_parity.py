@@ -979,6 +979,41 @@ def test_unpool_nchw_row_widths(target, width):
         assert_equal_values(gx, egx, f"{what}: grad_x")
 
 
+@pytest.mark.parametrize("width", [2, 6, 14, 15, 28, 29, 30, 46])
+def test_short_rows_many_tasks(target, width):
+    """2x2/2 NCHW rows that end in a partial vector step (every row of 7 or 14 pooled
+    columns), split into many tasks by two threads: the AVX2 kernels store a row's last step
+    as whole vectors, the lanes past the row spilling into rows the same task writes later,
+    and exactly where the task (or the buffer) ends. A spill into another task's rows, or one
+    stored before the columns it covers were written, shows here: pool forward, its backward
+    (a scatter) and the unpool, against PyTorch, for heights even (planes' rows in one run)
+    and odd (a last input row no window reads, a last output row of zeros)."""
+    geo = geometry(2)
+    ow = width // 2
+    # rows a task for the pool forward and the scatter (grain_for in pool_kernels_impl.h)
+    rows_a_task = max(16384 // (4 * ow), 16384 // (2 * width))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for dtype, height in itertools.product((torch.float32, torch.bfloat16), (6, 7)):
+            oh = height // 2
+            planes = (5 * rows_a_task + 3) // oh  # five tasks and a part
+            hw = (height, width)
+            what = f"{dtype} {hw}, {planes} planes"
+            x = make_values((1, planes, *hw), dtype, "ties")
+            y, sw = check_pool(target, x, geo, False, what)
+            gy = _small_int_grad(y.shape, dtype)
+            _, _, gx = target.pool_grad(x, gy, geo)
+            xr = x.clone().requires_grad_(True)
+            (egx,) = torch.autograd.grad(F.max_pool2d(xr, 2), xr, gy)
+            assert_equal_values(gx, egx, f"{what}: grad_x")
+            v = make_values(y.shape, dtype, "special")
+            out = target.unpool(v, sw, *geo, output_size=hw)
+            assert_equal_values(out, _reference_unpool(v, sw, geo, hw), f"{what}: unpool")
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("layout", ("channels_last", "transposed", "sliced", "mixed", "3d"))
 def test_unpool_layouts(target, layout):
     for (geo, ceil), dtype in itertools.product(

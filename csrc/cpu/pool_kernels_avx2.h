@@ -98,47 +98,95 @@ struct RowPair {
   }
 };
 
-// The first n (0..8) doubleword lanes, as a maskload / maskstore mask.
+// The first n (0..8) doubleword lanes, as a maskload mask.
 inline __m256i first_dwords(int64_t n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),
                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+// The first `bytes` (0..16) bytes of v to p, by plain stores of 8, 4, 2 and 1 bytes.
+inline void store_prefix(void* p, __m128i v, int64_t bytes) {
+  auto* b = static_cast<char*>(p);
+  if (bytes == 16) return _mm_storeu_si128(reinterpret_cast<__m128i*>(b), v);
+  if (bytes & 8) {
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(b), v);
+    v = _mm_srli_si128(v, 8);
+    b += 8;
+  }
+  const uint64_t rest = static_cast<uint64_t>(_mm_cvtsi128_si64(v));
+  if (bytes & 4) std::memcpy(b, &rest, 4);
+  const char* bits = reinterpret_cast<const char*>(&rest);
+  if (bytes & 2) std::memcpy(b + (bytes & 4), bits + (bytes & 4), 2);
+  if (bytes & 1) b[bytes & 6] = bits[bytes & 6];
+}
+
+// The first `bytes` (0..32) bytes of v to p, where the memory past them may not be written:
+// a row's last step at the end of a task (see `room` below). Not vpmaskmovd / vmaskmovps:
+// AMD's Zen 2 and Zen 3 run a masked store as a long microcoded sequence.
+inline void store_prefix(void* p, __m256i v, int64_t bytes) {
+  if (bytes == 32) return store_bits(p, v);
+  __m128i h = _mm256_castsi256_si128(v);
+  if (bytes >= 16) {
+    _mm_storeu_si128(static_cast<__m128i*>(p), h);
+    h = _mm256_extracti128_si256(v, 1);
+    p = static_cast<char*>(p) + 16;
+    bytes -= 16;
+  }
+  store_prefix(p, h, bytes);
+}
+
+// Rows whose length is no multiple of a vector (7 and 14 pooled columns at 14x14 and 28x28
+// maps: every row) end in a partial step. Its whole vectors are stored where `room`, the
+// elements that the task writes after the row's end (its later rows; rows are walked in
+// address order), covers what spills past the row: the spill lands where later stores of
+// the same task overwrite it, and no other task writes there. Else (a task's last rows)
+// store_prefix writes exactly the row. A masked store (vmaskmovps / vpmaskmovd) on every row
+// before, Zen 3, one thread, us a call, 4x512x14x14 float32: pool forward 475 -> see
+// RESULTS, unpool 383 -> see RESULTS.
+
 // A pooled row of OW values to both of its output rows (2 OW elements each). The last
-// OW % kLanes values (whole rows of 7 or 14 at 14x14 / 28x28 maps) take one more vector,
-// written by masked stores, exactly their 2 x 2 n elements (a row's 2 n elements are n or
-// 2 n doublewords). It is read whole where `readable` (the values, and switch bytes, that
-// may be read from vr / sr on: the rest of the buffer) allows: the lanes past the row are
-// the next row's and go nowhere. At the buffer's end, scatter_row_pair_plain instead.
-// (Stack copies by memcpy for every row before: 4x512x14x14 float32 took 0.14 ms.)
+// OW % kLanes values take one more vector: 2 x 2 n elements of it are the row's, the rest
+// spill while `room` (elements written after out1's row, see above) allows. It is read whole
+// where `readable` (the values, and switch bytes, that may be read from vr / sr on: the
+// rest of the buffer) allows: the lanes past the row are the next row's and go nowhere. At
+// the buffer's end, scatter_row_pair_plain instead.
 template <typename T>
 void scatter_row_pair_2x2(const T* vr, const uint8_t* sr, T* out0, T* out1, int64_t OW,
-                          int64_t readable) {
+                          int64_t readable, int64_t room) {
   constexpr int kBytes = sizeof(T);
   constexpr int64_t L = Bits<kBytes>::kLanes;
-  int64_t ow = 0;
-  for (; ow + L <= OW; ow += L) {
+  const int64_t whole = OW - OW % L;  // columns in whole steps
+  if (whole < OW) {  // the partial step first: out0's spill lands on out1's first columns
+    const int64_t n = OW - whole;
+    T* const o0 = out0 + 2 * whole;
+    T* const o1 = out1 + 2 * whole;
+    if (readable - whole < L) {  // a vector of values, and L switch bytes, would read past the end
+      scatter_row_pair_plain(vr + whole, sr + whole, o0, o1, n);
+    } else {
+      const RowPair<kBytes> p(load_bits(vr + whole), Bits<kBytes>::switches(sr + whole));
+      // out0's spill lands in its odd column and out1, written after this; out1's in the
+      // task's later rows.
+      if (room >= 2 * (L - n)) {
+        store_bits(o0, p.r0[0]);
+        store_bits(o0 + L, p.r0[1]);
+        store_bits(o1, p.r1[0]);
+        store_bits(o1 + L, p.r1[1]);
+      } else {
+        const int64_t bytes = 2 * n * kBytes;  // of each output row
+        const int64_t first = std::min<int64_t>(bytes, 32);
+        store_prefix(o0, p.r0[0], first);
+        store_prefix(o0 + L, p.r0[1], bytes - first);
+        store_prefix(o1, p.r1[0], first);
+        store_prefix(o1 + L, p.r1[1], bytes - first);
+      }
+    }
+  }
+  for (int64_t ow = 0; ow < whole; ow += L) {
     const RowPair<kBytes> p(load_bits(vr + ow), Bits<kBytes>::switches(sr + ow));
     store_bits(out0 + 2 * ow, p.r0[0]);
     store_bits(out0 + 2 * ow + L, p.r0[1]);
     store_bits(out1 + 2 * ow, p.r1[0]);
     store_bits(out1 + 2 * ow + L, p.r1[1]);
-  }
-  if (ow < OW) {
-    const int64_t n = OW - ow;
-    if (readable - ow < L) {  // a vector of values, and L switch bytes, would read past the end
-      return scatter_row_pair_plain(vr + ow, sr + ow, out0 + 2 * ow, out1 + 2 * ow, n);
-    }
-    const RowPair<kBytes> p(load_bits(vr + ow), Bits<kBytes>::switches(sr + ow));
-    const int64_t dwords = 2 * n * kBytes / 4;  // of each output row
-    const __m256i m0 = first_dwords(std::min<int64_t>(dwords, 8));
-    const __m256i m1 = first_dwords(std::max<int64_t>(dwords - 8, 0));
-    auto* o0 = reinterpret_cast<int*>(out0 + 2 * ow);
-    auto* o1 = reinterpret_cast<int*>(out1 + 2 * ow);
-    _mm256_maskstore_epi32(o0, m0, p.r0[0]);
-    _mm256_maskstore_epi32(o0 + 8, m1, p.r0[1]);
-    _mm256_maskstore_epi32(o1, m0, p.r1[0]);
-    _mm256_maskstore_epi32(o1 + 8, m1, p.r1[1]);
   }
 }
 
@@ -181,7 +229,9 @@ struct Lanes8<float> {
     const __m256 b = _mm256_maskload_ps(p + 8, first_dwords(std::max<int64_t>(2 * n - 8, 0)));
     return split(a, b);
   }
-  static void store(float* p, __m256 v, int64_t n) { _mm256_maskstore_ps(p, first_dwords(n), v); }
+  static void store(float* p, __m256 v, int64_t n) {
+    store_prefix(p, _mm256_castps_si256(v), 4 * n);
+  }
 
  private:
   // shuffle_ps works per 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6; permute4x64 orders it.
@@ -201,9 +251,7 @@ struct Lanes8<c10::BFloat16> {
     return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
   }
   static void store(T* p, __m256 v) {
-    const __m256i w = _mm256_srli_epi32(_mm256_castps_si256(v), 16);
-    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(w, w), 0x08);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow(v));
   }
   // A row's even columns are the low halves of its 32-bit pairs, the odd ones the high.
   static std::pair<__m256, __m256> load_pairs(const T* p) {
@@ -213,13 +261,14 @@ struct Lanes8<c10::BFloat16> {
   static std::pair<__m256, __m256> load_pairs(const T* p, int64_t n) {
     return split(_mm256_maskload_epi32(reinterpret_cast<const int*>(p), first_dwords(n)));
   }
-  static void store(T* p, __m256 v, int64_t n) {
-    alignas(16) T out[8];
-    store(out, v);
-    for (int64_t i = 0; i < n; ++i) p[i] = out[i];
-  }
+  static void store(T* p, __m256 v, int64_t n) { store_prefix(p, narrow(v), 2 * n); }
 
  private:
+  // The 8 bfloat16 bit patterns (the high halves of v's lanes), packed.
+  static __m128i narrow(__m256 v) {
+    const __m256i w = _mm256_srli_epi32(_mm256_castps_si256(v), 16);
+    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(w, w), 0x08));
+  }
   static std::pair<__m256, __m256> split(__m256i both) {
     return {_mm256_castsi256_ps(_mm256_slli_epi32(both, 16)),
             _mm256_castsi256_ps(
@@ -258,9 +307,13 @@ struct Best8 {
 inline void store_switches8(uint8_t* p, int64_t s) { std::memcpy(p, &s, 8); }
 
 // One pooled row, NCHW: r0 / r1 the window's two input rows. A last partial step (rows of 7
-// at 14x14 maps are nothing else) loads and stores through masks.
+// at 14x14 maps are nothing else) loads whole vectors where the input buffer goes on for
+// them (up to `end`: lanes past the row hold the next row's values and spill or go nowhere),
+// else through masks; it stores whole vectors while `room` (the outputs the task writes after
+// this row) allows, see scatter_row_pair_2x2, else exactly its n outputs.
 template <typename T>
-void pool_row(const T* r0, const T* r1, T* y, uint8_t* sw, int64_t OW) {
+void pool_row(const T* r0, const T* r1, T* y, uint8_t* sw, int64_t OW, const T* end,
+              int64_t room) {
   using L = Lanes8<T>;
   const auto window_max = [](std::pair<__m256, __m256> a, std::pair<__m256, __m256> b) {
     Best8 best(a.first);
@@ -277,10 +330,17 @@ void pool_row(const T* r0, const T* r1, T* y, uint8_t* sw, int64_t OW) {
   }
   if (ow < OW) {
     const int64_t n = OW - ow;
-    const Best8 best = window_max(L::load_pairs(r0 + 2 * ow, n), L::load_pairs(r1 + 2 * ow, n));
-    L::store(y + ow, best.max, n);
-    const int64_t s = best.switches();
-    for (int64_t i = 0; i < n; ++i) sw[ow + i] = static_cast<uint8_t>(s >> (8 * i));
+    const bool whole = r1 + 2 * ow + 16 <= end;  // (r0 < r1)
+    const Best8 best = whole ? window_max(L::load_pairs(r0 + 2 * ow), L::load_pairs(r1 + 2 * ow))
+                             : window_max(L::load_pairs(r0 + 2 * ow, n),
+                                          L::load_pairs(r1 + 2 * ow, n));
+    if (room >= 8 - n) {
+      L::store(y + ow, best.max);
+      store_switches8(sw + ow, best.switches());
+    } else {
+      L::store(y + ow, best.max, n);
+      store_prefix(sw + ow, _mm_cvtsi64_si128(best.switches()), n);
+    }
   }
 }
 
@@ -291,7 +351,8 @@ void pool_row(const T* r0, const T* r1, T* y, uint8_t* sw, int64_t OW) {
 // 64 bytes -> two passes: 4x64x224x224 float32 1.37-1.48 -> 1.28, bfloat16 0.93-0.95 ->
 // 0.88; 4x128x112x112 float32 0.64-0.66 -> 0.63.
 template <typename T>
-void pool_row_two_pass(const T* r0, const T* r1, T* y, uint8_t* sw, int64_t OW) {
+void pool_row_two_pass(const T* r0, const T* r1, T* y, uint8_t* sw, int64_t OW,
+                       const T* end, int64_t room) {
   using L = Lanes8<T>;
   constexpr int64_t kChunk = 512;  // pooled columns per pass: 2 KiB of partial maxima
   __m256 top[kChunk / 8], took1[kChunk / 8];
@@ -314,7 +375,9 @@ void pool_row_two_pass(const T* r0, const T* r1, T* y, uint8_t* sw, int64_t OW) 
       L::store(y + ow, best.max);
       store_switches8(sw + ow, best.switches());
     }
-    if (ow < c1) pool_row(r0 + 2 * ow, r1 + 2 * ow, y + ow, sw + ow, c1 - ow);
+    if (ow < c1) {  // (the chunks after this one are written later too)
+      pool_row(r0 + 2 * ow, r1 + 2 * ow, y + ow, sw + ow, c1 - ow, end, room + OW - c1);
+    }
   }
 }
 
@@ -362,13 +425,15 @@ void max_pool_nchw_2x2(const PoolKernelArgs& a) {
   const int64_t W = a.g.W, OW = a.g.OW;
   T* y = static_cast<T*>(a.out);
   uint8_t* sw = a.out_switches;
+  const T* end = static_cast<const T*>(a.in) + a.N * a.C * a.g.H * W;
   for_each_pooled_row_2x2<T>(
       a,
-      [&](int64_t r, const T* r0) {
+      [&](int64_t r, const T* r0, int64_t rows_after) {
+        const int64_t room = rows_after * OW;
         if (OW >= 32) {
-          pool_row_two_pass(r0, r0 + W, y + r * OW, sw + r * OW, OW);
+          pool_row_two_pass(r0, r0 + W, y + r * OW, sw + r * OW, OW, end, room);
         } else {
-          pool_row(r0, r0 + W, y + r * OW, sw + r * OW, OW);
+          pool_row(r0, r0 + W, y + r * OW, sw + r * OW, OW, end, room);
         }
       },
       [] {});

@@ -30,6 +30,7 @@
 #include <atomic>
 #include <cstring>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "../kernels/pool_kernels.h"
@@ -167,7 +168,9 @@ void scatter_pixel_plain(const T* vp, const uint8_t* sp, T* const dst[4], int64_
 
 // The walks of the 2x2 stride-2 pool forward, shared by the AVX2 and AVX-512 kernels, in
 // parallel with enough items a task (grain_for). NCHW: f(r, r0) for each pooled row r
-// (counted over all planes), r0 its windows' top input row (the bottom one is r0 + W).
+// (counted over all planes), r0 its windows' top input row (the bottom one is r0 + W); an f
+// that takes a third argument gets the rows its task walks after r (kernels that let a row's
+// last vector spill into the next row, which the same task overwrites later, need it).
 // NHWC: f(i, p00, p10) for each output pixel i, p00 / p10 its window's top-left input
 // pixel and the one below. done() ends each task (kernels that stream fence there). Each
 // task runs a copy of the NCHW f: a mutable lambda's captures are that task's own.
@@ -179,7 +182,12 @@ void for_each_pooled_row_2x2(const PoolKernelArgs& a, F&& f, Done&& done) {
     auto task = f;  // a copy a task, so a mutable f keeps state of its own there
     CountedIndex row(begin, g.OH);  // (plane, oh)
     for (int64_t r = begin; r < end; ++r, row.next()) {
-      task(r, x + row.outer * g.H * g.W + 2 * row.inner * g.W);
+      const T* r0 = x + row.outer * g.H * g.W + 2 * row.inner * g.W;
+      if constexpr (std::is_invocable_v<F&, int64_t, const T*, int64_t>) {
+        task(r, r0, end - r - 1);
+      } else {
+        task(r, r0);
+      }
     }
     done();
   });
@@ -333,10 +341,13 @@ void max_pool_nhwc(const PoolKernelArgs& a) {
 // Both output rows of a pooled row (see avx512_pool::scatter_row_pair_2x2).
 // `readable`: the values and switch bytes that may be read from vr / sr on (the rest of the
 // buffers; the AVX2 kernel reads past a short row where it can).
+// `room`: the elements the task writes after out1's row (the AVX2 kernel lets a short row's
+// last vector spill there).
 template <typename T>
 void scatter_row_pair_2x2(const T* vr, const uint8_t* sr, T* out0, T* out1, int64_t OW,
-                          int64_t readable) {
+                          int64_t readable, int64_t room) {
   (void)readable;
+  (void)room;
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (avx512_pool::kSupported<T>) {
     return avx512_pool::scatter_row_pair_2x2(vr, sr, out0, out1, OW);
@@ -344,7 +355,7 @@ void scatter_row_pair_2x2(const T* vr, const uint8_t* sr, T* out0, T* out1, int6
 #endif
 #if defined(CPU_CAPABILITY_AVX2)
   if constexpr (avx2_pool::kSupported<T>) {
-    return avx2_pool::scatter_row_pair_2x2(vr, sr, out0, out1, OW, readable);
+    return avx2_pool::scatter_row_pair_2x2(vr, sr, out0, out1, OW, readable, room);
   }
 #endif
   scatter_row_pair_plain(vr, sr, out0, out1, OW);
@@ -372,7 +383,8 @@ void scatter_nchw_2x2(const PoolKernelArgs& a) {
       T* const plane = out + row.outer * g.H * g.W;
       T* const o0 = plane + 2 * row.inner * g.W;
       T* const o1 = o0 + g.W;
-      scatter_row_pair_2x2(v + r * g.OW, sw + r * g.OW, o0, o1, g.OW, (pooled_rows - r) * g.OW);
+      scatter_row_pair_2x2(v + r * g.OW, sw + r * g.OW, o0, o1, g.OW, (pooled_rows - r) * g.OW,
+                           (end - r - 1) * 2 * g.W);
       if (2 * g.OW < g.W) {
         std::fill(o0 + 2 * g.OW, o0 + g.W, T(0));
         std::fill(o1 + 2 * g.OW, o1 + g.W, T(0));
