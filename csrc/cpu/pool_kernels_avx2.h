@@ -156,7 +156,7 @@ void scatter_row_pair_2x2(const T* vr, const uint8_t* sr, T* out0, T* out1, int6
   constexpr int kBytes = sizeof(T);
   constexpr int64_t L = Bits<kBytes>::kLanes;
   const int64_t whole = OW - OW % L;  // columns in whole steps
-  if (whole < OW) {  // the partial step first: out0's spill lands on out1's first columns
+  if (whole < OW) {  // the partial step first (see the spill below)
     const int64_t n = OW - whole;
     T* const o0 = out0 + 2 * whole;
     T* const o1 = out1 + 2 * whole;
@@ -164,8 +164,8 @@ void scatter_row_pair_2x2(const T* vr, const uint8_t* sr, T* out0, T* out1, int6
       scatter_row_pair_plain(vr + whole, sr + whole, o0, o1, n);
     } else {
       const RowPair<kBytes> p(load_bits(vr + whole), Bits<kBytes>::switches(sr + whole));
-      // out0's spill lands in its odd column and out1, written after this; out1's in the
-      // task's later rows.
+      // out0's spill lands in its odd column and out1, whose columns are all written after
+      // this; out1's in the task's later rows.
       if (room >= 2 * (L - n)) {
         store_bits(o0, p.r0[0]);
         store_bits(o0 + L, p.r0[1]);

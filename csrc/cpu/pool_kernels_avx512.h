@@ -518,7 +518,7 @@ void max_pool_nchw_2x2(const PoolKernelArgs& a) {
   const bool stream = a.stream_outputs && g.OW % 8 == 0 && aligned(y, 64) && aligned(sw, 16);
   for_each_pooled_row_2x2<T>(
       a,
-      [&](int64_t r, const T* r0) {
+      [&](int64_t r, const T* r0, int64_t) {
         if (g.OW >= 32) {
           pool_row_two_pass(r0, r0 + g.W, y + r * g.OW, sw + r * g.OW, g.OW, stream);
         } else {
@@ -875,7 +875,7 @@ inline void pool_wide_rows(const PoolKernelArgs& a, T* y, uint8_t* sw, bool stre
   const int64_t OW = g.OW;
   for_each_pooled_row_2x2<T>(
       a,
-      [&, raw = true](int64_t r, const T* r0) mutable {
+      [&, raw = true](int64_t r, const T* r0, int64_t) mutable {
         const T* r1 = r0 + g.W;
         T* yr = y + r * OW;
         uint8_t* swr = sw + r * OW;
@@ -1329,7 +1329,7 @@ inline void max_pool_nchw_2x2(const PoolKernelArgs& a) {
   if (g.OW >= 64) return pool_wide_rows(a, y, sw, stream);
   for_each_pooled_row_2x2<T>(
       a,
-      [&](int64_t r, const T* r0) {
+      [&](int64_t r, const T* r0, int64_t) {
         pool_row(r0, r0 + g.W, y + r * g.OW, sw + r * g.OW, g.OW, stream);
       },
       [&] { end_streaming(stream); });

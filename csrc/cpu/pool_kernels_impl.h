@@ -30,7 +30,6 @@
 #include <atomic>
 #include <cstring>
 #include <numeric>
-#include <type_traits>
 #include <vector>
 
 #include "../kernels/pool_kernels.h"
@@ -167,10 +166,10 @@ void scatter_pixel_plain(const T* vp, const uint8_t* sp, T* const dst[4], int64_
 }
 
 // The walks of the 2x2 stride-2 pool forward, shared by the AVX2 and AVX-512 kernels, in
-// parallel with enough items a task (grain_for). NCHW: f(r, r0) for each pooled row r
-// (counted over all planes), r0 its windows' top input row (the bottom one is r0 + W); an f
-// that takes a third argument gets the rows its task walks after r (kernels that let a row's
-// last vector spill into the next row, which the same task overwrites later, need it).
+// parallel with enough items a task (grain_for). NCHW: f(r, r0, rows_after) for each pooled
+// row r (counted over all planes), r0 its windows' top input row (the bottom one is r0 + W),
+// rows_after the rows its task walks after r (kernels that let a row's last vector spill into
+// the next row, which the same task overwrites later, need it).
 // NHWC: f(i, p00, p10) for each output pixel i, p00 / p10 its window's top-left input
 // pixel and the one below. done() ends each task (kernels that stream fence there). Each
 // task runs a copy of the NCHW f: a mutable lambda's captures are that task's own.
@@ -182,12 +181,7 @@ void for_each_pooled_row_2x2(const PoolKernelArgs& a, F&& f, Done&& done) {
     auto task = f;  // a copy a task, so a mutable f keeps state of its own there
     CountedIndex row(begin, g.OH);  // (plane, oh)
     for (int64_t r = begin; r < end; ++r, row.next()) {
-      const T* r0 = x + row.outer * g.H * g.W + 2 * row.inner * g.W;
-      if constexpr (std::is_invocable_v<F&, int64_t, const T*, int64_t>) {
-        task(r, r0, end - r - 1);
-      } else {
-        task(r, r0);
-      }
+      task(r, x + row.outer * g.H * g.W + 2 * row.inner * g.W, end - r - 1);
     }
     done();
   });
