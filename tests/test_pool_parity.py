@@ -246,8 +246,9 @@ def _plant_nan_pair(x: torch.Tensor, n: int, c: int, w: int) -> None:
 
 @pytest.mark.parametrize("height", [2, 6, 7, 14])
 def test_pool_bfloat16_nchw_key_paths(target, height):
-    """bfloat16 NCHW 2x2/2 on AVX-512 compares 16-bit integer keys and redoes any step that
-    meets a NaN with the exact widened code. Every path, each with a lone NaN of either sign
+    """bfloat16 NCHW 2x2/2 on AVX-512 (and AVX2, 16 windows a step, rows of up to 8 windows two
+    a step) compares 16-bit integer keys and redoes any step that meets a NaN with the exact
+    widened code. Every path, each with a lone NaN of either sign
     planted (one step redone, its neighbours not) and with signed-zero ties: flat runs of
     rows (even H, OW < 64: steps of 32 outputs that span rows, whole periods of steps, then
     the rows left over), one row a step (odd H), two passes (OW >= 64, a negative NaN in the
@@ -294,12 +295,13 @@ def test_pool_float32_nchw_flat_runs(target, height):
 
 @pytest.mark.parametrize("channels", [32, 64, 96, 128, 160, 200])
 def test_pool_bfloat16_channels_last_key_paths(target, channels):
-    """bfloat16 channels_last 2x2/2 on AVX-512 compares 16-bit integer keys over blocks of
-    128, 64 and 32 channels (the last ones masked) and redoes a block that meets a NaN with
-    exact per-lane code. Each block size, with a lone NaN of either sign planted (its block
-    redone, the others not), a -NaN in a window's first tap beside larger numbers (a key
-    compare would drop it), two equal +NaNs in one window (PyTorch takes the later one,
-    a key compare keeps the first), and signed-zero ties (-0 and +0 must tie as floats)."""
+    """bfloat16 channels_last 2x2/2 on AVX-512 (and AVX2: 16 channels a vector, a pixel redone
+    exactly) compares 16-bit integer keys over blocks of 128, 64 and 32 channels (the last
+    ones masked) and redoes a block that meets a NaN with exact per-lane code. Each block
+    size, with a lone NaN of either sign planted (its block redone, the others not), a -NaN
+    in a window's first tap beside larger numbers (a key compare would drop it), two equal
+    +NaNs in one window (PyTorch takes the later one, a key compare keeps the first), and
+    signed-zero ties (-0 and +0 must tie as floats)."""
     torch.manual_seed(12)
     geo = geometry(2)
     shape = (2, channels, 4, 6)
@@ -333,8 +335,8 @@ _RAW_BREAKERS = {"-0": -0x8000, "-1": -0x4080, "+nan": 0x7FC1, "-nan": -0x3F, "+
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_pool_bfloat16_nonnegative_raw_paths(target, layout):
-    """bfloat16 2x2/2 on AVX-512 compares inputs that are all +0 or greater (no NaN) as raw
-    unsigned patterns (flat NCHW runs, channels_last pixels) until a block holds another
+    """bfloat16 2x2/2 on AVX-512 and AVX2 compares inputs that are all +0 or greater (no NaN) as
+    raw patterns (flat NCHW runs, channels_last pixels) until a block holds another
     value; that block is redone with keys and the rest of the call runs on keys. Wide NCHW
     maps (64+ pooled columns, any height) go a pooled row at a time the same way, and a key
     row that meets a NaN is redone exactly. Non-negative data alone (relu, ties of equal

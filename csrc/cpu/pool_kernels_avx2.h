@@ -3,7 +3,9 @@
 //  * The scatter through the switches (unpool forward, pool backward), NCHW row pairs and
 //    NHWC pixels, on raw bits (float, bfloat16, half alike; -0 and NaN payloads go through
 //    untouched).
-//  * The pool forward in float32 and bfloat16, NCHW rows and NHWC pixels (see Lanes8).
+//  * The pool forward in float32 and bfloat16, NCHW rows and NHWC pixels: float32 8 windows
+//    a step (Lanes8); bfloat16 16 windows (NCHW) or channels (NHWC) a step on 16-bit
+//    integers (bf16x16), Lanes8's widened form its exact redo and its channel tails.
 //
 // Why not at::vec here: its form (Lanes<T> in pool_kernels_impl.h) widens 16-bit values to
 // float even to move them, converts the switch bytes to and from float lanes, blends
@@ -25,8 +27,10 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 namespace avx2_pool {
@@ -420,8 +424,326 @@ void pool_pixel(const T* const taps[4], T* y, uint8_t* sw, int64_t C) {
   }
 }
 
+// ------------------------------------------------ bfloat16 forward on 16-bit integers
+
+// bfloat16 compared as 16-bit integers, 16 windows (NCHW) or 16 channels (NHWC) per
+// instruction, where Lanes8 widens 8 to float: as the AVX-512 kernels do with 32 (see
+// bf16_key and bf16_raw there), without mask registers. Three levels, each exact where it
+// is used and each telling when it is not:
+//  * Raw: inputs all +0 or greater and none NaN (every pool of DeconvNet: a ReLU comes
+//    first). Their patterns order as the values do, signed or unsigned, and are equal only
+//    when the values are: a tap is a signed compare (the lanes that take it: PyTorch takes a
+//    value only when it is greater), an unsigned max and a select of the switch. The
+//    unsigned max is a window's largest input pattern, so a window that held anything else
+//    (-0 is 0x8000, other negatives and NaNs above it) has one above +inf's 0x7F80: the
+//    watch keeps the running unsigned max of the window maxima.
+//  * Keys: numbers of any sign. key = sign(v) * |v| as int16 (vpsignw of the magnitude:
+//    -0 and +0 tie, as floats do), a tap is a compare and a max of keys and two selects
+//    (value, switch). A NaN's magnitude lies above +inf's: the watch keeps the running max
+//    of the magnitudes.
+//  * Exact: a row, pair of rows or pixel whose keys met a NaN is redone by the widened
+//    Lanes8 code (PyTorch's rule in full).
+// A task starts raw and, from the first block the raw watch flags (redone with keys), goes on
+// with keys; a block whose keys met a NaN is redone exactly. randn data pays one block
+// twice per task, relu data nothing.
+namespace bf16x16 {
+
+using T = c10::BFloat16;
+
+inline __m256i zeros() { return _mm256_setzero_si256(); }
+
+// vpblendvb on a 16-bit compare's lanes (all ones or all zeros). Without the empty asm, GCC 12
+// rebuilds the byte mask from the compare with a vpcmpgtb per select.
+inline __m256i select16(__m256i if_clear, __m256i if_set, __m256i mask) {
+  asm("" : "+x"(mask));
+  return _mm256_blendv_epi8(if_clear, if_set, mask);
+}
+
+struct RawWatch {
+  __m256i umax = zeros();
+  bool met() const {  // a lane above 0x7F80, unsigned
+    const __m256i limit = _mm256_set1_epi16(0x7F80);
+    const __m256i over = _mm256_cmpeq_epi16(_mm256_max_epu16(umax, limit), limit);
+    return _mm256_movemask_epi8(over) != -1;
+  }
+};
+
+struct RawBest {
+  __m256i raw, sw = zeros();
+  RawBest(__m256i first, RawWatch&) : raw(first) {}
+  void update(__m256i v, int tap, RawWatch&) {
+    const __m256i take = _mm256_cmpgt_epi16(v, raw);
+    raw = _mm256_max_epu16(raw, v);
+    sw = select16(sw, _mm256_set1_epi16(static_cast<short>(tap)), take);
+  }
+  void done(RawWatch& w) const { w.umax = _mm256_max_epu16(w.umax, raw); }
+};
+
+struct KeyWatch {
+  __m256i mag = zeros();  // the running max of |input| patterns
+  bool met() const {
+    return _mm256_movemask_epi8(_mm256_cmpgt_epi16(mag, _mm256_set1_epi16(0x7F80))) != 0;
+  }
+};
+
+struct KeyBest {
+  __m256i raw, key, sw = zeros();
+  static __m256i key_of(__m256i v, KeyWatch& w) {
+    const __m256i mag = _mm256_and_si256(v, _mm256_set1_epi16(0x7FFF));
+    w.mag = _mm256_max_epi16(w.mag, mag);
+    return _mm256_sign_epi16(mag, v);
+  }
+  KeyBest(__m256i first, KeyWatch& w) : raw(first), key(key_of(first, w)) {}
+  void update(__m256i v, int tap, KeyWatch& w) {
+    const __m256i k = key_of(v, w);
+    const __m256i take = _mm256_cmpgt_epi16(k, key);
+    key = _mm256_max_epi16(key, k);
+    raw = select16(raw, v, take);
+    sw = select16(sw, _mm256_set1_epi16(static_cast<short>(tap)), take);
+  }
+  void done(KeyWatch&) const {}
+};
+
+// The maxima and switches of 16 windows (NCHW: in window order; NHWC: in channel order).
+struct Out16 {
+  __m256i y;
+  __m128i sw;
+};
+
+// (even, odd) columns of the 32 values a | b (16 windows along a row), in the window order
+// 0-3 8-11 | 4-7 12-15: vpshufb gathers each 128-bit lane's even values into its low 8 bytes
+// and the odd ones into its high 8, and the 64-bit unpacks pair a's with b's.
+inline std::pair<__m256i, __m256i> split(__m256i a, __m256i b) {
+  const __m256i order = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+                                         0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+  const __m256i a2 = _mm256_shuffle_epi8(a, order), b2 = _mm256_shuffle_epi8(b, order);
+  return {_mm256_unpacklo_epi64(a2, b2), _mm256_unpackhi_epi64(a2, b2)};
+}
+
+// 16 windows from their top row's 32 values (t0 | t1) and their bottom row's (b0 | b1).
+template <typename Best, typename Watch>
+inline Out16 step(__m256i t0, __m256i t1, __m256i b0, __m256i b1, Watch& w) {
+  const auto [te, to] = split(t0, t1);
+  const auto [be, bo] = split(b0, b1);
+  Best best(te, w);
+  best.update(to, 1, w);
+  best.update(be, 2, w);
+  best.update(bo, 3, w);
+  best.done(w);
+  // The window order back to 0..15: 64-bit groups 0 2 1 3 of the values; the switches packed
+  // to bytes (each 128-bit lane twice), then 32-bit groups 0 4 1 5.
+  const __m256i packed = _mm256_packus_epi16(best.sw, best.sw);
+  return {_mm256_permute4x64_epi64(best.raw, 0xD8),
+          _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(
+              packed, _mm256_setr_epi32(0, 4, 1, 5, 0, 4, 1, 5)))};
+}
+
+inline __m256i load(const T* p) { return load_bits(p); }
+// The first n (an even 0..16) values at p, zeros past them: n / 2 doublewords by a masked
+// load (AMD runs masked loads fast, unlike masked stores).
+inline __m256i load_first(const T* p, int64_t n) {
+  return _mm256_maskload_epi32(reinterpret_cast<const int*>(p), first_dwords(n / 2));
+}
+
+// n (1..8) maxima and switches of o's low half to y / sw: the whole half (8 values, 8
+// switches) where `room` (outputs the task writes later, see scatter_row_pair_2x2) covers
+// the spill, else exactly n.
+inline void put_half(T* y, uint8_t* sw, __m128i v, int64_t s, int64_t n, int64_t room) {
+  if (room >= 8 - n) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(y), v);
+    store_switches8(sw, s);
+  } else {
+    store_prefix(y, v, 2 * n);
+    store_prefix(sw, _mm_cvtsi64_si128(s), n);
+  }
+}
+
+// n (1..16) windows of o to y / sw, as put_half.
+inline void put(T* y, uint8_t* sw, const Out16& o, int64_t n, int64_t room) {
+  if (n <= 8) return put_half(y, sw, _mm256_castsi256_si128(o.y), _mm_cvtsi128_si64(o.sw), n, room);
+  if (room >= 16 - n) {
+    store_bits(y, o.y);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(sw), o.sw);
+  } else {
+    store_prefix(y, o.y, 2 * n);
+    store_prefix(sw, o.sw, n);
+  }
+}
+
+// One pooled row, NCHW (r0 / r1 its windows' input rows), in steps of 16 windows; the last
+// partial step loads whole vectors where the input goes on for them (up to `end`) and
+// stores whole ones where `room` allows (see pool_row). Returns what it watched.
+template <typename Best, typename Watch>
+Watch row16(const T* r0, const T* r1, T* y, uint8_t* sw, int64_t OW, const T* end,
+               int64_t room) {
+  Watch w;
+  int64_t ow = 0;
+  for (; ow + 16 <= OW; ow += 16) {
+    const T* t = r0 + 2 * ow;
+    const T* b = r1 + 2 * ow;
+    const Out16 o = step<Best>(load(t), load(t + 16), load(b), load(b + 16), w);
+    store_bits(y + ow, o.y);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(sw + ow), o.sw);
+  }
+  if (ow < OW) {
+    const int64_t n = OW - ow;
+    const T* t = r0 + 2 * ow;
+    const T* b = r1 + 2 * ow;
+    __m256i t0, t1, b0, b1;
+    const int64_t values = n <= 8 ? 16 : 32;  // a vector or two a row
+    if (b + values <= end) {  // (r0 < r1)
+      t0 = load(t), b0 = load(b);
+      t1 = n <= 8 ? t0 : load(t + 16);
+      b1 = n <= 8 ? b0 : load(b + 16);
+    } else {
+      t0 = load_first(t, std::min<int64_t>(2 * n, 16));
+      b0 = load_first(b, std::min<int64_t>(2 * n, 16));
+      t1 = n <= 8 ? t0 : load_first(t + 16, 2 * n - 16);
+      b1 = n <= 8 ? b0 : load_first(b + 16, 2 * n - 16);
+    }
+    put(y + ow, sw + ow, step<Best>(t0, t1, b0, b1, w), n, room);
+  }
+  return w;
+}
+
+// Two pooled rows of OW <= 8 windows in one step, NCHW: `top` the first row's top input row,
+// the second's 2 W on (the same plane, or planes without an unread last row). Each row's
+// half-vector store spills into what is stored after it (put_half).
+template <typename Best, typename Watch>
+Watch row_pair16(const T* top, int64_t W, T* y, uint8_t* sw, int64_t OW, const T* end,
+                    int64_t room) {
+  Watch w;
+  __m256i t0, t1, b0, b1;
+  if (top + 3 * W + 16 <= end) {
+    t0 = load(top), b0 = load(top + W), t1 = load(top + 2 * W), b1 = load(top + 3 * W);
+  } else {
+    t0 = load_first(top, 2 * OW), b0 = load_first(top + W, 2 * OW);
+    t1 = load_first(top + 2 * W, 2 * OW), b1 = load_first(top + 3 * W, 2 * OW);
+  }
+  const Out16 o = step<Best>(t0, t1, b0, b1, w);
+  put_half(y, sw, _mm256_castsi256_si128(o.y), _mm_cvtsi128_si64(o.sw), OW, OW + room);
+  put_half(y + OW, sw + OW, _mm256_extracti128_si256(o.y, 1), _mm_extract_epi64(o.sw, 1), OW,
+           room);
+  return w;
+}
+
+// A unit of work, NCHW: one pooled row, or two (`pair`, see row_pair16) from r0 on. Whether
+// the comparison met a value it cannot order.
+template <typename Best, typename Watch>
+bool rows_met(bool pair, const T* r0, int64_t W, T* y, uint8_t* sw, int64_t OW, const T* end,
+              int64_t room) {
+  return pair ? row_pair16<Best, Watch>(r0, W, y, sw, OW, end, room).met()
+              : row16<Best, Watch>(r0, r0 + W, y, sw, OW, end, room).met();
+}
+
+// bfloat16 NCHW 2x2/2: the pooled rows of a task one (or, 8 or fewer windows long and both
+// in the task, two) a step; raw, then keys, then exact (see above).
+inline void max_pool_nchw_2x2(const PoolKernelArgs& a) {
+  const PoolGeom g = a.g;
+  const T* const x = static_cast<const T*>(a.in);
+  T* const y = static_cast<T*>(a.out);
+  uint8_t* const sw = a.out_switches;
+  const int64_t rows = a.N * a.C * g.OH;
+  at::parallel_for(0, rows, grain_for(g.OW * 4), [&](int64_t begin, int64_t stop) {
+    // Locals, not the captures: the switch stores (uint8_t) may alias anything in memory, so
+    // values read through references are reloaded after each of them.
+    const int64_t H = g.H, W = g.W, OH = g.OH, OW = g.OW;
+    const T* const end = x + rows / OH * H * W;
+    const bool even_height = H == 2 * OH;  // the next plane's rows go on 2 W apart
+    T* const y0 = y;
+    uint8_t* const sw0 = sw;
+    bool raw = true;
+    CountedIndex row(begin, OH);  // (plane, oh)
+    for (int64_t r = begin; r < stop;) {
+      const T* r0 = x + row.outer * H * W + 2 * row.inner * W;
+      const bool pair = OW <= 8 && r + 1 < stop && (even_height || row.inner + 1 < OH);
+      const int64_t count = pair ? 2 : 1;
+      const int64_t room = (stop - r - count) * OW;  // outputs the task writes after these
+      T* yr = y0 + r * OW;
+      uint8_t* swr = sw0 + r * OW;
+      bool redo = true;
+      if (raw) {
+        redo = rows_met<RawBest, RawWatch>(pair, r0, W, yr, swr, OW, end, room);
+        raw = !redo;  // the rest of the task on keys
+      }
+      if (redo && rows_met<KeyBest, KeyWatch>(pair, r0, W, yr, swr, OW, end, room)) {
+        avx2_pool::pool_row(r0, r0 + W, yr, swr, OW, end, room + (count - 1) * OW);
+        if (pair) avx2_pool::pool_row(r0 + 2 * W, r0 + 3 * W, yr + OW, swr + OW, OW, end, room);
+      }
+      r += count;
+      row.next();
+      if (pair) row.next();
+    }
+  });
+}
+
+// NHWC: the first C (a multiple of 16) channels of one output pixel, taps[k] its window's
+// four input pixels; two vectors a block, each tap read in address order over it.
+template <typename Best, typename Watch>
+Watch pixel16(const T* const taps[4], T* y, uint8_t* sw, int64_t C) {
+  Watch w;
+  int64_t c = 0;
+  for (; c + 32 <= C; c += 32) {
+    Best lo(load(taps[0] + c), w), hi(load(taps[0] + c + 16), w);
+    for (int t = 1; t < 4; ++t) {
+      lo.update(load(taps[t] + c), t, w);
+      hi.update(load(taps[t] + c + 16), t, w);
+    }
+    lo.done(w);
+    hi.done(w);
+    store_bits(y + c, lo.raw);
+    store_bits(y + c + 16, hi.raw);
+    // bytes: lo's low 8, hi's low 8 | lo's high 8, hi's high 8; 64-bit groups 0 2 1 3.
+    store_bits(sw + c, _mm256_permute4x64_epi64(_mm256_packus_epi16(lo.sw, hi.sw), 0xD8));
+  }
+  if (c < C) {
+    Best b(load(taps[0] + c), w);
+    for (int t = 1; t < 4; ++t) b.update(load(taps[t] + c), t, w);
+    b.done(w);
+    store_bits(y + c, b.raw);
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi16(b.sw, b.sw), 0x08);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(sw + c), _mm256_castsi256_si128(packed));
+  }
+  return w;
+}
+
+// bfloat16 channels_last 2x2/2: pixels on raw patterns until one holds a value they cannot
+// order, then (in every thread: a relaxed hint) on keys; a pixel whose keys met a NaN redone
+// exactly. Channels past the last 16 by the widened pool_pixel.
+inline void max_pool_nhwc_2x2(const PoolKernelArgs& a) {
+  const int64_t C = a.C, C16 = C - C % 16;
+  T* y = static_cast<T*>(a.out);
+  uint8_t* sw = a.out_switches;
+  std::atomic<bool> raw{true};
+  for_each_pixel_2x2<T>(
+      a,
+      [&](int64_t i, const T* p00, const T* p10) {
+        const T* const taps[4] = {p00, p00 + C, p10, p10 + C};
+        T* yi = y + i * C;
+        uint8_t* si = sw + i * C;
+        if (C16 > 0) {
+          bool redo = true;
+          if (raw.load(std::memory_order_relaxed)) {
+            redo = pixel16<RawBest, RawWatch>(taps, yi, si, C16).met();
+            if (redo) raw.store(false, std::memory_order_relaxed);
+          }
+          if (redo && pixel16<KeyBest, KeyWatch>(taps, yi, si, C16).met()) {
+            avx2_pool::pool_pixel(taps, yi, si, C16);
+          }
+        }
+        if (C16 < C) {
+          const T* const rest[4] = {taps[0] + C16, taps[1] + C16, taps[2] + C16, taps[3] + C16};
+          avx2_pool::pool_pixel(rest, yi + C16, si + C16, C - C16);
+        }
+      },
+      [] {});
+}
+
+}  // namespace bf16x16
+
 template <typename T>
 void max_pool_nchw_2x2(const PoolKernelArgs& a) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) return bf16x16::max_pool_nchw_2x2(a);
   const int64_t W = a.g.W, OW = a.g.OW;
   T* y = static_cast<T*>(a.out);
   uint8_t* sw = a.out_switches;
@@ -441,6 +763,7 @@ void max_pool_nchw_2x2(const PoolKernelArgs& a) {
 
 template <typename T>
 void max_pool_nhwc_2x2(const PoolKernelArgs& a) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) return bf16x16::max_pool_nhwc_2x2(a);
   const int64_t C = a.C;
   T* y = static_cast<T*>(a.out);
   uint8_t* sw = a.out_switches;
