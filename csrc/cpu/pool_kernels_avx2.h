@@ -504,7 +504,7 @@ struct KeyBest {
   void done(KeyWatch&) const {}
 };
 
-// The maxima and switches of 16 windows (NCHW: in window order; NHWC: in channel order).
+// The maxima and switches of 16 windows along NCHW rows, in window order.
 struct Out16 {
   __m256i y;
   __m128i sw;
