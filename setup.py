@@ -196,6 +196,7 @@ class BuildPerIsa(BuildExtension):
 def extension():
     sources = [
         "csrc/ops.cpp",
+        "csrc/eager_calls.cpp",
         "csrc/pool_args.cpp",
         "csrc/unpool_deconv_args.cpp",
         "csrc/cpu/cpu_isa.cpp",

@@ -11,6 +11,7 @@
 #include "cpu/emulator_switches.h"
 #include "kernels/common.h"
 #include "cpu/streaming_stores.h"
+#include "eager_calls.h"
 
 #ifndef DK_BUILD_CUDA
 #define DK_BUILD_CUDA 0
@@ -159,6 +160,11 @@ PyObject* py_fast_divide(PyObject*, PyObject* args) {
 }
 
 PyMethodDef methods[] = {
+    {"max_pool2d_eager", deconvkernels::py_max_pool2d_eager, METH_VARARGS,
+     "max_pool2d_with_switches below autograd, without torch.ops' boxing (ops.py decides when)."},
+    {"max_unpool2d_eager", deconvkernels::py_max_unpool2d_eager, METH_VARARGS,
+     "max_unpool2d_with_switches below autograd, without torch.ops' boxing (ops.py decides "
+     "when)."},
     {"build_info", py_build_info, METH_NOARGS, "What this extension was built with."},
     {"cpu_isa", py_cpu_isa, METH_NOARGS, "The CPU kernel variant in use."},
     {"available_cpu_isas", py_available_cpu_isas, METH_NOARGS,

@@ -351,3 +351,76 @@ def test_modules_copy_and_pickle():
     x = torch.randn(1, 2, 5, 6)
     m = dknn.MaxPool2dWithSwitches(2)
     assert_identical(pickle.loads(pickle.dumps(m))(x)[1], m(x)[1], "pickled module")
+
+
+class _CountingC:
+    """Stands in for deconvkernels._C in ops.py, counting calls of its direct eager entries."""
+
+    def __init__(self, real) -> None:
+        self.real, self.calls = real, []
+
+    def __getattr__(self, name):
+        fn = getattr(self.real, name)
+
+        def counted(*args):
+            self.calls.append(name)
+            return fn(*args)
+
+        return counted
+
+
+@pytest.mark.requires_extension
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_eager_entries_and_when_they_step_aside(monkeypatch, channels_last):
+    """Plain eager calls of the pool and the unpool go through the direct entries of
+    csrc/eager_calls.cpp (ops._eager) with the results of torch.ops; a gradient to record, a
+    TorchFunctionMode (it must see the op) or a tensor subclass (its type must come back) take
+    the torch.ops path instead."""
+    from torch.overrides import TorchFunctionMode
+
+    from deconvkernels import ops
+
+    counting = _CountingC(ops._C)
+    monkeypatch.setattr(ops, "_C", counting)
+    x = torch.randn(2, 3, 6, 10)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    geo = geometry(2)
+    with dk.use_backend("extension"):
+        y, sw = dk.max_pool2d_with_switches(x, 2)
+        out = dk.max_unpool2d_with_switches(y, sw, 2, output_size=(6, 10))
+        assert counting.calls == ["max_pool2d_eager", "max_unpool2d_eager"]
+        ey, esw = torch.ops.deconvkernels.max_pool2d_with_switches(x, *geo, False)
+        assert_identical(y, ey, "pool")
+        assert_identical(sw, esw, "switches")
+        assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+        eout = torch.ops.deconvkernels.max_unpool2d_with_switches(y, sw, [6, 10], *geo)
+        assert_identical(out, eout, "unpool")
+
+        counting.calls.clear()
+        xr = x.clone().requires_grad_(True)
+        yr, _ = dk.max_pool2d_with_switches(xr, 2)
+        yr.sum().backward()
+        assert xr.grad is not None and xr.grad.sum().item() == y.numel()
+
+        class Seen(TorchFunctionMode):
+            def __init__(self) -> None:
+                super().__init__()
+                self.ops: list[str] = []
+
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                self.ops.append(str(func))
+                return func(*args, **(kwargs or {}))
+
+        with Seen() as seen:
+            dk.max_pool2d_with_switches(x, 2)
+            dk.max_unpool2d_with_switches(y, sw, 2)
+        assert "deconvkernels.max_pool2d_with_switches" in seen.ops
+        assert "deconvkernels.max_unpool2d_with_switches" in seen.ops
+
+        class Marked(torch.Tensor):
+            pass
+
+        ym, _ = dk.max_pool2d_with_switches(x.as_subclass(Marked), 2)
+        assert type(ym) is Marked
+        assert counting.calls == []
