@@ -56,6 +56,21 @@ class _OpsSpy:
         return self._spy.wrap(name, getattr(self._real, name))
 
 
+class _EagerSpy:
+    """Stands in for ``deconvkernels._C`` in deconvkernels.ops: its direct eager entries
+    (csrc/eager_calls.cpp) counted under the names of the ops they run."""
+
+    OPS = {"max_pool2d_eager": "max_pool2d_with_switches",
+           "max_unpool2d_eager": "max_unpool2d_with_switches"}
+
+    def __init__(self, real, spy):
+        self._real, self._spy = real, spy
+
+    def __getattr__(self, name):
+        fn = getattr(self._real, name)
+        return self._spy.wrap(self.OPS[name], fn) if name in self.OPS else fn
+
+
 PUBLIC = (
     "max_pool2d_with_switches",
     "max_unpool2d_with_switches",
@@ -72,6 +87,7 @@ def spies(monkeypatch):
         monkeypatch.setattr(dk.reference, name, ref.wrap(name, getattr(dk.reference, name)))
     if HAS_EXT:
         monkeypatch.setattr(dk.ops, "_ops", _OpsSpy(dk.ops._ops, ext))
+        monkeypatch.setattr(dk.ops, "_C", _EagerSpy(dk.ops._C, ext))
     return ref, ext
 
 
