@@ -44,6 +44,8 @@ def guarded(t: torch.Tensor) -> torch.Tensor:
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bits, NaN payloads included (both sides are this extension's results; dkutil's
+    assert_identical leaves payloads out because PyTorch canonicalises them)."""
     if a.dtype.is_floating_point:
         bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
         a, b = a.contiguous().view(bits), b.contiguous().view(bits)

@@ -575,7 +575,7 @@ inline void put(T* y, uint8_t* sw, const Out16& o, int64_t n, int64_t room) {
 // stores whole ones where `room` allows (see pool_row). Returns what it watched.
 template <typename Best, typename Watch>
 Watch row16(const T* r0, const T* r1, T* y, uint8_t* sw, int64_t OW, const T* end,
-               int64_t room) {
+            int64_t room) {
   Watch w;
   int64_t ow = 0;
   for (; ow + 16 <= OW; ow += 16) {
@@ -611,7 +611,7 @@ Watch row16(const T* r0, const T* r1, T* y, uint8_t* sw, int64_t OW, const T* en
 // half-vector store spills into what is stored after it (put_half).
 template <typename Best, typename Watch>
 Watch row_pair16(const T* top, int64_t W, T* y, uint8_t* sw, int64_t OW, const T* end,
-                    int64_t room) {
+                 int64_t room) {
   Watch w;
   __m256i t0, t1, b0, b1;
   if (top + 3 * W + 16 <= end) {
@@ -641,21 +641,22 @@ bool rows_met(bool pair, const T* r0, int64_t W, T* y, uint8_t* sw, int64_t OW, 
 inline void max_pool_nchw_2x2(const PoolKernelArgs& a) {
   const PoolGeom g = a.g;
   const T* const x = static_cast<const T*>(a.in);
+  const T* const x_end = x + a.N * a.C * g.H * g.W;
   T* const y = static_cast<T*>(a.out);
   uint8_t* const sw = a.out_switches;
-  const int64_t rows = a.N * a.C * g.OH;
-  at::parallel_for(0, rows, grain_for(g.OW * 4), [&](int64_t begin, int64_t stop) {
+  at::parallel_for(0, a.N * a.C * g.OH, grain_for(g.OW * 4), [&](int64_t begin, int64_t stop) {
     // Locals, not the captures: the switch stores (uint8_t) may alias anything in memory, so
     // values read through references are reloaded after each of them.
     const int64_t H = g.H, W = g.W, OH = g.OH, OW = g.OW;
-    const T* const end = x + rows / OH * H * W;
+    const T* const x0 = x;
+    const T* const end = x_end;
     const bool even_height = H == 2 * OH;  // the next plane's rows go on 2 W apart
     T* const y0 = y;
     uint8_t* const sw0 = sw;
     bool raw = true;
     CountedIndex row(begin, OH);  // (plane, oh)
     for (int64_t r = begin; r < stop;) {
-      const T* r0 = x + row.outer * H * W + 2 * row.inner * W;
+      const T* r0 = x0 + row.outer * H * W + 2 * row.inner * W;
       const bool pair = OW <= 8 && r + 1 < stop && (even_height || row.inner + 1 < OH);
       const int64_t count = pair ? 2 : 1;
       const int64_t room = (stop - r - count) * OW;  // outputs the task writes after these
