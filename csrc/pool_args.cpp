@@ -68,8 +68,12 @@ bool window_without_input(int64_t size, int64_t out, int64_t k, int64_t s, int64
   return false;
 }
 
-bool is_channels_last(const at::Tensor& out4) {
-  return !out4.is_contiguous();
+// Whether the kernels walk NHWC: the input's layout, which the outputs were made in
+// (empty_like_format). Not the output's: a 1x1 output is contiguous either way, and deciding
+// by it copied a channels_last input to NCHW and pooled it there (4x512x2x2 bfloat16 to
+// 1x1, one thread: 17 us against 4 us for 4x512x4x4).
+bool is_channels_last(const at::Tensor& in4) {
+  return in4.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
 }
 
 }  // namespace
@@ -208,7 +212,7 @@ PoolPlan plan_max_pool(
       " a pooling window covers no input element");
   plan.out = empty_like_format(plan.in, g.OH, g.OW, x.scalar_type());
   plan.out_switches = empty_like_format(plan.in, g.OH, g.OW, at::kByte);
-  plan.channels_last = is_channels_last(plan.out);
+  plan.channels_last = is_channels_last(plan.in);
   return plan;
 }
 
@@ -229,7 +233,7 @@ PoolPlan plan_scatter(
   g.OW = plan.in.size(3);
   check_unpooled_size(g, size_name);
   plan.out = empty_like_format(plan.in, g.H, g.W, values.scalar_type());
-  plan.channels_last = is_channels_last(plan.out);
+  plan.channels_last = is_channels_last(plan.in);
   return plan;
 }
 
@@ -260,7 +264,7 @@ PoolPlan plan_gather(
   g.OW = plan.switches.size(3);
   check_unpooled_size(g, "grad_output's spatial size");
   plan.out = empty_like_format(plan.in, g.OH, g.OW, grad_out.scalar_type());
-  plan.channels_last = is_channels_last(plan.out);
+  plan.channels_last = is_channels_last(plan.in);
   return plan;
 }
 
@@ -284,7 +288,7 @@ PoolPlan plan_convert(
   g.OW = plan.in.size(3);
   check_unpooled_size(g, "input_size");
   plan.out = empty_like_format(plan.in, g.OH, g.OW, to_indices ? at::kLong : at::kByte);
-  plan.channels_last = is_channels_last(plan.out);
+  plan.channels_last = is_channels_last(plan.in);
   return plan;
 }
 

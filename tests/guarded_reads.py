@@ -65,6 +65,37 @@ def cases():
         yield (2, c, h, w), "channels_last"
 
 
+# Other geometries (kernel, stride, padding, dilation): the generic kernels load whole vectors
+# along a row, or across the channels of a pixel's tail, while the buffer goes on for them.
+GENERIC = [(3, 2, 1, 1), (3, 2, 0, 1), (3, 1, 1, 1), (2, 1, 0, 1), (3, 2, 0, 2)]
+
+
+def generic_cases():
+    """(shape, layout, geometry) for the generic kernels."""
+    for w, h, geo in itertools.product([*range(5, 40), 66, 67], (5, 6), GENERIC):
+        yield (1, 2, h, w), "nchw", geo
+    for c, geo in itertools.product((1, 3, 7, 8, 9, 31, 32, 33, 40), GENERIC):
+        yield (2, c, 5, 6), "channels_last", geo
+
+
+def check_generic(failures: list[str], isa: str, dtype: torch.dtype) -> int:
+    checked = 0
+    for shape, layout, (k, s, p, d) in generic_cases():
+        x = torch.randn(shape).to(dtype)
+        x[..., ::3, 1::4] = float("nan")
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        what = f"{isa} {dtype} {layout} {shape} k{k} s{s} p{p} d{d}"
+        if VERBOSE:
+            print(what, flush=True)
+        y, sw = dk.max_pool2d_with_switches(x, k, s, p, d)
+        gy, gsw = dk.max_pool2d_with_switches(guarded(x), k, s, p, d)
+        if not (same_bits(gy, y) and same_bits(gsw, sw)):
+            failures.append(f"pool {what}")
+        checked += 1
+    return checked
+
+
 def main() -> int:
     torch.manual_seed(0)
     failures = []
@@ -91,6 +122,7 @@ def main() -> int:
                 if not same_bits(gout, out):
                     failures.append(f"unpool {what}")
                 checked += 1
+            checked += check_generic(failures, isa, dtype)
     dk.set_cpu_isa(None)
     print(f"checked {checked} cases")
     for f in failures[:20]:

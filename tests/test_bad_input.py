@@ -38,9 +38,15 @@ def _bad_switches(kind: str, good: bool = False):
         _, _, sw, _, geo = _valid()
         hw, at, value = (6, 7), ((1, 2, 1, 1) if kind == "ge_window" else (0, 0, 0, 0)), (
             4 if kind == "ge_window" else 255)
+    elif kind in ("ge_window_3x3", "255_3x3"):  # windows inside the input, another geometry
+        _, _, sw, _, geo = _valid((2, 3, 7, 7), geometry(3, 2))
+        hw, at, value = (7, 7), (1, 2, 1, 1), (9 if kind == "ge_window_3x3" else 255)
     elif kind == "padding":  # window (0, 0) starts at (-1, -1); offset 0 is in the padding
         _, _, sw, _, geo = _valid((2, 3, 6, 6), geometry(2, 2, 1))
         hw, at, value = (6, 6), (1, 1, 0, 0), 0
+    elif kind in ("padding_top", "padding_left"):  # windows (0, 1) / (1, 0): one side out
+        _, _, sw, _, geo = _valid((2, 3, 7, 7), geometry(3, 2, 1))
+        hw, at, value = (7, 7), ((1, 1, 0, 1) if kind == "padding_top" else (1, 1, 1, 0)), 0
     elif kind == "past_edge":  # ceil_mode: the last row of windows starts at row 4 of 5
         _, _, sw, _, geo = _valid((2, 3, 5, 5), geometry(2), ceil=True)
         hw, at, value = (5, 5), (0, 1, 2, 0), 2  # ky=1 -> row 5
@@ -51,7 +57,10 @@ def _bad_switches(kind: str, good: bool = False):
     return sw, hw, geo
 
 
-BAD_SWITCH_KINDS = ("ge_window", "255", "padding", "past_edge")
+BAD_SWITCH_KINDS = (
+    "ge_window", "255", "ge_window_3x3", "255_3x3", "padding", "padding_top", "padding_left",
+    "past_edge",
+)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -197,15 +206,18 @@ def test_unpool_default_output_size_must_be_possible(public_target):
 @pytest.mark.parametrize("kind", BAD_SWITCH_KINDS)
 def test_public_bad_switch_values(public_target, kind, layout):
     """One bad switch among valid ones is found in every layout (the CPU check reduces a
-    dense tensor, channels_last or permuted, as its flat bytes)."""
+    dense tensor, channels_last or permuted, as its flat bytes; the scatter of geometries
+    other than 2x2 stride 2 checks each switch as it goes, NCHW and NHWC)."""
     t = public_target
     sw, hw, geo = _bad_switches(kind)
     if layout == "channels_last":
         sw = sw.contiguous(memory_format=torch.channels_last)
     elif layout == "transposed":  # dense, neither NCHW nor channels_last
         sw = sw.transpose(0, 1).contiguous().transpose(0, 1)
-    sw = t.put(sw)
-    y = t.put(torch.randn(sw.shape))
+    y = torch.randn(sw.shape)
+    if layout == "channels_last":  # the values decide the kernels' layout
+        y = y.contiguous(memory_format=torch.channels_last)
+    sw, y = t.put(sw), t.put(y)
     with pytest.raises((ValueError, RuntimeError), match=SWITCH):
         dk.max_unpool2d_with_switches(y, sw, *geo, output_size=hw)
     with pytest.raises((ValueError, RuntimeError), match=SWITCH):

@@ -161,6 +161,29 @@ def test_pool_2x2_fast_path(target, width):
                 assert is_channels_last(y) and is_channels_last(sw)
 
 
+@pytest.mark.parametrize(
+    "case",
+    [(geometry(3, 2, 1), False), (geometry(3, 2), True), (geometry(3, 1, 1), False),
+     (geometry(2, 1), False), (geometry((3, 2), (1, 2), (1, 0), 2), True),
+     (geometry(5, 2, 2), False), (geometry(3, 3), True)],
+    ids=geo_id,
+)
+def test_pool_generic_rows(target, case):
+    """Geometries other than 2x2 stride 2, NCHW rows of every width around the vector
+    widths: pooled rows run in chunks of two vectors between the columns whose windows reach
+    into the padding (scalar), stride 3 all scalar; the last chunk of the last row loads only
+    what the buffer holds. Channels_last: channel counts around the blocks of four vectors
+    and the short tail."""
+    geo, ceil = case
+    for dtype in FLOAT_DTYPES:
+        for width in [*range(3, 21), 31, 32, 33, 34, 35, 47, 66, 67, 80]:
+            x = make_values((1, 2, 5, width), dtype, "special" if width % 2 else "ties")
+            check_pool(target, x, geo, ceil, f"{dtype} {tuple(x.shape)}")
+        for channels in (3, 8, 9, 31, 32, 33, 40):
+            x = arrange(make_values((2, channels, 6, 7), dtype, "special"), "channels_last")
+            check_pool(target, x, geo, ceil, f"{dtype} channels_last {tuple(x.shape)}")
+
+
 # Bit patterns no arithmetic produces: NaNs of both signs with payloads (a signalling one
 # included), signed zeros, the smallest subnormals, infinities.
 _SPECIAL_BITS = {

@@ -4,6 +4,7 @@
 // files need no torch headers beyond ATen's vector and parallel headers.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 
 #include "../kernels/common.h"
@@ -25,7 +26,18 @@ struct PoolKernelArgs {
   // The outputs are too large to stay cached: kernels that can may write them with
   // streaming (non-temporal) stores.
   bool stream_outputs;
+  // Set by the scatter of geometries other than 2x2 stride 2 inside the input when a switch
+  // names a position outside its window or the input (it checks each as it goes; the callers
+  // check the switches of the 2x2 kernels before, see switch_checks.h).
+  std::atomic<bool>* bad_switch;
 };
+
+// The geometry of DeconvNet's pools: 2x2 windows, stride 2, inside the input. It has kernels
+// of its own at every level.
+inline bool is_2x2_stride2_inside(const PoolGeom& g) {
+  return g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 &&
+      g.dh == 1 && g.dw == 1 && 2 * g.OH <= g.H && 2 * g.OW <= g.W;
+}
 
 struct PoolKernelTable {
   void (*max_pool_forward)(const PoolKernelArgs&);

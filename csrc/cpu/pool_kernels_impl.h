@@ -6,8 +6,12 @@
 //  * NCHW, 2x2 stride-2 windows inside the input (DeconvNet's pools): rows are walked with
 //    full-width vectors; the two columns of each window are split with deinterleave2 and
 //    merged back with interleave2. One read of the input, one write of each output.
-//  * NHWC, any geometry: vectors run along channels, which are contiguous.
-//  * NCHW, any other geometry: the shared scalar bodies of csrc/kernels/pool_kernels.h.
+//  * NHWC, any other geometry: vectors run along channels, which are contiguous
+//    (pool_forward_generic.h).
+//  * NCHW, any other geometry: vectors along pooled rows for strides 1 and 2, the shared
+//    scalar body of csrc/kernels/pool_kernels.h elsewhere (pool_forward_generic.h).
+//  * The scatter (pool backward, unpool) of any other geometry walks the pooled values
+//    of a plane or of an image's run of channels in raster order (pool_scatter_generic.h).
 //  * AVX-512 builds: the forward of 2x2 stride-2 pools in float / bfloat16 / half, and the
 //    per-row (NCHW) and per-pixel (NHWC) steps of the scatter of such pools, run the
 //    intrinsics of pool_kernels_avx512.h instead (why: see there).
@@ -94,11 +98,6 @@ inline void max_update(Vec& best, Vec& best_k, const Vec& v, const Vec& k) {
   const Vec take = (v > best) | v.isnan();
   best = Vec::blendv(best, v, take);
   best_k = Vec::blendv(best_k, k, take);
-}
-
-bool is_2x2_stride2_inside(const PoolGeom& g) {
-  return g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 &&
-      g.dh == 1 && g.dw == 1 && 2 * g.OH <= g.H && 2 * g.OW <= g.W;
 }
 
 // (outer, inner) of a flat item index, counted along a parallel range instead of divided
@@ -209,6 +208,8 @@ void for_each_pixel_2x2(const PoolKernelArgs& a, F&& f, Done&& done) {
 #if defined(CPU_CAPABILITY_AVX2)
 #include "pool_kernels_avx2.h"
 #endif
+#include "pool_forward_generic.h"
+#include "pool_scatter_generic.h"
 
 // ------------------------------------------------------------------ max pool forward
 
@@ -224,6 +225,9 @@ void max_pool_nchw(const PoolKernelArgs& a) {
     if (is_2x2_stride2_inside(a.g)) return avx2_pool::max_pool_nchw_2x2<T>(a);
   }
 #endif
+  if (!is_2x2_stride2_inside(a.g)) return pool_generic::max_pool_nchw<T>(a);
+  // 2x2 stride 2 at the DEFAULT level and for the types without intrinsics: rows shorter than
+  // a vector (14x14 maps) take partial vectors too.
   using L = Lanes<T>;
   using Vec = typename L::Vec;
   constexpr int64_t V = L::kSize;
@@ -231,32 +235,24 @@ void max_pool_nchw(const PoolKernelArgs& a) {
   const T* x = static_cast<const T*>(a.in);
   T* y = static_cast<T*>(a.out);
   uint8_t* sw = a.out_switches;
-  const bool fast = is_2x2_stride2_inside(g);
-  const int64_t rows = a.N * a.C * g.OH;
-  at::parallel_for(0, rows, grain_for(g.OW * g.kh * g.kw), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t plane = r / g.OH, oh = r % g.OH;
-      const T* xp = x + plane * g.H * g.W;
+  at::parallel_for(0, a.N * a.C * g.OH, grain_for(g.OW * 4), [&](int64_t begin, int64_t end) {
+    CountedIndex row(begin, g.OH);  // (plane, oh)
+    for (int64_t r = begin; r < end; ++r, row.next()) {
+      const T* r0 = x + row.outer * g.H * g.W + 2 * row.inner * g.W;
+      const T* r1 = r0 + g.W;
       T* yr = y + r * g.OW;
       uint8_t* sr = sw + r * g.OW;
-      if (fast) {  // rows shorter than a vector (14x14 maps) take partial vectors too
-        const T* r0 = xp + 2 * oh * g.W;
-        const T* r1 = r0 + g.W;
-        for (int64_t ow = 0; ow < g.OW; ow += V) {
-          const int64_t n = std::min<int64_t>(V, g.OW - ow);
-          auto [a0, a1] = L::load_pairs(r0 + 2 * ow, n);
-          auto [b0, b1] = L::load_pairs(r1 + 2 * ow, n);
-          Vec best = a0, best_k = L::splat(0);
-          max_update(best, best_k, a1, L::splat(1));
-          max_update(best, best_k, b0, L::splat(2));
-          max_update(best, best_k, b1, L::splat(3));
-          L::store(yr + ow, best, n);
-          L::store_switches(sr + ow, best_k, n);
-        }
-        continue;
+      for (int64_t ow = 0; ow < g.OW; ow += V) {
+        const int64_t n = std::min<int64_t>(V, g.OW - ow);
+        auto [a0, a1] = L::load_pairs(r0 + 2 * ow, n);
+        auto [b0, b1] = L::load_pairs(r1 + 2 * ow, n);
+        Vec best = a0, best_k = L::splat(0);
+        max_update(best, best_k, a1, L::splat(1));
+        max_update(best, best_k, b0, L::splat(2));
+        max_update(best, best_k, b1, L::splat(3));
+        L::store(yr + ow, best, n);
+        L::store_switches(sr + ow, best_k, n);
       }
-      for (int64_t ow = 0; ow < g.OW; ++ow)
-        max_pool_window(xp, g.W, int64_t(1), g, oh, ow, yr + ow, sr + ow);
     }
   });
 }
@@ -273,61 +269,7 @@ void max_pool_nhwc(const PoolKernelArgs& a) {
     if (is_2x2_stride2_inside(a.g)) return avx2_pool::max_pool_nhwc_2x2<T>(a);
   }
 #endif
-  using L = Lanes<T>;
-  using Vec = typename L::Vec;
-  constexpr int64_t V = L::kSize;
-  constexpr int kBlock = 4;
-  const PoolGeom g = a.g;
-  const int64_t C = a.C;
-  const T* x = static_cast<const T*>(a.in);
-  T* y = static_cast<T*>(a.out);
-  uint8_t* sw = a.out_switches;
-  const int64_t pixels = a.N * g.OH * g.OW;
-  at::parallel_for(0, pixels, grain_for(C * g.kh * g.kw), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t n = i / (g.OH * g.OW), oh = (i / g.OW) % g.OH, ow = i % g.OW;
-      const T* xn = x + n * g.H * g.W * C;
-      T* yo = y + i * C;
-      uint8_t* so = sw + i * C;
-      const int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
-      // Channels in blocks of kBlock vectors, the window outermost: each tap is one
-      // contiguous run of kBlock * V channels (long bursts for the prefetcher), and the
-      // running max of the block stays in registers.
-      for (int64_t c0 = 0; c0 < C; c0 += kBlock * V) {
-        int64_t count[kBlock];
-        for (int b = 0; b < kBlock; ++b)
-          count[b] = std::clamp<int64_t>(C - c0 - b * V, 0, V);
-        Vec best[kBlock], best_k[kBlock];
-        bool first = true;
-        for (int64_t ky = 0; ky < g.kh; ++ky) {
-          const int64_t ih = h0 + ky * g.dh;
-          if (ih < 0 || ih >= g.H) continue;
-          for (int64_t kx = 0; kx < g.kw; ++kx) {
-            const int64_t iw = w0 + kx * g.dw;
-            if (iw < 0 || iw >= g.W) continue;
-            const T* tap = xn + (ih * g.W + iw) * C + c0;
-            const Vec k = L::splat(ky * g.kw + kx);
-            for (int b = 0; b < kBlock; ++b) {
-              if (count[b] == 0) break;
-              const Vec v = L::load(tap + b * V, count[b]);
-              if (first) {  // the first valid tap starts the max (PyTorch: -inf, its index)
-                best[b] = v;
-                best_k[b] = k;
-              } else {
-                max_update(best[b], best_k[b], v, k);
-              }
-            }
-            first = false;
-          }
-        }
-        for (int b = 0; b < kBlock; ++b) {
-          if (count[b] == 0) break;
-          L::store(yo + c0 + b * V, best[b], count[b]);
-          L::store_switches(so + c0 + b * V, best_k[b], count[b]);
-        }
-      }
-    }
-  });
+  pool_generic::max_pool_nhwc<T>(a);
 }
 
 // ---------------------------------------------------- scatter: pooled -> unpooled
@@ -392,26 +334,9 @@ void scatter_nchw_2x2(const PoolKernelArgs& a) {
 
 template <typename T>
 void scatter_nchw(const PoolKernelArgs& a, bool sum) {
-  const PoolGeom g = a.g;
-  const T* v = static_cast<const T*>(a.in);
-  T* out = static_cast<T*>(a.out);
-  const uint8_t* sw = a.switches;
   // Without overlap each position has at most one window, so sum == last.
-  if (is_2x2_stride2_inside(g)) return scatter_nchw_2x2<T>(a);
-  const int64_t rows = a.N * a.C * g.H;
-  at::parallel_for(0, rows, grain_for(g.W), [&](int64_t begin, int64_t end) {
-    CountedIndex row(begin, g.H);  // (plane, ih)
-    for (int64_t r = begin; r < end; ++r, row.next()) {
-      const int64_t plane = row.outer, ih = row.inner;
-      T* orow = out + r * g.W;
-      const T* vp = v + plane * g.OH * g.OW;
-      const uint8_t* sp = sw + plane * g.OH * g.OW;
-      for (int64_t iw = 0; iw < g.W; ++iw) {
-        orow[iw] = sum ? switch_scatter_at<T, true>(vp, g.OW, 1, sp, g.OW, 1, g, ih, iw)
-                       : switch_scatter_at<T, false>(vp, g.OW, 1, sp, g.OW, 1, g, ih, iw);
-      }
-    }
-  });
+  if (is_2x2_stride2_inside(a.g)) return scatter_nchw_2x2<T>(a);
+  scatter_generic::scatter_nchw<T>(a, sum);
 }
 
 // NHWC, 2x2 stride-2 windows inside the input: walk pooled pixels and write each one's
@@ -467,45 +392,7 @@ void scatter_nhwc_2x2(const PoolKernelArgs& a) {
 template <typename T>
 void scatter_nhwc(const PoolKernelArgs& a, bool sum) {
   if (is_2x2_stride2_inside(a.g)) return scatter_nhwc_2x2<T>(a);
-  using L = Lanes<T>;
-  using Vec = typename L::Vec;
-  constexpr int64_t V = L::kSize;
-  const PoolGeom g = a.g;
-  const int64_t C = a.C;
-  const T* v = static_cast<const T*>(a.in);
-  T* out = static_cast<T*>(a.out);
-  const uint8_t* sw = a.switches;
-  const int64_t pixels = a.N * g.H * g.W;
-  at::parallel_for(0, pixels, grain_for(C), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t n = i / (g.H * g.W), ih = (i / g.W) % g.H, iw = i % g.W;
-      T* o = out + i * C;
-      const T* vn = v + n * g.OH * g.OW * C;
-      const uint8_t* sn = sw + n * g.OH * g.OW * C;
-      int64_t oh_lo, oh_hi, ow_lo, ow_hi;
-      windows_covering(ih, g.kh, g.sh, g.ph, g.dh, g.OH, &oh_lo, &oh_hi);
-      windows_covering(iw, g.kw, g.sw, g.pw, g.dw, g.OW, &ow_lo, &ow_hi);
-      for (int64_t c = 0; c < C; c += V) {
-        const int64_t nc = std::min<int64_t>(V, C - c);
-        const Vec zero = L::splat(0);
-        Vec acc = zero;
-        for (int64_t oh = oh_lo; oh <= oh_hi; ++oh) {
-          const int64_t ry = ih + g.ph - oh * g.sh;
-          if (ry % g.dh != 0) continue;
-          for (int64_t ow = ow_lo; ow <= ow_hi; ++ow) {
-            const int64_t rx = iw + g.pw - ow * g.sw;
-            if (rx % g.dw != 0) continue;
-            const int64_t pos = (oh * g.OW + ow) * C + c;
-            const Vec k = L::splat((ry / g.dh) * g.kw + rx / g.dw);
-            const Vec hit = L::load_switches(sn + pos, nc) == k;
-            const Vec val = L::load(vn + pos, nc);
-            acc = sum ? acc + Vec::blendv(zero, val, hit) : Vec::blendv(acc, val, hit);
-          }
-        }
-        L::store(o + c, acc, nc);
-      }
-    }
-  });
+  scatter_generic::scatter_nhwc<T>(a, sum);
 }
 
 // ----------------------------------------------------- gather: unpooled -> pooled

@@ -1,0 +1,207 @@
+// Pooled -> unpooled through the switches for any geometry (the 2x2 stride-2 kernels have
+// their own): the max-pool backward (`sum`) and the unpool forward (the last window in raster
+// order wins). Included by pool_kernels_impl.h inside its per-ISA namespace.
+//
+// A task owns whole planes (NCHW) or a run of channels of one image (NHWC), zeroes them, and
+// walks their pooled values in raster order, each to where its switch points: every unpooled
+// position then holds the last value that names it, or the sum of them added in raster order
+// from +0, exactly what the shared gather body (switch_scatter_at, which the CUDA kernels run)
+// computes, and deterministic, since no two tasks touch one position. Before, the CPU ran
+// that gather body too, looking for the windows over each unpooled position and testing their
+// switches: one thread, 4x512x14x14 3x3/2 padding 1 float32 NCHW unpool 7085 us, PyTorch's
+// 459 us.
+//
+// Each switch is checked on the way (a tap of its window, naming a position inside the
+// input): a bad one sets a.bad_switch. That, and the three modes compiled apart, took the
+// unpool above from 526 us (after a separate pass over the switches) to 290 us.
+#pragma once
+
+namespace scatter_generic {
+
+// Each switch's row and column offsets from its window's origin; switches past the window
+// get offsets no row or column check passes.
+struct SwitchOffsets {
+  int64_t dy[256], dx[256];
+  explicit SwitchOffsets(const PoolGeom& g) {
+    constexpr int64_t kFar = int64_t{1} << 40;
+    for (int64_t k = 0; k < 256; ++k) {
+      const bool inside = k < g.kh * g.kw;
+      dy[k] = inside ? (k / g.kw) * g.dh : -kFar;
+      dx[k] = inside ? (k % g.kw) * g.dw : -kFar;
+    }
+  }
+};
+
+enum class Mode { kLast, kSum, kSumInFloat };
+
+
+// One pooled value to the unpooled position (ih, iw) of its switch, if it lies inside the
+// H x W map; `at` maps the position to the element (or accumulator) to update.
+template <Mode kMode, typename T, typename Acc, typename At>
+inline bool put(const PoolGeom& g, int64_t ih, int64_t iw, T v, Acc* dst, At at) {
+  if (static_cast<uint64_t>(ih) >= static_cast<uint64_t>(g.H) ||
+      static_cast<uint64_t>(iw) >= static_cast<uint64_t>(g.W)) {
+    return false;
+  }
+  Acc& d = dst[at(ih * g.W + iw)];
+  if constexpr (kMode == Mode::kLast) {
+    d = v;
+  } else {
+    d += static_cast<Acc>(v);
+  }
+  return true;
+}
+
+template <typename T>
+Mode mode_of(bool sum) {
+  if (!sum) return Mode::kLast;
+  return std::is_same_v<T, typename AccType<T>::type> ? Mode::kSum : Mode::kSumInFloat;
+}
+
+template <Mode kMode, typename T>
+void scatter_nchw_as(const PoolKernelArgs& a) {
+  using acc_t = typename AccType<T>::type;
+  using Dst = std::conditional_t<kMode == Mode::kSumInFloat, acc_t, T>;
+  const PoolGeom g = a.g;
+  const SwitchOffsets off(g);
+  const T* v = static_cast<const T*>(a.in);
+  T* out = static_cast<T*>(a.out);
+  const uint8_t* sw = a.switches;
+  const int64_t HW = g.H * g.W, OHW = g.OH * g.OW;
+  at::parallel_for(0, a.N * a.C, grain_for(HW + OHW), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> scratch(kMode == Mode::kSumInFloat ? HW : 0);
+    bool bad = false;
+    for (int64_t plane = begin; plane < end; ++plane) {
+      T* o = out + plane * HW;
+      const T* vp = v + plane * OHW;
+      const uint8_t* sp = sw + plane * OHW;
+      Dst* dst;
+      if constexpr (kMode == Mode::kSumInFloat) {
+        std::fill(scratch.begin(), scratch.end(), acc_t(0));
+        dst = scratch.data();
+      } else {
+        std::memset(static_cast<void*>(o), 0, HW * sizeof(T));  // +0 in every float type
+        dst = o;
+      }
+      for (int64_t oh = 0, i = 0; oh < g.OH; ++oh) {
+        const int64_t h0 = oh * g.sh - g.ph;
+        for (int64_t ow = 0, w0 = -g.pw; ow < g.OW; ++ow, ++i, w0 += g.sw) {
+          const uint8_t k = sp[i];
+          bad |= !put<kMode>(g, h0 + off.dy[k], w0 + off.dx[k], vp[i], dst,
+                             [](int64_t p) { return p; });
+        }
+      }
+      if constexpr (kMode == Mode::kSumInFloat) {
+        for (int64_t p = 0; p < HW; ++p) o[p] = static_cast<T>(scratch[p]);
+      }
+    }
+    if (bad) a.bad_switch->store(true, std::memory_order_relaxed);
+  });
+}
+
+template <Mode kMode, typename T>
+void scatter_nhwc_as(const PoolKernelArgs& a) {
+  using acc_t = typename AccType<T>::type;
+  using Dst = std::conditional_t<kMode == Mode::kSumInFloat, acc_t, T>;
+  const PoolGeom g = a.g;
+  const SwitchOffsets off(g);
+  const int64_t C = a.C;
+  const T* v = static_cast<const T*>(a.in);
+  T* out = static_cast<T*>(a.out);
+  const uint8_t* sw = a.switches;
+  const int64_t HW = g.H * g.W, OHW = g.OH * g.OW;
+  const int64_t taps = g.kh * g.kw;
+  const int64_t reach_h = (g.kh - 1) * g.dh, reach_w = (g.kw - 1) * g.dw;
+  // Tasks of (image, run of channels): whole images while there are enough of them for the
+  // threads (one memset zeroes each), else runs of channels so that one image still spreads
+  // over the threads (zeroed a pixel at a time).
+  const int64_t split = std::max<int64_t>(1, (at::get_num_threads() + a.N - 1) / a.N);
+  const int64_t run = std::max<int64_t>(16, (C + split - 1) / split);
+  const int64_t runs = (C + run - 1) / run;
+  at::parallel_for(0, a.N * runs, grain_for((HW + OHW) * run), [&](int64_t begin,
+                                                                     int64_t end) {
+    std::vector<acc_t> scratch(kMode == Mode::kSumInFloat ? HW * run : 0);
+    bool bad = false;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / runs, c0 = (item % runs) * run;
+      const int64_t nc = std::min(run, C - c0);
+      T* o = out + n * HW * C + c0;
+      const T* vn = v + n * OHW * C + c0;
+      const uint8_t* sn = sw + n * OHW * C + c0;
+      Dst* dst;
+      int64_t pixel;  // the elements from one pixel to the next in dst
+      if constexpr (kMode == Mode::kSumInFloat) {
+        std::fill(scratch.begin(), scratch.begin() + HW * nc, acc_t(0));
+        dst = scratch.data();
+        pixel = nc;
+      } else {
+        if (nc == C) {
+          std::memset(static_cast<void*>(o), 0, HW * C * sizeof(T));
+        } else {
+          for (int64_t p = 0; p < HW; ++p)
+            std::memset(static_cast<void*>(o + p * C), 0, nc * sizeof(T));
+        }
+        dst = o;
+        pixel = C;
+      }
+      // A window inside the input needs only its switches checked against its size; their
+      // targets from a table of offsets in elements.
+      int64_t rel[256];
+      for (int64_t k = 0; k < taps; ++k) rel[k] = (off.dy[k] * g.W + off.dx[k]) * pixel;
+      for (int64_t oh = 0, i = 0; oh < g.OH; ++oh) {
+        const int64_t h0 = oh * g.sh - g.ph;
+        const bool rows_inside = h0 >= 0 && h0 + reach_h < g.H;
+        for (int64_t ow = 0, w0 = -g.pw; ow < g.OW; ++ow, ++i, w0 += g.sw) {
+          const T* vi = vn + i * C;
+          const uint8_t* si = sn + i * C;
+          if (rows_inside && w0 >= 0 && w0 + reach_w < g.W) {
+            Dst* d = dst + (h0 * g.W + w0) * pixel;
+            for (int64_t c = 0; c < nc; ++c) {
+              const uint8_t k = si[c];
+              if (k >= taps) {
+                bad = true;
+                continue;
+              }
+              if constexpr (kMode == Mode::kLast) {
+                d[rel[k] + c] = vi[c];
+              } else {
+                d[rel[k] + c] += static_cast<Dst>(vi[c]);
+              }
+            }
+            continue;
+          }
+          for (int64_t c = 0; c < nc; ++c) {
+            const uint8_t k = si[c];
+            bad |= !put<kMode>(g, h0 + off.dy[k], w0 + off.dx[k], vi[c], dst,
+                               [&](int64_t p) { return p * pixel + c; });
+          }
+        }
+      }
+      if constexpr (kMode == Mode::kSumInFloat) {
+        for (int64_t p = 0; p < HW; ++p)
+          for (int64_t c = 0; c < nc; ++c) o[p * C + c] = static_cast<T>(scratch[p * nc + c]);
+      }
+    }
+    if (bad) a.bad_switch->store(true, std::memory_order_relaxed);
+  });
+}
+
+template <typename T>
+void scatter_nchw(const PoolKernelArgs& a, bool sum) {
+  switch (mode_of<T>(sum)) {
+    case Mode::kLast: return scatter_nchw_as<Mode::kLast, T>(a);
+    case Mode::kSum: return scatter_nchw_as<Mode::kSum, T>(a);
+    case Mode::kSumInFloat: return scatter_nchw_as<Mode::kSumInFloat, T>(a);
+  }
+}
+
+template <typename T>
+void scatter_nhwc(const PoolKernelArgs& a, bool sum) {
+  switch (mode_of<T>(sum)) {
+    case Mode::kLast: return scatter_nhwc_as<Mode::kLast, T>(a);
+    case Mode::kSum: return scatter_nhwc_as<Mode::kSum, T>(a);
+    case Mode::kSumInFloat: return scatter_nhwc_as<Mode::kSumInFloat, T>(a);
+  }
+}
+
+}  // namespace scatter_generic
