@@ -436,6 +436,24 @@ def test_raw_op_bad_input(raw_target, op, build, match):
         raw_target.raw(op, *args)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("kind", BAD_SWITCH_KINDS)
+def test_raw_backwards_bad_switch_layouts(raw_target, kind, layout):
+    """The CPU pool backward and unpool backward check each switch as they go, in the NCHW and
+    the NHWC walks (the gradient's layout picks the walk)."""
+    sw, hw, geo = _bad_switches(kind)
+    g_unpooled = torch.randn(*sw.shape[:2], *hw)
+    g_pooled = torch.randn(sw.shape)
+    if layout == "channels_last":
+        sw, g_unpooled, g_pooled = (
+            t.contiguous(memory_format=torch.channels_last) for t in (sw, g_unpooled, g_pooled)
+        )
+    with pytest.raises(RAW_ERRORS, match=SWITCH):
+        raw_target.raw("max_unpool2d_with_switches_backward", g_unpooled, sw, *geo)
+    with pytest.raises(RAW_ERRORS, match=SWITCH):
+        raw_target.raw("max_pool2d_with_switches_backward", g_pooled, sw, list(hw), *geo)
+
+
 def test_raw_op_valid_twins_run(raw_target):
     """The inputs the bad cases are made from are accepted: the errors above come from the one
     bad argument."""

@@ -150,12 +150,14 @@ Tensor max_unpool2d_with_switches_backward_cpu(
   check_cpu(grad_output, "grad_output");
   PoolPlan p = plan_gather(grad_output, switches, kernel_size, stride, padding, dilation);
   if (p.out.numel() == 0) return unbatch_like(p.out, p.original);
-  validate_switches_cpu(p.switches, p.g);
   const Tensor src = p.in.contiguous(format_of(p));
   const Tensor sw = p.switches.contiguous(format_of(p));
   cpu::PoolKernelArgs a = args_of(p, src, p.out);
   a.switches = sw.const_data_ptr<uint8_t>();
+  std::atomic<bool> bad{false};
+  a.bad_switch = &bad;  // the gathers check each switch as they read through it
   cpu::pool_kernels().switch_gather(a, /*only_if_last=*/windows_overlap(p.g));
+  TORCH_CHECK(!bad.load(), kBadSwitchMessage);
   return unbatch_like(p.out, p.original);
 }
 

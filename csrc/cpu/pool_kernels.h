@@ -26,9 +26,10 @@ struct PoolKernelArgs {
   // The outputs are too large to stay cached: kernels that can may write them with
   // streaming (non-temporal) stores.
   bool stream_outputs;
-  // Set by the scatter of geometries other than 2x2 stride 2 inside the input when a switch
-  // names a position outside its window or the input (it checks each as it goes; the callers
-  // check the switches of the 2x2 kernels before, see switch_checks.h).
+  // Set by the gathers, and the scatters of geometries other than 2x2 stride 2 inside the
+  // input, when a switch names a position outside its window or the input (they check each
+  // as they go; the callers check the switches of the 2x2 scatters before, see
+  // switch_checks.h).
   std::atomic<bool>* bad_switch;
 };
 

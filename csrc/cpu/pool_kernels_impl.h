@@ -11,7 +11,9 @@
 //  * NCHW, any other geometry: vectors along pooled rows for strides 1 and 2, the shared
 //    scalar body of csrc/kernels/pool_kernels.h elsewhere (pool_forward_generic.h).
 //  * The scatter (pool backward, unpool) of any other geometry walks the pooled values
-//    of a plane or of an image's run of channels in raster order (pool_scatter_generic.h).
+//    of a plane or of an image's run of channels in raster order (pool_scatter_generic.h);
+//    so does the gather (unpool backward) of NCHW and of overlapping NHWC windows
+//    (pool_gather_generic.h).
 //  * AVX-512 builds: the forward of 2x2 stride-2 pools in float / bfloat16 / half, and the
 //    per-row (NCHW) and per-pixel (NHWC) steps of the scatter of such pools, run the
 //    intrinsics of pool_kernels_avx512.h instead (why: see there).
@@ -210,6 +212,7 @@ void for_each_pixel_2x2(const PoolKernelArgs& a, F&& f, Done&& done) {
 #endif
 #include "pool_forward_generic.h"
 #include "pool_scatter_generic.h"
+#include "pool_gather_generic.h"
 
 // ------------------------------------------------------------------ max pool forward
 
@@ -399,92 +402,54 @@ void scatter_nhwc(const PoolKernelArgs& a, bool sum) {
 
 template <typename T>
 void gather_nchw(const PoolKernelArgs& a, bool only_if_last) {
-  using L = Lanes<T>;
-  using Vec = typename L::Vec;
-  constexpr int64_t V = L::kSize;
-  const PoolGeom g = a.g;
-  const T* src = static_cast<const T*>(a.in);
-  T* out = static_cast<T*>(a.out);
-  const uint8_t* sw = a.switches;
-  const bool fast = is_2x2_stride2_inside(g);  // no overlap: only_if_last is moot
-  const int64_t rows = a.N * a.C * g.OH;
-  at::parallel_for(0, rows, grain_for(g.OW * 4), [&](int64_t begin, int64_t end) {
-    CountedIndex row(begin, g.OH);  // (plane, oh)
-    for (int64_t r = begin; r < end; ++r, row.next()) {
-      const int64_t plane = row.outer, oh = row.inner;
-      const T* sp = src + plane * g.H * g.W;
-      const uint8_t* swp = sw + plane * g.OH * g.OW;
-      const uint8_t* sr = swp + oh * g.OW;
-      T* orow = out + r * g.OW;
-      if (fast) {
-        const T* r0 = sp + 2 * oh * g.W;
-        const T* r1 = r0 + g.W;
-        const Vec zero = L::splat(0);
-        for (int64_t ow = 0; ow < g.OW; ow += V) {
-          const int64_t n = std::min<int64_t>(V, g.OW - ow);
-          const Vec s = L::load_switches(sr + ow, n);
-          auto [a0, a1] = L::load_pairs(r0 + 2 * ow, n);
-          auto [b0, b1] = L::load_pairs(r1 + 2 * ow, n);
-          Vec res = Vec::blendv(zero, a0, s == L::splat(0));
-          res = Vec::blendv(res, a1, s == L::splat(1));
-          res = Vec::blendv(res, b0, s == L::splat(2));
-          res = Vec::blendv(res, b1, s == L::splat(3));
-          L::store(orow + ow, res, n);
-        }
-        continue;
-      }
-      for (int64_t ow = 0; ow < g.OW; ++ow)
-        orow[ow] = switch_gather_at<T>(sp, g.W, 1, swp, g.OW, 1, g, oh, ow, only_if_last);
-    }
-  });
+  gather_generic::gather_nchw<T>(a, only_if_last);
 }
 
+// NHWC without overlap (any window holds each position at most once): vectors along the
+// channels, a blend a tap; a switch that no tap matched is bad (a.bad_switch). With overlap
+// "is a later window pointing here?" differs per channel: gather_generic.
 template <typename T>
 void gather_nhwc(const PoolKernelArgs& a, bool only_if_last) {
+  const PoolGeom g = a.g;
+  if (only_if_last && (g.sh < (g.kh - 1) * g.dh + 1 || g.sw < (g.kw - 1) * g.dw + 1)) {
+    return gather_generic::gather_nhwc<T>(a, true);
+  }
   using L = Lanes<T>;
   using Vec = typename L::Vec;
   constexpr int64_t V = L::kSize;
-  const PoolGeom g = a.g;
   const int64_t C = a.C;
   const T* src = static_cast<const T*>(a.in);
   T* out = static_cast<T*>(a.out);
   const uint8_t* sw = a.switches;
-  // With overlap, "is a later window pointing here?" differs per channel: scalar path.
-  const bool vector =
-      !(only_if_last && (g.sh < (g.kh - 1) * g.dh + 1 || g.sw < (g.kw - 1) * g.dw + 1));
   const int64_t pixels = a.N * g.OH * g.OW;
   at::parallel_for(0, pixels, grain_for(C * g.kh * g.kw), [&](int64_t begin, int64_t end) {
+    bool bad = false;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / (g.OH * g.OW), oh = (i / g.OW) % g.OH, ow = i % g.OW;
       const T* sn = src + n * g.H * g.W * C;
-      const uint8_t* swn = sw + n * g.OH * g.OW * C;
       T* o = out + i * C;
       const uint8_t* s = sw + i * C;
       const int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
-      int64_t c = 0;
-      if (vector) {
-        for (; c < C; c += V) {
-          const int64_t nc = std::min<int64_t>(V, C - c);
-          const Vec sv = L::load_switches(s + c, nc);
-          Vec res = L::splat(0);
-          for (int64_t ky = 0; ky < g.kh; ++ky) {
-            const int64_t ih = h0 + ky * g.dh;
-            if (ih < 0 || ih >= g.H) continue;
-            for (int64_t kx = 0; kx < g.kw; ++kx) {
-              const int64_t iw = w0 + kx * g.dw;
-              if (iw < 0 || iw >= g.W) continue;
-              const Vec k = L::splat(ky * g.kw + kx);
-              res = Vec::blendv(res, L::load(sn + (ih * g.W + iw) * C + c, nc), sv == k);
-            }
+      for (int64_t c = 0; c < C; c += V) {
+        const int64_t nc = std::min<int64_t>(V, C - c);
+        const Vec sv = L::load_switches(s + c, nc);
+        Vec res = L::splat(0), matched = L::splat(0);
+        for (int64_t ky = 0; ky < g.kh; ++ky) {
+          const int64_t ih = h0 + ky * g.dh;
+          if (ih < 0 || ih >= g.H) continue;
+          for (int64_t kx = 0; kx < g.kw; ++kx) {
+            const int64_t iw = w0 + kx * g.dw;
+            if (iw < 0 || iw >= g.W) continue;
+            const Vec hit = sv == L::splat(ky * g.kw + kx);
+            res = Vec::blendv(res, L::load(sn + (ih * g.W + iw) * C + c, nc), hit);
+            matched = matched | hit;
           }
-          L::store(o + c, res, nc);
         }
-      }
-      for (; c < C; ++c) {
-        o[c] = switch_gather_at<T>(
-            sn + c, g.W * C, C, swn + c, g.OW * C, C, g, oh, ow, only_if_last);
+        bad |= (matched.zero_mask() & ((1 << nc) - 1)) != 0;
+        L::store(o + c, res, nc);
       }
     }
+    if (bad) a.bad_switch->store(true, std::memory_order_relaxed);
   });
 }
 
