@@ -213,9 +213,76 @@ inline void pool_columns(const T* const* rows, const int64_t* kys, int nrows, co
   store_outputs<T, 2>(best, k, y, sw, n);
 }
 
+// The inside taps of the windows that go one at a time (NCHW: columns outside [lo, hi)),
+// listed once for all planes, so each window is a run of loads and branch-free selects. Not
+// `usable` when the list would be long (large maps: then max_pool_window, which finds the
+// taps itself). Maps of a few pixels are all such windows: one thread, 4x64x8x8 3x3/2
+// float32 66 -> 44 us (PyTorch 37).
+struct ListedWindows {
+  static constexpr int64_t kMaxListed = int64_t{1} << 16;
+  std::vector<int64_t> first;  // window oh * OW + ow -> its first tap in offset / code
+  std::vector<int64_t> offset;
+  std::vector<uint8_t> code;
+  bool usable = false;
+  ListedWindows(const PoolGeom& g, int64_t lo, int64_t hi) {
+    const int64_t windows = g.OH * (lo + g.OW - hi);
+    if (windows == 0 || windows * g.kh * g.kw > kMaxListed) return;
+    first.resize(g.OH * g.OW + 1);
+    for (int64_t oh = 0; oh < g.OH; ++oh) {
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        first[oh * g.OW + ow] = static_cast<int64_t>(offset.size());
+        if (ow >= lo && ow < hi) continue;
+        for (int64_t ky = 0; ky < g.kh; ++ky) {
+          const int64_t ih = oh * g.sh - g.ph + ky * g.dh;
+          if (ih < 0 || ih >= g.H) continue;
+          for (int64_t kx = 0; kx < g.kw; ++kx) {
+            const int64_t iw = ow * g.sw - g.pw + kx * g.dw;
+            if (iw < 0 || iw >= g.W) continue;
+            offset.push_back(ih * g.W + iw);
+            code.push_back(static_cast<uint8_t>(ky * g.kw + kx));
+          }
+        }
+      }
+    }
+    first.back() = static_cast<int64_t>(offset.size());
+    usable = true;
+  }
+};
+
+// Window oh, ow of one plane from its listed taps (PyTorch's rule, as max_pool_window).
+template <typename T>
+inline void pool_listed(const T* plane, const ListedWindows& lw, int64_t window, T* y,
+                        uint8_t* sw) {
+  using acc_t = typename Lanes<T>::acc_t;
+  const int64_t* off = lw.offset.data();
+  const uint8_t* code = lw.code.data();
+  const int64_t t0 = lw.first[window], t1 = lw.first[window + 1];
+  T raw = plane[off[t0]];
+  acc_t best = static_cast<acc_t>(raw);
+  uint8_t k = code[t0];
+  for (int64_t t = t0 + 1; t < t1; ++t) {
+    const T r = plane[off[t]];
+    const acc_t v = static_cast<acc_t>(r);
+    const bool take = (v > best) | (v != v);
+    best = take ? v : best;
+    raw = take ? r : raw;
+    k = take ? code[t] : k;
+  }
+  *y = raw;
+  *sw = k;
+}
+
+// One window of one plane that goes one at a time.
+template <typename T>
+inline void pool_one(const T* plane, const PoolGeom& g, const ListedWindows& lw, int64_t oh,
+                     int64_t ow, T* y, uint8_t* sw) {
+  if (lw.usable) return pool_listed(plane, lw, oh * g.OW + ow, y, sw);
+  max_pool_window(plane, g.W, int64_t(1), g, oh, ow, y, sw);
+}
+
 template <typename T, int64_t kStride>
-void pool_row_nchw(const T* plane, const PoolGeom& g, int64_t oh, int64_t lo, int64_t hi,
-                   const T* end, T* y, uint8_t* sw) {
+void pool_row_nchw(const T* plane, const PoolGeom& g, const ListedWindows& lw, int64_t oh,
+                   int64_t lo, int64_t hi, const T* end, T* y, uint8_t* sw) {
   constexpr int64_t V = Lanes<T>::kSize;
   const T* rows[kMaxTaps];
   int64_t kys[kMaxTaps];
@@ -226,12 +293,12 @@ void pool_row_nchw(const T* plane, const PoolGeom& g, int64_t oh, int64_t lo, in
     rows[nrows] = plane + ih * g.W;
     kys[nrows++] = ky;
   }
-  for (int64_t ow = 0; ow < lo; ++ow) max_pool_window(plane, g.W, int64_t(1), g, oh, ow, y + ow, sw + ow);
+  for (int64_t ow = 0; ow < lo; ++ow) pool_one(plane, g, lw, oh, ow, y + ow, sw + ow);
   for (int64_t ow = lo; ow < hi; ow += 2 * V) {
     const int64_t n = std::min<int64_t>(2 * V, hi - ow);
     pool_columns<T, kStride>(rows, kys, nrows, g, ow, n, end, y + ow, sw + ow);
   }
-  for (int64_t ow = hi; ow < g.OW; ++ow) max_pool_window(plane, g.W, int64_t(1), g, oh, ow, y + ow, sw + ow);
+  for (int64_t ow = hi; ow < g.OW; ++ow) pool_one(plane, g, lw, oh, ow, y + ow, sw + ow);
 }
 
 template <typename T>
@@ -245,6 +312,7 @@ void max_pool_nchw(const PoolKernelArgs& a) {
   // (maps of a few pixels) cost less one by one.
   auto [lo, hi] = g.sw <= 2 ? inside_columns(g) : std::pair<int64_t, int64_t>{0, 0};
   if (hi - lo < 4) lo = hi = 0;
+  const ListedWindows lw(g, lo, hi);
   at::parallel_for(0, a.N * a.C * g.OH, grain_for(g.OW * g.kh * g.kw), [&](int64_t begin,
                                                                           int64_t stop) {
     CountedIndex row(begin, g.OH);  // (plane, oh)
@@ -253,12 +321,11 @@ void max_pool_nchw(const PoolKernelArgs& a) {
       T* yr = y + r * g.OW;
       uint8_t* sr = sw + r * g.OW;
       if (g.sw == 1) {
-        pool_row_nchw<T, 1>(plane, g, row.inner, lo, hi, end, yr, sr);
+        pool_row_nchw<T, 1>(plane, g, lw, row.inner, lo, hi, end, yr, sr);
       } else if (g.sw == 2) {
-        pool_row_nchw<T, 2>(plane, g, row.inner, lo, hi, end, yr, sr);
+        pool_row_nchw<T, 2>(plane, g, lw, row.inner, lo, hi, end, yr, sr);
       } else {
-        for (int64_t ow = 0; ow < g.OW; ++ow)
-          max_pool_window(plane, g.W, int64_t(1), g, row.inner, ow, yr + ow, sr + ow);
+        for (int64_t ow = 0; ow < g.OW; ++ow) pool_one(plane, g, lw, row.inner, ow, yr + ow, sr + ow);
       }
     }
   });
