@@ -50,9 +50,9 @@ inline void store_outputs(const typename Lanes<T>::Vec (&best)[B],
   }
 }
 
-// The first n (< V) elements at p as a vector (zeros past them), through a local buffer: a
-// short copy loop, where Vectorized<T>::loadu(p, n) and the float conversion of a
-// bfloat16 vector cost as much as the window's compares.
+// The first n (< V) elements at p as a vector (zeros past them), copied element by element
+// into a local buffer: for the last vectors of the input buffer only, since the vector load
+// of a buffer just filled element by element stalls on store forwarding (pool_channel_tail).
 template <typename T>
 inline typename Lanes<T>::Vec load_first(const T* p, int64_t n) {
   T buf[Lanes<T>::kSize] = {};
@@ -61,7 +61,7 @@ inline typename Lanes<T>::Vec load_first(const T* p, int64_t n) {
 }
 
 // The taps of one window that lie inside the input, in window order: each one's offset in
-// elements from the image (NHWC) or plane (NCHW) start, and its switch.
+// elements from the image's start (NHWC, `pixel_stride` = C), and its switch.
 struct InsideTaps {
   int count = 0;
   int64_t offset[kMaxTaps];
