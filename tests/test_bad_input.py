@@ -38,6 +38,10 @@ def _bad_switches(kind: str, good: bool = False):
         _, _, sw, _, geo = _valid()
         hw, at, value = (6, 7), ((1, 2, 1, 1) if kind == "ge_window" else (0, 0, 0, 0)), (
             4 if kind == "ge_window" else 255)
+    elif kind == "4_among_zeros":  # the only switch with a bit above the window's two
+        _, _, sw, _, geo = _valid()
+        sw.zero_()
+        hw, at, value = (6, 7), (1, 2, 1, 1), 4
     elif kind in ("ge_window_3x3", "255_3x3"):  # windows inside the input, another geometry
         _, _, sw, _, geo = _valid((2, 3, 7, 7), geometry(3, 2))
         hw, at, value = (7, 7), (1, 2, 1, 1), (9 if kind == "ge_window_3x3" else 255)
@@ -58,8 +62,8 @@ def _bad_switches(kind: str, good: bool = False):
 
 
 BAD_SWITCH_KINDS = (
-    "ge_window", "255", "ge_window_3x3", "255_3x3", "padding", "padding_top", "padding_left",
-    "past_edge",
+    "ge_window", "255", "4_among_zeros", "ge_window_3x3", "255_3x3", "padding", "padding_top",
+    "padding_left", "past_edge",
 )
 
 

@@ -150,8 +150,37 @@ void gather_nhwc_as(const PoolKernelArgs& a) {
   });
 }
 
+// NCHW 2x2 stride 2 inside the input (DeconvNet's pools): a pooled row from its two input
+// rows, the switch's high bit picking the row and its low bit the column; nothing else to
+// check but switch < 4. (One thread, 4x512x14x14 float32: the plane walk above 209 us, this
+// 110 us; torch.gather 82 us.)
+template <typename T>
+void gather_nchw_2x2(const PoolKernelArgs& a) {
+  const PoolGeom g = a.g;
+  const T* src = static_cast<const T*>(a.in);
+  T* out = static_cast<T*>(a.out);
+  const uint8_t* sw = a.switches;
+  at::parallel_for(0, a.N * a.C * g.OH, grain_for(4 * g.OW), [&](int64_t begin, int64_t end) {
+    uint8_t worst = 0;
+    CountedIndex row(begin, g.OH);  // (plane, oh)
+    for (int64_t r = begin; r < end; ++r, row.next()) {
+      const T* r0 = src + row.outer * g.H * g.W + 2 * row.inner * g.W;
+      const T* const rows[2] = {r0, r0 + g.W};
+      const uint8_t* s = sw + r * g.OW;
+      T* o = out + r * g.OW;
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        const uint8_t k = s[ow];
+        worst |= k;
+        o[ow] = rows[(k >> 1) & 1][2 * ow + (k & 1)];
+      }
+    }
+    if (worst > 3) a.bad_switch->store(true, std::memory_order_relaxed);
+  });
+}
+
 template <typename T>
 void gather_nchw(const PoolKernelArgs& a, bool only_if_last) {
+  if (is_2x2_stride2_inside(a.g)) return gather_nchw_2x2<T>(a);
   only_if_last ? gather_nchw_as<T, true>(a) : gather_nchw_as<T, false>(a);
 }
 
