@@ -47,6 +47,12 @@ def test_unpool_fwd(benchmark: Any, pool_inputs: bench.PoolInputs, impl: str) ->
     _run(benchmark, pool_inputs, "unpool_fwd", impl)
 
 
+@pytest.mark.parametrize("impl", bench.IMPLS)
+def test_unpool_fwd_bwd(benchmark: Any, pool_inputs: bench.PoolInputs, impl: str) -> None:
+    """Unpool forward, then autograd.grad(out, y, g) with a fixed upstream gradient g."""
+    _run(benchmark, pool_inputs, "unpool_fwd_bwd", impl)
+
+
 def test_copy(benchmark: Any, pool_inputs: bench.PoolInputs) -> None:
     """dst.copy_(x): the bandwidth yardstick (2 x x.nbytes moved)."""
     _run(benchmark, pool_inputs, "copy", "torch")

@@ -20,6 +20,9 @@ Cases (2x2 / stride-2 pooling, DeconvNet's five pooling shapes):
 - ``unpool_fwd``: :func:`deconvkernels.max_unpool2d_with_switches` against
   ``F.max_unpool2d(y, indices, 2, 2, output_size=...)``. Bytes: read ``y`` and the switches,
   write the unpooled output.
+- ``unpool_fwd_bwd``: the same unpool plus its backward for a fixed upstream gradient of the
+  unpooled shape (``torch.autograd.grad(out, y, g)``: a gather at the switches). Bytes: the
+  forward's, plus read the gradient and the switches, write ``grad_y``.
 
 The building blocks (shapes, inputs, the timed callables, bytes moved) are shared with the
 pytest-benchmark suites in ``benchmarks/``. :func:`run_report` returns the rows, so other
@@ -77,12 +80,14 @@ DECONVNET_POOL_SHAPES: tuple[tuple[int, int, int], ...] = (
 QUICK_SHAPES: tuple[tuple[int, int, int], ...] = ((128, 112, 112), (512, 14, 14))
 
 #: The timed cases; ``copy`` (``dst.copy_(x)``) is the bandwidth yardstick.
-CASES: tuple[str, ...] = ("pool_fwd", "pool_fwd_bwd", "unpool_fwd")
+CASES: tuple[str, ...] = ("pool_fwd", "pool_fwd_bwd", "unpool_fwd", "unpool_fwd_bwd")
 CASE_TITLES: dict[str, str] = {
     "pool_fwd": "pool forward: max_pool2d_with_switches vs F.max_pool2d(return_indices=True)",
     "pool_fwd_bwd": "pool forward + backward: max_pool2d_with_switches vs F.max_pool2d"
     "(return_indices=True), autograd.grad(y, x, g)",
     "unpool_fwd": "unpool forward: max_unpool2d_with_switches vs F.max_unpool2d",
+    "unpool_fwd_bwd": "unpool forward + backward: max_unpool2d_with_switches vs F.max_unpool2d,"
+    " autograd.grad(out, y, g)",
     "copy": "copy: dst.copy_(x)",
 }
 IMPLS: tuple[str, ...] = ("ours", "torch")
@@ -184,8 +189,9 @@ class PoolInputs:
 
     ``x`` (no grad) and ``x_grad`` (the same storage, requiring grad) in the config's dtype and
     layout; ``g`` a fixed upstream gradient of the pooled shape; ``y_ours``/``switches`` from our
-    pool and ``y_torch``/``indices`` from PyTorch's (the unpool inputs); ``copy_dst`` for the
-    copy yardstick.
+    pool and ``y_torch``/``indices`` from PyTorch's (the unpool inputs; ``y_ours_grad`` /
+    ``y_torch_grad`` the same requiring grad); ``g_unpooled`` a fixed upstream gradient of
+    ``x``'s shape; ``copy_dst`` for the copy yardstick.
     """
 
     def __init__(self, config: BenchConfig, seed: int = 0, data: str = "randn") -> None:
@@ -208,6 +214,13 @@ class PoolInputs:
             )
         self.g = (
             torch.randn(self.y_torch.shape, generator=gen, device=device, dtype=torch.float32)
+            .to(config.torch_dtype)
+            .contiguous(memory_format=config.memory_format)
+        )
+        self.y_ours_grad = self.y_ours.detach().requires_grad_(True)
+        self.y_torch_grad = self.y_torch.detach().requires_grad_(True)
+        self.g_unpooled = (
+            torch.randn(self.x.shape, generator=gen, device=device, dtype=torch.float32)
             .to(config.torch_dtype)
             .contiguous(memory_format=config.memory_format)
         )
@@ -257,6 +270,23 @@ def make_fn(case: str, impl: str, inputs: PoolInputs) -> Callable[[], object]:
             return lambda: dk.max_unpool2d_with_switches(y, sw, k, s, output_size=size)
         y, idx = inputs.y_torch, inputs.indices
         return lambda: F.max_unpool2d(y, idx, k, s, output_size=size)
+    if case == "unpool_fwd_bwd":
+        gu = inputs.g_unpooled
+        if impl == "ours":
+            yg, sw = inputs.y_ours_grad, inputs.switches
+
+            def ours_unpool_fwd_bwd() -> object:
+                out = dk.max_unpool2d_with_switches(yg, sw, k, s, output_size=size)
+                return torch.autograd.grad(out, yg, gu)
+
+            return ours_unpool_fwd_bwd
+        yt, idx = inputs.y_torch_grad, inputs.indices
+
+        def torch_unpool_fwd_bwd() -> object:
+            out = F.max_unpool2d(yt, idx, k, s, output_size=size)
+            return torch.autograd.grad(out, yt, gu)
+
+        return torch_unpool_fwd_bwd
     raise ValueError(f"case must be one of {(*CASES, 'copy')}, got {case!r}")
 
 
@@ -277,6 +307,8 @@ def bytes_moved(case: str, inputs: PoolInputs) -> int:
         return (x_b + y_b + s_b) + (y_b + s_b + x_b)
     if case == "unpool_fwd":
         return y_b + s_b + x_b
+    if case == "unpool_fwd_bwd":
+        return (y_b + s_b + x_b) + (x_b + s_b + y_b)
     raise ValueError(f"case must be one of {(*CASES, 'copy')}, got {case!r}")
 
 
