@@ -197,6 +197,7 @@ def extension():
     sources = [
         "csrc/ops.cpp",
         "csrc/eager_calls.cpp",
+        "csrc/pool_autograd.cpp",
         "csrc/pool_args.cpp",
         "csrc/unpool_deconv_args.cpp",
         "csrc/cpu/cpu_isa.cpp",

@@ -48,16 +48,22 @@ _ops = torch.ops.deconvkernels if extension_available() else None
 
 def _eager(*tensors: torch.Tensor) -> bool:
     """Whether the compiled direct entries (``_C.max_pool2d_eager``, ``_C.max_unpool2d_eager``)
-    may run an op on ``tensors``: plain tensors, no gradient wanted, no ``__torch_function__``
-    mode, not under ``torch.compile``. They make the same dispatcher call below autograd as
-    :func:`_call` without ``torch.ops``' boxing: 11 -> 4 us a pool call on one thread (see
-    csrc/eager_calls.cpp). Dispatch modes (FakeTensor, TorchDispatchMode) still apply there.
+    may run an op on ``tensors``: plain tensors, no ``__torch_function__`` mode, no functorch
+    transform, not under ``torch.compile``. They make the same dispatcher call as :func:`_call`
+    without ``torch.ops``' boxing: 11 -> 4 us a pool call on one thread. When an input
+    requires grad they record C++ autograd nodes with the registered formulas' gradients
+    instead of the Python ones (pool forward + backward of a 4x4 map 90 -> about 30 us; see
+    csrc/eager_calls.cpp and csrc/pool_autograd.cpp). Dispatch modes (FakeTensor,
+    TorchDispatchMode) still apply there.
     """
-    grad = torch._C.is_grad_enabled()
     for t in tensors:
-        if type(t) is not torch.Tensor or (grad and t.requires_grad):
+        if type(t) is not torch.Tensor:
             return False
-    return not (torch._C._is_torch_function_mode_enabled() or torch.compiler.is_compiling())
+    return not (
+        torch._C._is_torch_function_mode_enabled()
+        or torch._C._are_functorch_transforms_active()
+        or torch.compiler.is_compiling()
+    )
 
 
 def _call(

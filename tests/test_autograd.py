@@ -110,6 +110,86 @@ def test_grad_need_decides_the_path(public_target):
     assert_identical(gx, expected, "grad")
 
 
+def _raw_pool(x, geo, ceil):
+    params = dk._geometry.pool_params(*geo)
+    return torch.ops.deconvkernels.max_pool2d_with_switches(x, *params.as_lists(), ceil)
+
+
+def _raw_unpool(y, sw, geo, hw):
+    params = dk._geometry.pool_params(*geo)
+    return torch.ops.deconvkernels.max_unpool2d_with_switches(y, sw, list(hw), *params.as_lists())
+
+
+@pytest.mark.parametrize("case", GRAD_GEOMETRIES, ids=geo_id)
+def test_cpp_autograd_nodes_match_registered_formulas(public_target, case):
+    """Eager calls with grad record the C++ nodes of csrc/pool_autograd.cpp; torch.ops calls
+    record torch.library's Python ones. First and second derivatives agree bit for bit, for
+    pool, unpool, and the two chained."""
+    if dk.get_backend() != "extension":
+        pytest.skip("the C++ nodes belong to the extension")
+    geo, ceil = case
+    x = _input("channels_last", public_target.device)
+    hw = x.shape[-2:]
+
+    def run(pool, unpool):
+        xr = x.clone().requires_grad_(True)
+        y, sw = pool(xr, geo, ceil)
+        out = unpool(y * y, sw, geo, hw)
+        g = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device)
+        (gx,) = torch.autograd.grad(out, xr, g.view_as(out), create_graph=True)
+        (ggx,) = torch.autograd.grad(gx, xr, torch.ones_like(gx))
+        return y.grad_fn.name(), out.grad_fn.name(), out.detach(), gx.detach(), ggx
+
+    def public_pool(xr, geo, ceil):
+        return dk.max_pool2d_with_switches(xr, *geo, ceil)
+
+    def public_unpool(y, sw, geo, hw):
+        return dk.max_unpool2d_with_switches(y, sw, *geo, output_size=hw)
+
+    eager = run(public_pool, public_unpool)
+    raw = run(_raw_pool, _raw_unpool)
+    assert "deconvkernels::autograd::MaxPool2dWithSwitchesFunction" in eager[0]
+    assert "deconvkernels::autograd::MaxUnpool2dWithSwitchesFunction" in eager[1]
+    assert raw[0].startswith("GeneratedBackwardFor_deconvkernels_max_pool2d")
+    assert raw[1].startswith("GeneratedBackwardFor_deconvkernels_max_unpool2d")
+    for name, a, b in zip(("out", "grad", "grad of grad"), eager[2:], raw[2:], strict=True):
+        assert_identical(a, b, name)
+    # the second derivative is not trivially zero here: out = unpool(y*y) is quadratic in x
+    assert eager[4].abs().sum() > 0
+
+
+def test_cpp_autograd_nodes_keep_the_saved_switches_honest(public_target):
+    """The nodes save the switches as autograd saves tensors: modifying them in place before
+    the backward is an error, not a wrong gradient; a retained graph runs twice."""
+    if dk.get_backend() != "extension":
+        pytest.skip("the reference ops differentiate PyTorch's pool, not the switches")
+    x = torch.randn(2, 3, 6, 8, dtype=torch.float64, device=public_target.device)
+    xr = x.clone().requires_grad_(True)
+    y, sw = dk.max_pool2d_with_switches(xr, 2)
+    assert not sw.requires_grad
+    sw.zero_()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+    y, sw = dk.max_pool2d_with_switches(x, 2)
+    yr = y.clone().requires_grad_(True)
+    sw_saved = sw.clone()
+    out = dk.max_unpool2d_with_switches(yr, sw_saved, 2)
+    sw_saved.fill_(3)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+    out = dk.max_unpool2d_with_switches(yr, sw, 2)
+    g = torch.randn_like(out)
+    first = torch.autograd.grad(out, yr, g, retain_graph=True)[0]
+    second = torch.autograd.grad(out, yr, g)[0]
+    assert_identical(first, second, "retained graph")
+    expected = g.flatten(-2).gather(
+        -1, dk.switches_to_indices(sw, x.shape[-2:], 2).flatten(-2)
+    ).view_as(y)
+    assert_identical(first, expected, "unpool grad")
+
+
 # ----------------------------------------------------------------------------- opcheck
 
 # (op, sample id): built lazily (the ops exist only with the extension).

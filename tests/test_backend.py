@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -373,9 +374,10 @@ def test_modules_copy_and_pickle():
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_eager_entries_and_when_they_step_aside(monkeypatch, channels_last):
     """Plain eager calls of the pool and the unpool go through the direct entries of
-    csrc/eager_calls.cpp (ops._eager) with the results of torch.ops; a gradient to record, a
-    TorchFunctionMode (it must see the op) or a tensor subclass (its type must come back) take
-    the torch.ops path instead."""
+    csrc/eager_calls.cpp (ops._eager) with the results of torch.ops, a gradient to record
+    included (C++ nodes, csrc/pool_autograd.cpp); a TorchFunctionMode (it must see the op), a
+    tensor subclass (its type must come back) or a functorch transform (C++ autograd nodes are
+    not allowed under one) take the torch.ops path instead."""
     from torch.overrides import TorchFunctionMode
 
     from deconvkernels import ops
@@ -400,8 +402,17 @@ def test_eager_entries_and_when_they_step_aside(monkeypatch, channels_last):
         eager.calls.clear()
         xr = x.clone().requires_grad_(True)
         yr, _ = dk.max_pool2d_with_switches(xr, 2)
+        assert "MaxPool2dWithSwitchesFunction" in yr.grad_fn.name()
         yr.sum().backward()
         assert xr.grad is not None and xr.grad.sum().item() == y.numel()
+        assert eager.calls == {"max_pool2d_with_switches": 1}
+
+        eager.calls.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # vmap's "performance drop" of a loop over the batch
+            vy = torch.vmap(lambda t: dk.max_pool2d_with_switches(t, 2)[0])(x.unsqueeze(0))
+        assert_identical(vy[0], y, "vmap")
+        assert eager.calls == {}
 
         class Seen(TorchFunctionMode):
             def __init__(self) -> None:
