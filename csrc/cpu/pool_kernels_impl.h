@@ -36,6 +36,7 @@
 #include <atomic>
 #include <cstring>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "../kernels/pool_kernels.h"
