@@ -1,10 +1,11 @@
 """Run by test_guarded_reads.py in a child process (a read past a buffer kills it).
 
-Every CPU kernel variant pools inputs, and unpools values and switches, that end on the last
-byte before a page the process may not touch (``mprotect(PROT_NONE)``): the AVX2 and AVX-512
-kernels read whole vectors past a short row while the buffer goes on (``end`` / ``readable``
-in csrc/cpu/pool_kernels_avx2.h), and one bound off by a vector reads into that page and
-dies. The results must equal those of the same call on ordinary tensors. Linux only.
+Every CPU kernel variant pools inputs, unpools values and switches, and runs both backward
+ops on tensors that end on the last byte before a page the process may not touch
+(``mprotect(PROT_NONE)``): the AVX2 and AVX-512 kernels read whole vectors past a short row
+while the buffer goes on (``end`` / ``readable`` in csrc/cpu/pool_kernels_avx2.h), and one
+bound off by a vector reads into that page and dies. The results must equal those of the
+same call on ordinary tensors. Linux only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 PROT_NONE = 0  # <sys/mman.h>; the mmap module does not export it
 VERBOSE = "-v" in sys.argv
 _mappings: list[mmap.mmap] = []  # kept alive: the tensors below borrow their memory
+_ops = torch.ops.deconvkernels
 
 
 def guarded(t: torch.Tensor) -> torch.Tensor:
@@ -121,6 +123,24 @@ def main() -> int:
                 )
                 if not same_bits(gout, out):
                     failures.append(f"unpool {what}")
+                # the backward ops: the gather reads whole vectors of both input rows
+                g = torch.randn(shape).to(dtype)
+                if layout == "channels_last":
+                    g = g.contiguous(memory_format=torch.channels_last)
+                geo = ([2, 2], [2, 2], [0, 0], [1, 1])
+                grad_y = _ops.max_unpool2d_with_switches_backward(g, sw, *geo)
+                g_grad_y = _ops.max_unpool2d_with_switches_backward(guarded(g), guarded(sw), *geo)
+                if not same_bits(g_grad_y, grad_y):
+                    failures.append(f"unpool backward {what}")
+                grad_x = _ops.max_pool2d_with_switches_backward(y, sw, list(shape[-2:]), *geo)
+                g_grad_x = _ops.max_pool2d_with_switches_backward(
+                    guarded(y), guarded(sw), list(shape[-2:]), *geo
+                )
+                if not same_bits(g_grad_x, grad_x):
+                    failures.append(f"pool backward {what}")
+                # (the tensors hold their buffers: dropping the list lets the mappings go
+                # with them, under the process's limit on mappings)
+                _mappings.clear()
                 checked += 1
             checked += check_generic(failures, isa, dtype)
     dk.set_cpu_isa(None)
