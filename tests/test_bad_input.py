@@ -42,6 +42,10 @@ def _bad_switches(kind: str, good: bool = False):
         _, _, sw, _, geo = _valid()
         sw.zero_()
         hw, at, value = (6, 7), (1, 2, 1, 1), 4
+    elif kind == "4_among_zeros_wide":  # as above, in a row of 20 pooled values: vector steps
+        _, _, sw, _, geo = _valid((2, 3, 4, 40), geometry(2))
+        sw.zero_()
+        hw, at, value = (4, 40), (1, 2, 1, 13), 4
     elif kind in ("ge_window_3x3", "255_3x3"):  # windows inside the input, another geometry
         _, _, sw, _, geo = _valid((2, 3, 7, 7), geometry(3, 2))
         hw, at, value = (7, 7), (1, 2, 1, 1), (9 if kind == "ge_window_3x3" else 255)
@@ -62,7 +66,7 @@ def _bad_switches(kind: str, good: bool = False):
 
 
 BAD_SWITCH_KINDS = (
-    "ge_window", "255", "4_among_zeros", "ge_window_3x3", "255_3x3", "padding", "padding_top",
+    "ge_window", "255", "4_among_zeros", "4_among_zeros_wide", "ge_window_3x3", "255_3x3", "padding", "padding_top",
     "padding_left", "past_edge",
 )
 

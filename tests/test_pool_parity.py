@@ -981,20 +981,26 @@ def test_unpool_channels_last_channel_counts(target, channels):
         assert_equal_values(gx, egx, f"{what}: grad_x")
 
 
-@pytest.mark.parametrize("width", [2, 4, 14, 15, 28, 31, 32, 33, 34, 63, 65, 66, 130])
+@pytest.mark.parametrize(
+    "width", [2, 4, 14, 15, 16, 17, 28, 31, 32, 33, 34, 63, 65, 66, 130]
+)
 def test_unpool_nchw_row_widths(target, width):
-    """NCHW scatters of 2x2 pools go along rows (16 pooled values a step on AVX-512, each
-    interleaved into 32 outputs): pooled widths around the step, even and odd input widths
-    and heights (ceil_mode: a last window of one column; an odd height: a last row no
-    window covers), for the unpool and the pool's backward."""
+    """NCHW scatters and gathers of 2x2 pools go along rows (16 pooled values a step on
+    AVX-512, each interleaved into 32 outputs; the gather 8 float32 values a step on AVX2):
+    pooled widths around the steps, even and odd input widths and heights (ceil_mode: a last
+    window of one column; an odd height: a last row no window covers), for the unpool, its
+    backward and the pool's backward."""
     geo = geometry(2)
     for dtype, ceil, height in itertools.product(FLOAT_DTYPES, (False, True), (5, 6, 14)):
         hw = (height, width)
         sw, idx = random_valid_switches((2, 3), hw, geo, ceil)
         y = make_values(sw.shape, dtype, "special")
         what = f"{dtype} {hw} ceil={ceil}"
-        out = target.unpool(y, sw, *geo, output_size=hw)
+        g = make_values((2, 3, *hw), dtype, "special")
+        out, grad_y = target.unpool_grad(y, sw, g, geo, hw)
         assert_equal_values(out, torch_unpool(y, idx, geo, hw), what)
+        expected = g.flatten(-2).gather(-1, idx.flatten(-2)).view_as(y)
+        assert_equal_values(grad_y, expected, f"{what}: unpool grad_y")
         x = make_values((2, 3, *hw), dtype, "special")
         oh, ow = pooled_hw(hw, geo, ceil)
         gy = _small_int_grad((2, 3, oh, ow), dtype)

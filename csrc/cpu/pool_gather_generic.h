@@ -167,7 +167,8 @@ void gather_nhwc_as(const PoolKernelArgs& a) {
 // check but switch < 4. (One thread, 4x512x14x14 float32: the plane walk above 209 us, this
 // 110 us; torch.gather 82 us; Zen 3.) AVX-512 builds do a row by permutes
 // (avx512_pool::gather_row_2x2; Xeon, one thread, 4x64x112x112 float32 1510 -> 680 us,
-// bfloat16 1501 -> 414; torch.gather 1270-1420, 1300-1750).
+// bfloat16 1501 -> 414; torch.gather 1270-1420, 1300-1750); AVX2 builds the whole 8-value
+// steps of float32 rows (avx2_pool::gather_row_2x2; 4x64x112x112 1052-1107 -> 733-751 us).
 template <typename T>
 void gather_nchw_2x2(const PoolKernelArgs& a) {
   const PoolGeom g = a.g;
@@ -188,7 +189,15 @@ void gather_nchw_2x2(const PoolKernelArgs& a) {
         continue;
       }
 #endif
-      for (int64_t ow = 0; ow < g.OW; ++ow) {
+      int64_t done = 0;
+#if defined(CPU_CAPABILITY_AVX2)
+      if constexpr (std::is_same_v<T, float>) {
+        const auto [or_of_switches, n] = avx2_pool::gather_row_2x2(rows[0], rows[1], s, o, g.OW);
+        worst |= or_of_switches;
+        done = n;
+      }
+#endif
+      for (int64_t ow = done; ow < g.OW; ++ow) {
         const uint8_t k = s[ow];
         worst |= k;
         o[ow] = rows[(k >> 1) & 1][2 * ow + (k & 1)];
