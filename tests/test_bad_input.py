@@ -66,8 +66,8 @@ def _bad_switches(kind: str, good: bool = False):
 
 
 BAD_SWITCH_KINDS = (
-    "ge_window", "255", "4_among_zeros", "4_among_zeros_wide", "ge_window_3x3", "255_3x3", "padding", "padding_top",
-    "padding_left", "past_edge",
+    "ge_window", "255", "4_among_zeros", "4_among_zeros_wide", "ge_window_3x3", "255_3x3",
+    "padding", "padding_top", "padding_left", "past_edge",
 )
 
 
