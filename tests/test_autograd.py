@@ -190,6 +190,37 @@ def test_cpp_autograd_nodes_keep_the_saved_switches_honest(public_target):
     assert_identical(first, expected, "unpool grad")
 
 
+def test_saved_switches_go_through_saved_tensor_hooks(public_target):
+    """Activation checkpointing, save_on_cpu and user saved-tensor hooks see (and may move or
+    recompute) the switches the nodes save, and the gradients do not change."""
+    from torch.utils.checkpoint import checkpoint
+
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, device=public_target.device)
+    xr = x.clone().requires_grad_(True)
+
+    def f(t):
+        y, sw = dk.max_pool2d_with_switches(t, 2)
+        return dk.max_unpool2d_with_switches(y * y, sw, 2).sum()
+
+    (plain,) = torch.autograd.grad(f(xr), xr)
+    (checkpointed,) = torch.autograd.grad(checkpoint(f, xr, use_reentrant=False), xr)
+    assert_identical(checkpointed, plain, "checkpoint")
+    with torch.autograd.graph.save_on_cpu():
+        (on_cpu,) = torch.autograd.grad(f(xr), xr)
+    assert_identical(on_cpu, plain, "save_on_cpu")
+    packed: list[torch.dtype] = []
+
+    def pack(t):
+        packed.append(t.dtype)
+        return t.clone()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        (hooked,) = torch.autograd.grad(f(xr), xr)
+    assert_identical(hooked, plain, "hooks")
+    if dk.get_backend() == "extension":  # the reference saves PyTorch's indices instead
+        assert packed.count(torch.uint8) == 2, packed
+
+
 # ----------------------------------------------------------------------------- opcheck
 
 # (op, sample id): built lazily (the ops exist only with the extension).
