@@ -94,6 +94,16 @@ def check_generic(failures: list[str], isa: str, dtype: torch.dtype) -> int:
         gy, gsw = dk.max_pool2d_with_switches(guarded(x), k, s, p, d)
         if not (same_bits(gy, y) and same_bits(gsw, sw)):
             failures.append(f"pool {what}")
+        # the unpool backward reads the switches of later windows (overlap) and the gradient
+        geo = ([k, k], [s, s], [p, p], [d, d])
+        grad = torch.randn(shape).to(dtype)
+        if layout == "channels_last":
+            grad = grad.contiguous(memory_format=torch.channels_last)
+        grad_y = _ops.max_unpool2d_with_switches_backward(grad, sw, *geo)
+        g_grad_y = _ops.max_unpool2d_with_switches_backward(guarded(grad), guarded(sw), *geo)
+        if not same_bits(g_grad_y, grad_y):
+            failures.append(f"unpool backward {what}")
+        _mappings.clear()
         checked += 1
     return checked
 
