@@ -109,11 +109,10 @@ class MaxUnpool2dWithSwitchesFunction
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const Tensor& grad_out = grads[0];
-    const variable_list none(5);
-    if (!grad_out.defined()) return none;
+    variable_list result(5);  // y, switches, out_h, out_w, g: only y gets a gradient
+    if (!grad_out.defined()) return result;
     const auto saved = ctx->get_saved_variables();
     const Unpacked u = unpack(ctx->saved_data["geometry"]);
-    variable_list result = none;
     result[0] = call_from_backward([&] {
       return unpool_backward_op().call(grad_out, saved[0], u.g.kernel, u.g.stride, u.g.padding,
                                        u.g.dilation);

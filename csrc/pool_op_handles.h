@@ -11,42 +11,42 @@
 
 namespace deconvkernels {
 
+// The typed handle of the op `name` (its schema's overload "") for the C++ signature Sig.
+template <class Sig>
+c10::TypedOperatorHandle<Sig> typed_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
 inline const auto& pool_op() {
   static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("deconvkernels::max_pool2d_with_switches", "")
-          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, at::IntArrayRef,
-                                                    at::IntArrayRef, at::IntArrayRef,
-                                                    at::IntArrayRef, bool)>();
+      typed_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, at::IntArrayRef,
+                                                  at::IntArrayRef, at::IntArrayRef,
+                                                  at::IntArrayRef, bool)>(
+          "deconvkernels::max_pool2d_with_switches");
   return op;
 }
 
 inline const auto& pool_backward_op() {
   static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("deconvkernels::max_pool2d_with_switches_backward", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef,
-                            at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
-                            at::IntArrayRef)>();
+      typed_op<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef,
+                          at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef)>(
+          "deconvkernels::max_pool2d_with_switches_backward");
   return op;
 }
 
 inline const auto& unpool_op() {
   static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("deconvkernels::max_unpool2d_with_switches", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef,
-                            at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
-                            at::IntArrayRef)>();
+      typed_op<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef,
+                          at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef)>(
+          "deconvkernels::max_unpool2d_with_switches");
   return op;
 }
 
 inline const auto& unpool_backward_op() {
   static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("deconvkernels::max_unpool2d_with_switches_backward", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef,
-                            at::IntArrayRef, at::IntArrayRef, at::IntArrayRef)>();
+      typed_op<at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef,
+                          at::IntArrayRef, at::IntArrayRef, at::IntArrayRef)>(
+          "deconvkernels::max_unpool2d_with_switches_backward");
   return op;
 }
 
