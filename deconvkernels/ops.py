@@ -12,12 +12,12 @@ Switches are ``torch.uint8`` tensors of the pooled shape holding the window-loca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch._prims_common import suggest_memory_format
 
-from . import reference
+from . import _transforms, reference
 from ._backend import use_extension
 from ._ext import _C, extension_available
 from ._geometry import (
@@ -49,7 +49,8 @@ _ops = torch.ops.deconvkernels if extension_available() else None
 def _eager(*tensors: torch.Tensor) -> bool:
     """Whether the compiled direct entries (``_C.max_pool2d_eager``, ``_C.max_unpool2d_eager``)
     may run an op on ``tensors``: plain tensors, no ``__torch_function__`` mode, no functorch
-    transform, not under ``torch.compile``. They make the same dispatcher call as :func:`_call`
+    transform or forward-AD level (:mod:`deconvkernels._transforms`), not under
+    ``torch.compile``. They make the same dispatcher call as :func:`_call`
     without ``torch.ops``' boxing: 11 -> 4 us a pool call on one thread. When an input
     requires grad they record C++ autograd nodes with the registered formulas' gradients
     instead of the Python ones (pool forward + backward of a 4x4 map 83 -> 35 us; see
@@ -61,7 +62,7 @@ def _eager(*tensors: torch.Tensor) -> bool:
             return False
     return not (
         torch._C._is_torch_function_mode_enabled()
-        or torch._C._are_functorch_transforms_active()
+        or _transforms.active()
         or torch.compiler.is_compiling()
     )
 
@@ -80,10 +81,18 @@ def _call(
     quarter of a pool's time. Under ``torch.compile`` the op is called as it is, so the
     traced graph holds the plain op.
 
+    Under a functorch transform or forward-AD level the op runs through the
+    ``autograd.Function`` of :mod:`deconvkernels._transforms` instead, which functorch accepts
+    and which carries a ``jvp``.
+
     ``grad_args``: the only arguments that could require grad, where the caller knows them
     (checking six arguments costs 0.9 us, one 0.15 us); default all of ``args``.
     """
-    if torch.compiler.is_compiling() or (
+    if torch.compiler.is_compiling():
+        return op(*args)
+    if _transforms.active():
+        return _transforms.apply(op, *args)
+    if (
         torch._C.is_grad_enabled()
         and torch._C._any_requires_grad(*(args if grad_args is None else grad_args))
     ):
@@ -351,7 +360,7 @@ def _register() -> None:
         x, kernel_size, stride, padding, dilation, _ = inputs
         ctx.geometry = (kernel_size, stride, padding, dilation)
         ctx.input_size = list(x.shape[-2:])
-        ctx.save_for_backward(output[1])
+        _transforms.save(ctx, output[1])
         # The switches (uint8) never have a gradient; materialising one as zeros cost ~10 us
         # a backward at 4x512x14x14. grad_y is then None when y was not used.
         ctx.set_materialize_grads(False)
@@ -366,54 +375,61 @@ def _register() -> None:
         )
         return grad_x, None, None, None, None, None
 
-    torch.library.register_autograd(
-        lib + "max_pool2d_with_switches", pool_backward, setup_context=pool_setup
-    )
+    # y = x at the switches, so y's tangent is x's tangent gathered there (every window,
+    # overlapping or not).
+    def pool_jvp(ctx, x_t, *_):
+        (switches,) = ctx.saved_tensors
+        return _gather_at_switches(x_t, switches, ctx.input_size, ctx.geometry), None
 
-    # The pool backward is linear in grad_y; its adjoint gathers at the switches. Without
-    # overlap that is exactly the unpool backward; with overlap every window gathers.
+    _formulas("max_pool2d_with_switches", pool_setup, pool_backward, pool_jvp)
+
+    # The pool backward is linear in grad_y; its adjoint gathers at the switches.
     def pool_bwd_setup(ctx, inputs, output):
         _, switches, input_size, *geometry = inputs
         ctx.geometry = geometry
         ctx.input_size = input_size
-        ctx.save_for_backward(switches)
+        _transforms.save(ctx, switches)
 
     def pool_bwd_backward(ctx, grad_grad_x):
         (switches,) = ctx.saved_tensors
-        params = PoolParams(*map(tuple, ctx.geometry))
-        if not params.overlapping():
-            gg = _call(
-                _ops.max_unpool2d_with_switches_backward, grad_grad_x, switches, *ctx.geometry
-            )
-        else:
-            idx = _call(_ops.switches_to_indices, switches, ctx.input_size, *ctx.geometry)
-            gg = grad_grad_x.flatten(-2).gather(-1, idx.flatten(-2)).view(switches.shape)
+        gg = _gather_at_switches(grad_grad_x, switches, ctx.input_size, ctx.geometry)
         return gg, None, None, None, None, None, None
 
-    torch.library.register_autograd(
-        lib + "max_pool2d_with_switches_backward", pool_bwd_backward, setup_context=pool_bwd_setup
-    )
+    def pool_bwd_jvp(ctx, grad_y_t, *_):
+        (switches,) = ctx.saved_tensors
+        return _call(
+            _ops.max_pool2d_with_switches_backward, grad_y_t, switches, ctx.input_size,
+            *ctx.geometry,
+        )
 
-    # unpool and its backward are exact adjoints of each other, for every geometry.
+    _formulas("max_pool2d_with_switches_backward", pool_bwd_setup, pool_bwd_backward, pool_bwd_jvp)
+
+    # unpool and its backward are exact adjoints of each other, for every geometry; both are
+    # linear, so each one's tangent is the op itself applied to the tangent.
     def unpool_setup(ctx, inputs, output):
-        _, switches, _, *geometry = inputs
+        _, switches, output_size, *geometry = inputs
         ctx.geometry = geometry
-        ctx.save_for_backward(switches)
+        ctx.output_size = output_size
+        _transforms.save(ctx, switches)
 
     def unpool_backward(ctx, grad_out):
         (switches,) = ctx.saved_tensors
         grad_y = _call(_ops.max_unpool2d_with_switches_backward, grad_out, switches, *ctx.geometry)
         return grad_y, None, None, None, None, None, None
 
-    torch.library.register_autograd(
-        lib + "max_unpool2d_with_switches", unpool_backward, setup_context=unpool_setup
-    )
+    def unpool_jvp(ctx, y_t, *_):
+        (switches,) = ctx.saved_tensors
+        return _call(
+            _ops.max_unpool2d_with_switches, y_t, switches, ctx.output_size, *ctx.geometry
+        )
+
+    _formulas("max_unpool2d_with_switches", unpool_setup, unpool_backward, unpool_jvp)
 
     def unpool_bwd_setup(ctx, inputs, output):
         grad_out, switches, *geometry = inputs
         ctx.geometry = geometry
         ctx.output_size = list(grad_out.shape[-2:])
-        ctx.save_for_backward(switches)
+        _transforms.save(ctx, switches)
 
     def unpool_bwd_backward(ctx, grad_grad_y):
         (switches,) = ctx.saved_tensors
@@ -423,10 +439,36 @@ def _register() -> None:
         )
         return gg, None, None, None, None, None
 
-    torch.library.register_autograd(
-        lib + "max_unpool2d_with_switches_backward", unpool_bwd_backward,
-        setup_context=unpool_bwd_setup,
+    def unpool_bwd_jvp(ctx, grad_out_t, *_):
+        (switches,) = ctx.saved_tensors
+        return _call(
+            _ops.max_unpool2d_with_switches_backward, grad_out_t, switches, *ctx.geometry
+        )
+
+    _formulas(
+        "max_unpool2d_with_switches_backward", unpool_bwd_setup, unpool_bwd_backward,
+        unpool_bwd_jvp,
     )
+
+
+def _formulas(name: str, setup: Callable, backward: Callable, jvp: Callable) -> None:
+    """Register ``name``'s autograd formulas with torch.library, and hand them (with the
+    ``jvp``) to :mod:`deconvkernels._transforms` for functorch transforms and forward AD."""
+    torch.library.register_autograd("deconvkernels::" + name, backward, setup_context=setup)
+    _transforms.add_formulas(getattr(_ops, name), setup, backward, jvp)
+
+
+def _gather_at_switches(
+    g: torch.Tensor, switches: torch.Tensor, input_size: Sequence[int], geometry: Sequence
+) -> torch.Tensor:
+    """Each window's value of the unpooled-shape ``g`` at its switch: the adjoint of the pool
+    backward and the tangent of the pool. Without overlap that is the unpool backward; with
+    overlap every window gathers (the unpool backward keeps only the last window's)."""
+    params = PoolParams(*map(tuple, geometry))
+    if not params.overlapping():
+        return _call(_ops.max_unpool2d_with_switches_backward, g, switches, *geometry)
+    idx = _call(_ops.switches_to_indices, switches, list(input_size), *geometry)
+    return g.flatten(-2).gather(-1, idx.flatten(-2)).view(switches.shape)
 
 
 def _register_unpool_deconv() -> None:
@@ -461,12 +503,16 @@ def _register_unpool_deconv() -> None:
         y, switches, weight, bias, *geometry = inputs
         ctx.geometry = geometry
         ctx.has_bias = bias is not None
-        ctx.save_for_backward(y, switches, weight)  # never the unpooled map
+        ctx.out_shape = output.shape
+        _transforms.save(ctx, y, switches, weight)  # never the unpooled map
 
     def backward(ctx, grad):
         y, switches, weight = ctx.saved_tensors
         grad_y = grad_w = grad_b = None
-        if grad.device.type == "cpu" and grad.dim() == 4 and all(ctx.needs_input_grad[0:3:2]):
+        if (
+            grad.device.type == "cpu" and grad.dim() == 4 and all(ctx.needs_input_grad[0:3:2])
+            and not _transforms.active()  # vmap cannot convert memory formats
+        ):
             # The CPU kernels of both gradients read grad channels-last: convert it once.
             grad = grad.contiguous(memory_format=torch.channels_last)
         if ctx.needs_input_grad[0]:
@@ -480,7 +526,17 @@ def _register_unpool_deconv() -> None:
             grad_b = _call(_ops.unpool_deconv2d_backward_bias, grad)
         return (grad_y, None, grad_w, grad_b) + (None,) * len(ctx.geometry)
 
-    torch.library.register_autograd(lib + "unpool_deconv2d", backward, setup_context=setup)
+    # Bilinear in (y, weight) plus the bias: the tangent is T(y_t, w) + T(y, w_t) + b_t.
+    def jvp(ctx, y_t, _switches_t, w_t, b_t, *_):
+        y, switches, weight = ctx.saved_tensors
+        op = _ops.unpool_deconv2d
+        return _transforms.add_tangents(
+            None if y_t is None else _call(op, y_t, switches, weight, None, *ctx.geometry),
+            None if w_t is None else _call(op, y, switches, w_t, None, *ctx.geometry),
+            None if b_t is None else _bias_map(b_t, ctx.out_shape),
+        )
+
+    _formulas("unpool_deconv2d", setup, backward, jvp)
 
     # Double backward. With T(y, w) the bias-free forward (bilinear), backward_y(g, w) and
     # backward_weight(g, y) are its adjoints in y and in w, so each is linear in its
@@ -488,7 +544,7 @@ def _register_unpool_deconv() -> None:
     def grad_y_setup(ctx, inputs, output):
         grad_output, switches, weight, *geometry = inputs
         ctx.geometry = geometry
-        ctx.save_for_backward(grad_output, switches, weight)
+        _transforms.save(ctx, grad_output, switches, weight)
 
     def grad_y_backward(ctx, gg_y):
         grad_output, switches, weight = ctx.saved_tensors
@@ -502,14 +558,22 @@ def _register_unpool_deconv() -> None:
             )
         return (d_grad, None, d_weight) + (None,) * len(ctx.geometry)
 
-    torch.library.register_autograd(
-        lib + "unpool_deconv2d_backward_y", grad_y_backward, setup_context=grad_y_setup
-    )
+    def grad_y_jvp(ctx, grad_output_t, _switches_t, w_t, *_):
+        grad_output, switches, weight = ctx.saved_tensors
+        op = _ops.unpool_deconv2d_backward_y
+        return _transforms.add_tangents(
+            None if grad_output_t is None
+            else _call(op, grad_output_t, switches, weight, *ctx.geometry),
+            None if w_t is None else _call(op, grad_output, switches, w_t, *ctx.geometry),
+        )
+
+    _formulas("unpool_deconv2d_backward_y", grad_y_setup, grad_y_backward, grad_y_jvp)
 
     def grad_w_setup(ctx, inputs, output):
-        grad_output, y, switches, _kernel_size, *geometry = inputs
+        grad_output, y, switches, kernel_size, *geometry = inputs
         ctx.geometry = geometry
-        ctx.save_for_backward(grad_output, y, switches)
+        ctx.kernel_size = kernel_size
+        _transforms.save(ctx, grad_output, y, switches)
 
     def grad_w_backward(ctx, gg_w):
         grad_output, y, switches = ctx.saved_tensors
@@ -520,22 +584,37 @@ def _register_unpool_deconv() -> None:
             d_y = _call(_ops.unpool_deconv2d_backward_y, grad_output, switches, gg_w, *ctx.geometry)
         return (d_grad, d_y, None, None) + (None,) * len(ctx.geometry)
 
-    torch.library.register_autograd(
-        lib + "unpool_deconv2d_backward_weight", grad_w_backward, setup_context=grad_w_setup
-    )
+    def grad_w_jvp(ctx, grad_output_t, y_t, *_):
+        grad_output, y, switches = ctx.saved_tensors
+        op = _ops.unpool_deconv2d_backward_weight
+        size = ctx.kernel_size
+        return _transforms.add_tangents(
+            None if grad_output_t is None
+            else _call(op, grad_output_t, y, switches, size, *ctx.geometry),
+            None if y_t is None else _call(op, grad_output, y_t, switches, size, *ctx.geometry),
+        )
+
+    _formulas("unpool_deconv2d_backward_weight", grad_w_setup, grad_w_backward, grad_w_jvp)
 
     def grad_b_setup(ctx, inputs, output):
         ctx.shape = inputs[0].shape
 
     def grad_b_backward(ctx, gg_b):
-        view = (-1, 1, 1) if len(ctx.shape) == 3 else (1, -1, 1, 1)
-        return gg_b.view(view).expand(ctx.shape)
+        return _bias_map(gg_b, ctx.shape)
 
-    torch.library.register_autograd(
-        lib + "unpool_deconv2d_backward_bias", grad_b_backward, setup_context=grad_b_setup
-    )
+    def grad_b_jvp(ctx, grad_output_t):
+        return _call(_ops.unpool_deconv2d_backward_bias, grad_output_t)
+
+    _formulas("unpool_deconv2d_backward_bias", grad_b_setup, grad_b_backward, grad_b_jvp)
+
+
+def _bias_map(b: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The per-channel ``b`` broadcast over a ``(C, H, W)`` or ``(N, C, H, W)`` map."""
+    view = (-1, 1, 1) if len(shape) == 3 else (1, -1, 1, 1)
+    return b.view(view).expand(shape)
 
 
 if _ops is not None:
     _register()
     _register_unpool_deconv()
+    _transforms.register_vmap_rules(_ops)

@@ -25,6 +25,15 @@ def _window_origins(
     return rows, cols
 
 
+def _all_true(valid: torch.Tensor) -> bool:
+    """Whether every element of the bool tensor ``valid`` is true, for every sample of a
+    torch.vmap too: a vmapped tensor cannot be branched on, so its check runs on the physical
+    tensor (all samples at once) under functorch's wrappers."""
+    while torch._C._functorch.is_functorch_wrapped_tensor(valid):
+        valid = torch._C._functorch.get_unwrapped(valid)
+    return bool(valid.all())
+
+
 def switches_to_indices(
     switches: torch.Tensor, input_size: Sequence[int], params: PoolParams
 ) -> torch.Tensor:
@@ -36,7 +45,7 @@ def switches_to_indices(
     ky, kx = s // kw, s % kw
     ih, iw = rows + ky * dh, cols + kx * dw
     valid = (s < kh * kw) & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
-    if not bool(valid.all()):
+    if not _all_true(valid):
         raise ValueError("switches: a switch points outside its window or outside the input")
     return ih * width + iw
 
@@ -55,7 +64,7 @@ def indices_to_switches(
         & (ry >= 0) & (ry % dh == 0) & (ry // dh < kh)
         & (rx >= 0) & (rx % dw == 0) & (rx // dw < kw)
     )
-    if not bool(valid.all()):
+    if not _all_true(valid):
         raise ValueError("indices: an index lies outside its pooling window")
     return ((ry // dh) * kw + rx // dw).to(torch.uint8)
 
