@@ -311,3 +311,21 @@ def test_transform_functions_carry_the_registered_formulas():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no per-sample loop fallback warning from vmap
         torch.vmap(lambda t: ops.max_pool2d_with_switches(t, 2)[0])(torch.randn(3, 1, 2, 4, 4))
+
+
+@pytest.mark.requires_extension
+def test_compiled_transform_falls_back_to_eager():
+    """torch.compile over torch.func.grad of the ops: dynamo cannot trace torch.library's
+    Function under a functorch transform (fullgraph=True raises there), so the transform's
+    frame runs eagerly, through _transforms, with the same gradient."""
+    x = torch.randn(2, 3, 8, 8)
+
+    def f(x):
+        y, s = dk.max_pool2d_with_switches(x, 2)
+        return (dk.max_unpool2d_with_switches(y * y, s, 2) * x).sum()
+
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = torch.compile(torch.func.grad(f))(x)
+    torch.testing.assert_close(got, torch.func.grad(f)(x), rtol=0, atol=0)
