@@ -184,6 +184,30 @@ def test_pool_generic_rows(target, case):
             check_pool(target, x, geo, ceil, f"{dtype} channels_last {tuple(x.shape)}")
 
 
+@pytest.mark.parametrize(
+    "case",
+    [(geometry(3, 2, 1), False), (geometry(3, 1, 1), False), (geometry(2, 1), True),
+     (geometry((3, 2), (1, 2), (1, 0), 2), True), (geometry(5, 3, 2), False)],
+    ids=geo_id,
+)
+def test_pool_generic_planes_abreast(target, case):
+    """NCHW maps of short rows and many planes pool blocks of planes abreast (four vectors of
+    planes, 32 or 64 by type and ISA, through a pixel-major scratch, pool_forward_generic.h):
+    plane counts at, around and past a block (a part-filled last block), special values and
+    ties; float32 and float64 bit patterns (NaN payloads, signed zeros, subnormals) kept. (The
+    16-bit types keep the row path; its vector columns round-trip them through float, as F
+    does, so their NaN payloads are not compared.)"""
+    geo, ceil = case
+    for dtype in FLOAT_DTYPES:
+        for planes, hw in ((32, (7, 9)), (64, (6, 6)), (65, (5, 11)), (133, (9, 8)),
+                           (128, (14, 14))):
+            x = make_values((1, planes, *hw), dtype, "special" if planes % 2 else "ties")
+            check_pool(target, x, geo, ceil, f"{dtype} {tuple(x.shape)}")
+    for dtype in (torch.float32, torch.float64):
+        x = _special_values((2, 40, 7, 6), dtype)
+        _check_pool_keeps_bits(target, x, geo, f"{dtype} bits {tuple(x.shape)}")
+
+
 # Bit patterns no arithmetic produces: NaNs of both signs with payloads (a signalling one
 # included), signed zeros, the smallest subnormals, infinities.
 _SPECIAL_BITS = {
