@@ -194,9 +194,9 @@ def test_pool_generic_planes_abreast(target, case):
     """NCHW maps of short rows and many planes pool blocks of planes abreast (four vectors of
     planes, 32 or 64 by type and ISA, through a pixel-major scratch, pool_forward_generic.h):
     plane counts at, around and past a block (a part-filled last block), special values and
-    ties; float32 and float64 bit patterns (NaN payloads, signed zeros, subnormals) kept. (The
-    16-bit types keep the row path; its vector columns round-trip them through float, as F
-    does, so their NaN payloads are not compared.)"""
+    ties; float32 and float64 bit patterns (NaN payloads, signed zeros, subnormals) kept. (16-bit
+    types go through float there, as in the row form's vector columns: a NaN maximum comes out
+    quiet, as F.max_pool2d's does, so their payloads are not compared.)"""
     geo, ceil = case
     for dtype in FLOAT_DTYPES:
         for planes, hw in ((32, (7, 9)), (64, (6, 6)), (65, (5, 11)), (133, (9, 8)),

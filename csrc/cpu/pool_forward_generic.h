@@ -13,10 +13,12 @@
 //    padding, other strides, and rows of fewer than 4 inside columns go through the scalar
 //    max_pool_window. Before, every window was scalar, as in PyTorch's NCHW kernel
 //    (4x512x28x28 3x3/2 float32: 12.8 -> 1.38 ms, PyTorch 12.0 ms).
-//  * NCHW maps of short rows (fewer than 32 pooled columns), float32 and float64: blocks of
-//    four vectors of planes abreast, through a pixel-major scratch, pooled as NHWC pixels
+//  * NCHW maps of short rows (fewer than 32 pooled columns): blocks of four vectors of planes
+//    abreast, through a pixel-major scratch, pooled as NHWC pixels
 //    (max_pool_nchw_abreast). One thread, 4x512x14x14 3x3/2 padding 1 float32, AVX-512: 995
-//    -> 253 us (channels-last 87, PyTorch's NCHW 3031); AVX2 992 -> 425.
+//    -> 253 us (channels-last 87, PyTorch's NCHW 3031); AVX2 992 -> 425. 16-bit types go
+//    through float there (at::vec), so a NaN maximum comes out quiet, as from F.max_pool2d,
+//    which canonicalises them; so did this path's row form at strides 1 and 2.
 // Both keep PyTorch's order and rule (window raster order, take when greater or NaN).
 #pragma once
 
@@ -354,9 +356,6 @@ template <typename T>
 bool planes_abreast_pay(const PoolKernelArgs& a) {
   constexpr int64_t P = kAbreastVectors<T> * Lanes<T>::kSize;
   const PoolGeom& g = a.g;
-  // Not 16-bit types: at::vec takes them through float and back, which quietens NaN payloads;
-  // the row path keeps the maxima's bits.
-  if constexpr (sizeof(T) == 2) return false;
   return g.OW < 32 && a.N * a.C >= P && g.H * g.W * P * int64_t(sizeof(T)) <= (256 << 10);
 }
 
