@@ -74,21 +74,31 @@ struct InsideTaps {
   uint8_t code[kMaxTaps];
 };
 
-inline void list_taps(const PoolGeom& g, int64_t oh, int64_t ow, int64_t pixel_stride,
-                      InsideTaps& t) {
+// f(pixel, code) for each tap of window (oh, ow) that lies inside the input, in window
+// order: pixel = ih * W + iw, code = ky * kw + kx (the switch). Shared by the per-pixel taps
+// of the NHWC forward and the tap tables of the NCHW one.
+template <typename F>
+inline void for_each_inside_tap(const PoolGeom& g, int64_t oh, int64_t ow, F&& f) {
   const int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
-  t.count = 0;
   for (int64_t ky = 0; ky < g.kh; ++ky) {
     const int64_t ih = h0 + ky * g.dh;
     if (ih < 0 || ih >= g.H) continue;
     for (int64_t kx = 0; kx < g.kw; ++kx) {
       const int64_t iw = w0 + kx * g.dw;
       if (iw < 0 || iw >= g.W) continue;
-      t.offset[t.count] = (ih * g.W + iw) * pixel_stride;
-      t.code[t.count] = static_cast<uint8_t>(ky * g.kw + kx);
-      ++t.count;
+      f(ih * g.W + iw, static_cast<uint8_t>(ky * g.kw + kx));
     }
   }
+}
+
+inline void list_taps(const PoolGeom& g, int64_t oh, int64_t ow, int64_t pixel_stride,
+                      InsideTaps& t) {
+  t.count = 0;
+  for_each_inside_tap(g, oh, ow, [&](int64_t pixel, uint8_t code) {
+    t.offset[t.count] = pixel * pixel_stride;
+    t.code[t.count] = code;
+    ++t.count;
+  });
 }
 
 // B full vectors of channels of one pixel from its taps (t.count >= 1: every window holds an
@@ -240,16 +250,10 @@ struct ListedWindows {
       for (int64_t ow = 0; ow < g.OW; ++ow) {
         first[oh * g.OW + ow] = static_cast<int64_t>(offset.size());
         if (ow >= lo && ow < hi) continue;
-        for (int64_t ky = 0; ky < g.kh; ++ky) {
-          const int64_t ih = oh * g.sh - g.ph + ky * g.dh;
-          if (ih < 0 || ih >= g.H) continue;
-          for (int64_t kx = 0; kx < g.kw; ++kx) {
-            const int64_t iw = ow * g.sw - g.pw + kx * g.dw;
-            if (iw < 0 || iw >= g.W) continue;
-            offset.push_back(ih * g.W + iw);
-            code.push_back(static_cast<uint8_t>(ky * g.kw + kx));
-          }
-        }
+        for_each_inside_tap(g, oh, ow, [&](int64_t pixel, uint8_t k) {
+          offset.push_back(pixel);
+          code.push_back(k);
+        });
       }
     }
     first.back() = static_cast<int64_t>(offset.size());
@@ -325,16 +329,10 @@ struct AbreastTaps {
     for (int64_t oh = 0; oh < g.OH; ++oh) {
       for (int64_t ow = 0; ow < g.OW; ++ow) {
         first.push_back(static_cast<int64_t>(offset.size()));
-        for (int64_t ky = 0; ky < g.kh; ++ky) {
-          const int64_t ih = oh * g.sh - g.ph + ky * g.dh;
-          if (ih < 0 || ih >= g.H) continue;
-          for (int64_t kx = 0; kx < g.kw; ++kx) {
-            const int64_t iw = ow * g.sw - g.pw + kx * g.dw;
-            if (iw < 0 || iw >= g.W) continue;
-            offset.push_back((ih * g.W + iw) * V);
-            code.push_back(static_cast<uint8_t>(ky * g.kw + kx));
-          }
-        }
+        for_each_inside_tap(g, oh, ow, [&](int64_t pixel, uint8_t k) {
+          offset.push_back(pixel * V);
+          code.push_back(k);
+        });
       }
     }
     first.push_back(static_cast<int64_t>(offset.size()));

@@ -52,15 +52,19 @@ class RowTargets {
  public:
   static constexpr int64_t kPad = 16;  // targets buffers hold OW + kPad (whole vector stores)
 
-  explicit RowTargets(const PoolGeom& g) : g_(g) {
+  // The first 16 entries of `off`'s tables (switches past the window read 0 here; the row
+  // check flags them).
+  RowTargets(const PoolGeom& g, const SwitchOffsets& off) : g_(g) {
 #if defined(CPU_CAPABILITY_AVX512)
     const int64_t taps = g.kh * g.kw;
     enabled_ = taps <= 16 && g.H * g.W < (int64_t{1} << 31) &&
                g.OW * g.sw + g.W + g.pw < (int64_t{1} << 31);
     for (int64_t k = 0; k < 16; ++k) {
-      dy_[k] = k < taps ? static_cast<int32_t>((k / g.kw) * g.dh) : 0;
-      dx_[k] = k < taps ? static_cast<int32_t>((k % g.kw) * g.dw) : 0;
+      dy_[k] = k < taps ? static_cast<int32_t>(off.dy[k]) : 0;
+      dx_[k] = k < taps ? static_cast<int32_t>(off.dx[k]) : 0;
     }
+#else
+    (void)off;
 #endif
   }
 
@@ -140,7 +144,7 @@ void scatter_nchw_as(const PoolKernelArgs& a) {
   T* out = static_cast<T*>(a.out);
   const uint8_t* sw = a.switches;
   const int64_t HW = g.H * g.W, OHW = g.OH * g.OW;
-  const RowTargets targets(g);
+  const RowTargets targets(g, off);
   // Targets are made for a chunk of rows (about 4096 windows) before any of them is walked:
   // a row's targets read back right after their vector stores waited on those stores (store
   // forwarding from a 64-byte store to 4-byte loads), which made the row-at-a-time form no
