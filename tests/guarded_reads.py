@@ -69,7 +69,8 @@ def cases():
 
 # Other geometries (kernel, stride, padding, dilation): the generic kernels load whole vectors
 # along a row, or across the channels of a pixel's tail, while the buffer goes on for them.
-GENERIC = [(3, 2, 1, 1), (3, 2, 0, 1), (3, 1, 1, 1), (2, 1, 0, 1), (3, 2, 0, 2)]
+GENERIC = [(3, 2, 1, 1), (3, 2, 0, 1), (3, 1, 1, 1), (2, 1, 0, 1), (3, 2, 0, 2), (3, 3, 0, 1),
+           (4, 4, 1, 1)]
 
 
 def generic_cases():

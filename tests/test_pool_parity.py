@@ -165,18 +165,20 @@ def test_pool_2x2_fast_path(target, width):
     "case",
     [(geometry(3, 2, 1), False), (geometry(3, 2), True), (geometry(3, 1, 1), False),
      (geometry(2, 1), False), (geometry((3, 2), (1, 2), (1, 0), 2), True),
-     (geometry(5, 2, 2), False), (geometry(3, 3), True)],
+     (geometry(5, 2, 2), False), (geometry(3, 3), True), (geometry(4, 4, 1), False),
+     (geometry((3, 5), (3, 4), (1, 2), (1, 2)), True)],
     ids=geo_id,
 )
 def test_pool_generic_rows(target, case):
     """Geometries other than 2x2 stride 2, NCHW rows of every width around the vector
     widths: pooled rows run in chunks of two vectors between the columns whose windows reach
-    into the padding (scalar), stride 3 all scalar; the last chunk of the last row loads only
-    what the buffer holds. Channels_last: channel counts around the blocks of four vectors
-    and the short tail."""
+    into the padding (scalar); strides of 3 and more gather their taps (16-bit ones read a
+    word, one element past the tap, except at the buffer's end); the last chunk of the last
+    row loads only what the buffer holds. Channels_last: channel counts around the blocks of
+    four vectors and the short tail."""
     geo, ceil = case
     for dtype in FLOAT_DTYPES:
-        for width in [*range(3, 21), 31, 32, 33, 34, 35, 47, 66, 67, 80]:
+        for width in [*range(3, 21), 31, 32, 33, 34, 35, 47, 66, 67, 80, 131, 198]:
             x = make_values((1, 2, 5, width), dtype, "special" if width % 2 else "ties")
             check_pool(target, x, geo, ceil, f"{dtype} {tuple(x.shape)}")
         for channels in (3, 8, 9, 31, 32, 33, 40):
