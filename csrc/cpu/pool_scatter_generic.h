@@ -34,31 +34,30 @@ struct SwitchOffsets {
 
 enum class Mode { kLast, kSum, kSumInFloat };
 
-// The flat targets ih * W + iw of one pooled row's switches, a vector of windows at a time:
-// each window's origin plus its switch's (dy, dx), looked up in 16-entry tables by permutes,
-// and every switch checked (inside its window, target inside the input) on the way. The NCHW
-// scatter below then walks a row as "load a target, add": before, each value's address waited
-// on two table loads of its own (SwitchOffsets), and the scatter ran at 0.6-0.9x PyTorch's on
-// 3x3 pools, whose loop reads ready int64 indices. Float32 NCHW, one thread, min of 3 runs
-// alternating builds, us a call, pool backward / unpool: 4x512x14x14 3x3/1 p1 525 -> 442 /
-// 393 -> 342; 4x512x28x28 3x3/2 p1 606 -> 541 / 548 -> 448; 4x128x28x28 3x3/1 p1 477 -> 373
-// / 369 -> 285; 4x512x14x14 3x3/2 p1 (7 windows a row) unchanged, 168 / 143.
-// Used for windows of up to 16 taps and maps under 2^31 elements (int32 targets); the rest,
-// and rows with a bad switch, take the checked element-at-a-time path. AVX-512 only: an AVX2
-// form (8 lanes, a 16-entry table as two permutes and a blend, the row tail assembled byte by
-// byte) was slower than the table loads on 3x3 stride-2 maps (4x512x14x14 float32 pool
-// backward 246 -> 325 us, 28x28 607 -> 706) and faster only on 3x3 stride 1 at 14x14.
-class RowTargets {
+// The flat targets ih * W + iw of consecutive windows of a plane (raster order, across rows),
+// 16 windows a step: each window's origin plus its switch's (dy, dx), looked up in 16-entry
+// tables by permutes, and every switch checked (inside its window, target inside the input)
+// on the way. Each lane carries its window's origin (h0, w0) and moves on by 16 windows (a
+// column step, and a row step wherever that passes the row's end). The NCHW scatter below
+// then walks the windows as "load a target, add", and the NCHW gather
+// (pool_gather_generic.h) compares targets of later windows. Before, each value's address
+// waited on two table loads of its own (SwitchOffsets), and the scatter ran at 0.6-0.9x
+// PyTorch's on 3x3 pools, whose loop reads ready int64 indices; a row at a time (7a9a3fa),
+// maps of short rows kept a row's few windows a vector (4x512x14x14 3x3/2 padding 1: 7 of
+// 16 lanes) and gained nothing there.
+// Used for windows of up to 16 taps and maps under 2^31 elements (int32 targets); the rest
+// take the checked element-at-a-time path, as do chunks with a bad switch. AVX-512 only: an
+// AVX2 form (8 lanes, a 16-entry table as two permutes and a blend, the row tail assembled
+// byte by byte) was slower than the table loads on 3x3 stride-2 maps (4x512x14x14 float32
+// pool backward 246 -> 325 us, 28x28 607 -> 706) and faster only on 3x3 stride 1 at 14x14.
+class FlatTargets {
  public:
-  static constexpr int64_t kPad = 16;  // targets buffers hold OW + kPad (whole vector stores)
+  static constexpr int64_t kPad = 16;  // out holds n + kPad
 
-  // The first 16 entries of `off`'s tables (switches past the window read 0 here; the row
-  // check flags them).
-  RowTargets(const PoolGeom& g, const SwitchOffsets& off) : g_(g) {
+  FlatTargets(const PoolGeom& g, const SwitchOffsets& off) : g_(g) {
 #if defined(CPU_CAPABILITY_AVX512)
     const int64_t taps = g.kh * g.kw;
-    enabled_ = taps <= 16 && g.H * g.W < (int64_t{1} << 31) &&
-               g.OW * g.sw + g.W + g.pw < (int64_t{1} << 31);
+    enabled_ = usable(g);
     for (int64_t k = 0; k < 16; ++k) {
       dy_[k] = k < taps ? static_cast<int32_t>(off.dy[k]) : 0;
       dx_[k] = k < taps ? static_cast<int32_t>(off.dx[k]) : 0;
@@ -70,35 +69,59 @@ class RowTargets {
 
   bool enabled() const { return enabled_; }
 
-  // Targets of the row's OW windows (top input row h0) into out[0, OW); out holds OW + kPad.
-  // False if a switch lies outside its window or points outside the input.
-  bool row(const uint8_t* sp, int64_t h0, int32_t* out) const {
+  // Whether an AVX-512 build makes the targets of g's windows (up to 16 taps, int32 targets).
+  static bool usable(const PoolGeom& g) {
+    return g.kh * g.kw <= 16 && g.H * g.W < (int64_t{1} << 31) &&
+           g.OH * g.OW < (int64_t{1} << 31) && g.OW * g.sw + g.W + g.pw < (int64_t{1} << 31);
+  }
+
+  // Targets of windows [w, w + n) of the plane whose switches are sp into out[0, n). False if
+  // a switch lies outside its window or points outside the input.
+  bool windows(const uint8_t* sp, int64_t w, int64_t n, int32_t* out) const {
 #if defined(CPU_CAPABILITY_AVX512)
     const __m512i dy = _mm512_loadu_si512(dy_), dx = _mm512_loadu_si512(dx_);
     const __m512i H = _mm512_set1_epi32(static_cast<int32_t>(g_.H));
     const __m512i W = _mm512_set1_epi32(static_cast<int32_t>(g_.W));
     const __m512i last_tap = _mm512_set1_epi32(static_cast<int32_t>(g_.kh * g_.kw - 1));
-    const __m512i top = _mm512_set1_epi32(static_cast<int32_t>(h0));
-    const int32_t sw = static_cast<int32_t>(g_.sw);
-    __m512i left = _mm512_sub_epi32(
+    const __m512i row_end = _mm512_set1_epi32(static_cast<int32_t>(g_.OW * g_.sw - g_.pw));
+    const __m512i row_back = _mm512_set1_epi32(static_cast<int32_t>(g_.OW * g_.sw));
+    const __m512i down = _mm512_set1_epi32(static_cast<int32_t>(g_.sh));
+    const __m512i step = _mm512_set1_epi32(static_cast<int32_t>(16 * g_.sw));
+    const int64_t wraps = (16 + g_.OW - 1) / g_.OW;  // row ends one step can pass
+    // Lane l starts at window w + l: window w's column plus l columns, wrapped into the
+    // rows below as the steps do (lanes set from a buffer stalled on store forwarding, and
+    // the call runs once a plane).
+    const int64_t oh = w / g_.OW, ow = w % g_.OW;
+    __m512i h0 = _mm512_set1_epi32(static_cast<int32_t>(oh * g_.sh - g_.ph));
+    __m512i w0 = _mm512_add_epi32(
+        _mm512_set1_epi32(static_cast<int32_t>(ow * g_.sw - g_.pw)),
         _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                           _mm512_set1_epi32(sw)),
-        _mm512_set1_epi32(static_cast<int32_t>(g_.pw)));
-    const __m512i step = _mm512_set1_epi32(16 * sw);
+                           _mm512_set1_epi32(static_cast<int32_t>(g_.sw))));
+    const auto wrap = [&] {
+      for (int64_t r = 0; r < wraps; ++r) {
+        const __mmask16 past = _mm512_cmpge_epi32_mask(w0, row_end);
+        w0 = _mm512_mask_sub_epi32(w0, past, w0, row_back);
+        h0 = _mm512_mask_add_epi32(h0, past, h0, down);
+      }
+    };
+    wrap();
     __mmask16 bad = 0;
-    for (int64_t ow = 0; ow < g_.OW; ow += 16, left = _mm512_add_epi32(left, step)) {
-      const int64_t n = std::min<int64_t>(16, g_.OW - ow);
-      const __mmask16 m = static_cast<__mmask16>((uint32_t{1} << n) - 1);
-      const __m512i k = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, sp + ow));
-      const __m512i ih = _mm512_add_epi32(top, _mm512_permutexvar_epi32(k, dy));
-      const __m512i iw = _mm512_add_epi32(left, _mm512_permutexvar_epi32(k, dx));
-      bad |= _mm512_mask_cmpgt_epu32_mask(m, k, last_tap) |
-             _mm512_mask_cmpge_epu32_mask(m, ih, H) | _mm512_mask_cmpge_epu32_mask(m, iw, W);
-      _mm512_storeu_si512(out + ow, _mm512_add_epi32(_mm512_mullo_epi32(ih, W), iw));
+    for (int64_t i = 0; i < n; i += 16) {
+      const int64_t m = std::min<int64_t>(16, n - i);
+      const auto lanes = static_cast<__mmask16>((uint32_t{1} << m) - 1);
+      const __m512i k = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(lanes, sp + w + i));
+      const __m512i ih = _mm512_add_epi32(h0, _mm512_permutexvar_epi32(k, dy));
+      const __m512i iw = _mm512_add_epi32(w0, _mm512_permutexvar_epi32(k, dx));
+      bad |= _mm512_mask_cmpgt_epu32_mask(lanes, k, last_tap) |
+             _mm512_mask_cmpge_epu32_mask(lanes, ih, H) |
+             _mm512_mask_cmpge_epu32_mask(lanes, iw, W);
+      _mm512_storeu_si512(out + i, _mm512_add_epi32(_mm512_mullo_epi32(ih, W), iw));
+      w0 = _mm512_add_epi32(w0, step);
+      wrap();
     }
     return bad == 0;
 #else
-    (void)sp, (void)h0, (void)out;
+    (void)sp, (void)w, (void)n, (void)out;
     return false;
 #endif
   }
@@ -109,7 +132,6 @@ class RowTargets {
   alignas(64) int32_t dy_[16] = {};
   alignas(64) int32_t dx_[16] = {};
 };
-
 
 // One pooled value to the unpooled position (ih, iw) of its switch, if it lies inside the
 // H x W map; `at` maps the position to the element (or accumulator) to update.
@@ -144,16 +166,14 @@ void scatter_nchw_as(const PoolKernelArgs& a) {
   T* out = static_cast<T*>(a.out);
   const uint8_t* sw = a.switches;
   const int64_t HW = g.H * g.W, OHW = g.OH * g.OW;
-  const RowTargets targets(g, off);
-  // Targets are made for a chunk of rows (about 4096 windows) before any of them is walked:
-  // a row's targets read back right after their vector stores waited on those stores (store
-  // forwarding from a 64-byte store to 4-byte loads), which made the row-at-a-time form no
-  // faster than the table loads it replaced (3x3 stride 1, 4x512x14x14: 597 us either way).
-  const int64_t chunk = targets.enabled() ? std::max<int64_t>(1, 4096 / g.OW) : 0;
+  const FlatTargets targets(g, off);
+  // Targets are made for a chunk of windows before any of them is walked: read back right
+  // after their vector stores, they waited on those stores (store forwarding from a 64-byte
+  // store to 4-byte loads; 3x3 stride 1, 4x512x14x14: 597 us a row at a time, 442 so).
+  constexpr int64_t kChunk = 4096;
   at::parallel_for(0, a.N * a.C, grain_for(HW + OHW), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> scratch(kMode == Mode::kSumInFloat ? HW : 0);
-    std::vector<int32_t> chunk_targets(chunk * g.OW + RowTargets::kPad);
-    std::vector<uint8_t> row_ok(chunk);
+    std::vector<int32_t> t(targets.enabled() ? kChunk + FlatTargets::kPad : 0);
     bool bad = false;
     for (int64_t plane = begin; plane < end; ++plane) {
       T* o = out + plane * HW;
@@ -167,39 +187,29 @@ void scatter_nchw_as(const PoolKernelArgs& a) {
         std::memset(static_cast<void*>(o), 0, HW * sizeof(T));  // +0 in every float type
         dst = o;
       }
-      // Pooled row oh, element by element, each switch checked (a bad one is skipped and
+      // Windows [i0, i1) element by element, each switch checked (a bad one is skipped and
       // flagged).
-      const auto checked_row = [&](int64_t oh) {
-        const int64_t h0 = oh * g.sh - g.ph;
-        for (int64_t ow = 0, i = oh * g.OW, w0 = -g.pw; ow < g.OW; ++ow, ++i, w0 += g.sw) {
+      const auto checked = [&](int64_t i0, int64_t i1) {
+        int64_t oh = i0 / g.OW, ow = i0 % g.OW;
+        for (int64_t i = i0; i < i1; ++i) {
           const uint8_t k = sp[i];
-          bad |= !put<kMode>(g, h0 + off.dy[k], w0 + off.dx[k], vp[i], dst,
-                             [](int64_t p) { return p; });
+          bad |= !put<kMode>(g, oh * g.sh - g.ph + off.dy[k], ow * g.sw - g.pw + off.dx[k],
+                             vp[i], dst, [](int64_t p) { return p; });
+          if (++ow == g.OW) ow = 0, ++oh;
         }
       };
-      if (!targets.enabled()) {
-        for (int64_t oh = 0; oh < g.OH; ++oh) checked_row(oh);
-      }
-      for (int64_t oh0 = 0; chunk > 0 && oh0 < g.OH; oh0 += chunk) {
-        const int64_t rows = std::min(chunk, g.OH - oh0);
-        // in row order: a row's last vector store spills into the next row's targets
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t oh = oh0 + r;
-          row_ok[r] = targets.row(sp + oh * g.OW, oh * g.sh - g.ph, &chunk_targets[r * g.OW]);
+      for (int64_t i0 = 0; i0 < OHW; i0 += kChunk) {
+        const int64_t n = std::min(kChunk, OHW - i0);
+        if (!targets.enabled() || !targets.windows(sp, i0, n, t.data())) {
+          checked(i0, i0 + n);
+          continue;
         }
-        for (int64_t r = 0; r < rows; ++r) {
-          if (!row_ok[r]) {
-            checked_row(oh0 + r);
-            continue;
-          }
-          const int32_t* t = &chunk_targets[r * g.OW];
-          const T* vr = vp + (oh0 + r) * g.OW;
-          for (int64_t ow = 0; ow < g.OW; ++ow) {
-            if constexpr (kMode == Mode::kLast) {
-              dst[t[ow]] = vr[ow];
-            } else {
-              dst[t[ow]] += static_cast<Dst>(vr[ow]);
-            }
+        const T* vc = vp + i0;
+        for (int64_t i = 0; i < n; ++i) {
+          if constexpr (kMode == Mode::kLast) {
+            dst[t[i]] = vc[i];
+          } else {
+            dst[t[i]] += static_cast<Dst>(vc[i]);
           }
         }
       }
