@@ -591,11 +591,13 @@ def test_pool_streaming_stores(stream_every_pool, dtype, layout):
 
 
 @pytest.mark.parametrize(
-    "channels", [1, 2, 7, 8, 15, 16, 17, 31, 32, 33, 64, 65, 80, 128, 144, 200, 257]
+    "channels",
+    [1, 2, 7, 8, 15, 16, 17, 24, 31, 32, 33, 48, 56, 64, 65, 80, 96, 112, 128, 144, 200, 257],
 )
 def test_pool_channels_last_channel_counts(target, channels):
     """Channels-last kernels vectorise over C: counts around the vector widths, and around
-    the AVX-512 forward's register blocks of 64 and 128 channels."""
+    the forward's register blocks of four vectors (64 float32 channels on AVX-512) and what
+    is left after them: two or three vectors in one pass, single vectors, a short tail."""
     for (geo, ceil), dtype in itertools.product(
         [(geometry(2), False), (geometry(3, 1, 1), False), (geometry(3, 2, 1, 2), True)],
         FLOAT_DTYPES,
