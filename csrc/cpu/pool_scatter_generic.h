@@ -214,7 +214,7 @@ void scatter_nchw_as(const PoolKernelArgs& a) {
         }
       }
       if constexpr (kMode == Mode::kSumInFloat) {
-        for (int64_t p = 0; p < HW; ++p) o[p] = static_cast<T>(scratch[p]);
+        at::vec::convert(scratch.data(), o, HW);  // (vectorised; see scatter_nhwc_as)
       }
     }
     if (bad) a.bad_switch->store(true, std::memory_order_relaxed);
@@ -299,9 +299,16 @@ void scatter_nhwc_as(const PoolKernelArgs& a) {
           }
         }
       }
+      // Rounded to T by at::vec::convert: element by element, the rounding took most of a
+      // pool backward of few channels (one thread, 2x3x224x224 3x3/2 padding 1 bfloat16
+      // channels_last: 572 -> 296 us, PyTorch 152; float32 164).
       if constexpr (kMode == Mode::kSumInFloat) {
-        for (int64_t p = 0; p < HW; ++p)
-          for (int64_t c = 0; c < nc; ++c) o[p * C + c] = static_cast<T>(scratch[p * nc + c]);
+        if (nc == C) {
+          at::vec::convert(scratch.data(), o, HW * C);
+        } else {
+          for (int64_t p = 0; p < HW; ++p)
+            at::vec::convert(scratch.data() + p * nc, o + p * C, nc);
+        }
       }
     }
     if (bad) a.bad_switch->store(true, std::memory_order_relaxed);
