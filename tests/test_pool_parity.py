@@ -1201,29 +1201,34 @@ def test_unpool_backward_matches_reference(target, case):
      ((geometry(3, 2, 1), True), (140, 141)), ((geometry(2, 2, 0, 2), False), (140, 141))],
     ids=lambda v: geo_id(v) if isinstance(v[0], list) else "x".join(map(str, v)),
 )
-def test_unpool_and_backward_long_planes(target, case, hw):
-    """Planes of more than 4096 windows: the AVX-512 NCHW scatter (unpool) and gather (its
-    backward) make their targets 4096 windows at a time, and the gather compares each
-    window's target with those of the later windows that may share it, past the chunk's end
-    too. Switches of real maxima, so that overlapping windows often share one; a bad switch
-    in the second chunk is still found."""
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_unpool_and_backward_long_planes(target, case, hw, layout):
+    """Maps of more than 4096 windows: the AVX-512 NCHW scatter (unpool) and gather (its
+    backward) make their targets 4096 windows at a time, the channels-last gather 1024, and
+    the gathers compare each window's target with those of the later windows that may share
+    it, past the chunk's end too. Switches of real maxima, so that overlapping windows often
+    share one; 17 channels (a partial group of 16 channels-last); a bad switch past the first
+    chunk is still found."""
     geo, ceil = case
-    sw, _ = random_valid_switches((1, 2), hw, geo, ceil)
+    sw, _ = random_valid_switches((1, 17), hw, geo, ceil)
     assert sw.shape[-2] * sw.shape[-1] > 4096
     for dtype in FLOAT_DTYPES:
         y = make_values(sw.shape, dtype, "randn")
-        g = make_values((1, 2, *hw), dtype, "randn")
-        out, gy = target.unpool_grad(y, sw, g, geo, hw)
+        g = make_values((1, 17, *hw), dtype, "randn")
+        y_in, sw_in, g_in = (arrange(t, layout) for t in (y, sw, g))
+        out, gy = target.unpool_grad(y_in, sw_in, g_in, geo, hw)
         yr = y.clone().requires_grad_(True)
         eout = _reference_unpool(yr, sw, geo, hw)
         (egy,) = torch.autograd.grad(eout, yr, g)
-        assert_equal_values(out, eout, f"{dtype}: out")
-        assert_equal_values(gy, egy, f"{dtype}: grad_y")
-    bad = sw.clone()
-    bad[0, 1].view(-1)[4500] = 200
-    with pytest.raises((RuntimeError, ValueError), match="(?i)switch"):
-        target.unpool_grad(y, bad, g, geo, hw)
-    for name, args in (("max_unpool2d_with_switches_backward", (g, bad, *geo)),
-                       ("max_pool2d_with_switches_backward", (y, bad, list(hw), *geo))):
-        with pytest.raises(RuntimeError, match="(?i)switch"):
-            target.raw(name, *args)
+        assert_equal_values(out, eout, f"{dtype} {layout}: out")
+        assert_equal_values(gy, egy, f"{dtype} {layout}: grad_y")
+    for channel in (1, 16):
+        bad = sw.clone()
+        bad[0, channel].view(-1)[4500] = 200
+        y_in, bad_in, g_in = (arrange(t, layout) for t in (y, bad, g))
+        with pytest.raises((RuntimeError, ValueError), match="(?i)switch"):
+            target.unpool_grad(y_in, bad_in, g_in, geo, hw)
+        for name, args in (("max_unpool2d_with_switches_backward", (g_in, bad_in, *geo)),
+                           ("max_pool2d_with_switches_backward", (y_in, bad_in, list(hw), *geo))):
+            with pytest.raises(RuntimeError, match="(?i)switch"):
+                target.raw(name, *args)
