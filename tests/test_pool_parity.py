@@ -1198,7 +1198,8 @@ def test_unpool_backward_matches_reference(target, case):
 @pytest.mark.parametrize(
     "case, hw",
     [((geometry(3, 1, 1), False), (70, 71)), ((geometry(2, 1), False), (70, 71)),
-     ((geometry(3, 2, 1), True), (140, 141)), ((geometry(2, 2, 0, 2), False), (140, 141))],
+     ((geometry(3, 2, 1), True), (140, 141)), ((geometry(2, 2, 0, 2), False), (140, 141)),
+     ((geometry(5, 1, 2), False), (70, 71)), ((geometry((4, 8), 2, (2, 4)), True), (140, 141))],
     ids=lambda v: geo_id(v) if isinstance(v[0], list) else "x".join(map(str, v)),
 )
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -1206,9 +1207,10 @@ def test_unpool_and_backward_long_planes(target, case, hw, layout):
     """Maps of more than 4096 windows: the AVX-512 NCHW scatter (unpool) and gather (its
     backward) make their targets 4096 windows at a time, the channels-last gather 1024, and
     the gathers compare each window's target with those of the later windows that may share
-    it, past the chunk's end too. Switches of real maxima, so that overlapping windows often
-    share one; 17 channels (a partial group of 16 channels-last); a bad switch past the first
-    chunk is still found."""
+    it, past the chunk's end too; windows of 25 and 32 taps read their offsets from 32-entry
+    tables. Switches of real maxima, so that overlapping windows often share one; 17 channels
+    (a partial group of 16 channels-last); the pool backward's sums (small integers: exact);
+    a bad switch past the first chunk is still found."""
     geo, ceil = case
     sw, _ = random_valid_switches((1, 17), hw, geo, ceil)
     assert sw.shape[-2] * sw.shape[-1] > 4096
@@ -1222,6 +1224,13 @@ def test_unpool_and_backward_long_planes(target, case, hw, layout):
         (egy,) = torch.autograd.grad(eout, yr, g)
         assert_equal_values(out, eout, f"{dtype} {layout}: out")
         assert_equal_values(gy, egy, f"{dtype} {layout}: grad_y")
+        small = _small_int_grad(sw.shape, dtype)
+        gx = target.raw("max_pool2d_with_switches_backward", arrange(small, layout), sw_in,
+                        list(hw), *geo)
+        idx = dk.switches_to_indices(sw, hw, *geo)
+        egx = torch.zeros(*sw.shape[:2], hw[0] * hw[1], dtype=torch.float64).scatter_add_(
+            -1, idx.flatten(-2), small.double().flatten(-2))
+        assert_equal_values(gx, egx.view(*sw.shape[:2], *hw).to(dtype), f"{dtype} {layout}: gx")
     for channel in (1, 16):
         bad = sw.clone()
         bad[0, channel].view(-1)[4500] = 200

@@ -114,7 +114,7 @@ void gather_nchw_as(const PoolKernelArgs& a) {
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
-// NCHW, AVX-512, windows of up to 16 taps: 16 windows a step in raster order, across rows.
+// NCHW, AVX-512, windows of up to 32 taps: 16 windows a step in raster order, across rows.
 // Their flat targets come from scatter_generic::FlatTargets (switches checked there); a
 // window keeps its value unless a later window names the same position, and the later
 // windows that can share a position with window (oh, ow) are (oh + dr, ow + dc) for dr in
@@ -263,7 +263,7 @@ void gather_nhwc_as(const PoolKernelArgs& a) {
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
-// NHWC with overlap, AVX-512, windows of up to 16 taps: gather_nchw_vectors' compares with
+// NHWC with overlap, AVX-512, windows of up to 32 taps: gather_nchw_vectors' compares with
 // the channels as lanes. A task is (image, 16 channels); the targets of a chunk of windows
 // are made first (16 lanes a window: its origin plus each channel's switch offsets, checked
 // as FlatTargets does), then each window's lanes drop their value where a later window's
@@ -285,14 +285,9 @@ void gather_nhwc_vectors(const PoolKernelArgs& a) {
   T* out = static_cast<T*>(a.out);
   const uint8_t* sw = a.switches;
   const int64_t taps = g.kh * g.kw;
-  alignas(64) int32_t dy_table[16] = {}, dx_table[16] = {};
-  for (int64_t k = 0; k < taps; ++k) {
-    dy_table[k] = static_cast<int32_t>(off.dy[k]);
-    dx_table[k] = static_cast<int32_t>(off.dx[k]);
-  }
+  const scatter_generic::SwitchTables tables(g, off);
   constexpr int64_t kChunk = 1024;  // windows (x 16 lanes) whose targets are made first
   at::parallel_for(0, a.N * groups, grain_for(2 * OHW * 16), [&](int64_t begin, int64_t end) {
-    const __m512i dy = _mm512_load_si512(dy_table), dx = _mm512_load_si512(dx_table);
     const __m512i H = _mm512_set1_epi32(static_cast<int32_t>(g.H));
     const __m512i W = _mm512_set1_epi32(static_cast<int32_t>(g.W));
     const __m512i last_tap = _mm512_set1_epi32(static_cast<int32_t>(taps - 1));
@@ -312,10 +307,11 @@ void gather_nhwc_vectors(const PoolKernelArgs& a) {
         __mmask16 worst = 0;
         for (int64_t i = 0, oh = w0 / g.OW, ow = w0 % g.OW; i < made; ++i) {
           const __m512i k = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(lanes, sn + (w0 + i) * C));
-          const __m512i ih = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(oh * g.sh - g.ph)),
-                                              _mm512_permutexvar_epi32(k, dy));
-          const __m512i iw = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(ow * g.sw - g.pw)),
-                                              _mm512_permutexvar_epi32(k, dx));
+          const auto [dy, dx] = tables.of(k);
+          const __m512i ih =
+              _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(oh * g.sh - g.ph)), dy);
+          const __m512i iw =
+              _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(ow * g.sw - g.pw)), dx);
           worst |= _mm512_mask_cmpgt_epu32_mask(lanes, k, last_tap) |
                    _mm512_mask_cmpge_epu32_mask(lanes, ih, H) |
                    _mm512_mask_cmpge_epu32_mask(lanes, iw, W);

@@ -34,8 +34,31 @@ struct SwitchOffsets {
 
 enum class Mode { kLast, kSum, kSumInFloat };
 
+// A switch's (dy, dx) offsets from its window's origin for windows of up to 32 taps, as
+// 32-entry tables two permutes read (permutex2var: the switch's low five bits pick the
+// entry; a switch past the window is flagged by its caller's check against the last tap).
+struct SwitchTables {
+  static constexpr int64_t kMaxTaps = 32;
+  alignas(64) int32_t dy[kMaxTaps] = {};
+  alignas(64) int32_t dx[kMaxTaps] = {};
+  SwitchTables(const PoolGeom& g, const SwitchOffsets& off) {
+    const int64_t taps = std::min(g.kh * g.kw, kMaxTaps);
+    for (int64_t k = 0; k < taps; ++k) {
+      dy[k] = static_cast<int32_t>(off.dy[k]);
+      dx[k] = static_cast<int32_t>(off.dx[k]);
+    }
+  }
+#if defined(CPU_CAPABILITY_AVX512)
+  // The row and column offsets of 16 switches k (as int32 lanes).
+  std::pair<__m512i, __m512i> of(__m512i k) const {
+    return {_mm512_permutex2var_epi32(_mm512_load_si512(dy), k, _mm512_load_si512(dy + 16)),
+            _mm512_permutex2var_epi32(_mm512_load_si512(dx), k, _mm512_load_si512(dx + 16))};
+  }
+#endif
+};
+
 // The flat targets ih * W + iw of consecutive windows of a plane (raster order, across rows),
-// 16 windows a step: each window's origin plus its switch's (dy, dx), looked up in 16-entry
+// 16 windows a step: each window's origin plus its switch's (dy, dx), looked up in 32-entry
 // tables by permutes, and every switch checked (inside its window, target inside the input)
 // on the way. Each lane carries its window's origin (h0, w0) and moves on by 16 windows (a
 // column step, and a row step wherever that passes the row's end). The NCHW scatter below
@@ -45,7 +68,7 @@ enum class Mode { kLast, kSum, kSumInFloat };
 // PyTorch's on 3x3 pools, whose loop reads ready int64 indices; a row at a time (7a9a3fa),
 // maps of short rows kept a row's few windows a vector (4x512x14x14 3x3/2 padding 1: 7 of
 // 16 lanes) and gained nothing there.
-// Used for windows of up to 16 taps and maps under 2^31 elements (int32 targets); the rest
+// Used for windows of up to 32 taps and maps under 2^31 elements (int32 targets); the rest
 // take the checked element-at-a-time path, as do chunks with a bad switch. AVX-512 only: an
 // AVX2 form (8 lanes, a 16-entry table as two permutes and a blend, the row tail assembled
 // byte by byte) was slower than the table loads on 3x3 stride-2 maps (4x512x14x14 float32
@@ -54,24 +77,17 @@ class FlatTargets {
  public:
   static constexpr int64_t kPad = 16;  // out holds n + kPad
 
-  FlatTargets(const PoolGeom& g, const SwitchOffsets& off) : g_(g) {
+  FlatTargets(const PoolGeom& g, const SwitchOffsets& off) : g_(g), tables_(g, off) {
 #if defined(CPU_CAPABILITY_AVX512)
-    const int64_t taps = g.kh * g.kw;
     enabled_ = usable(g);
-    for (int64_t k = 0; k < 16; ++k) {
-      dy_[k] = k < taps ? static_cast<int32_t>(off.dy[k]) : 0;
-      dx_[k] = k < taps ? static_cast<int32_t>(off.dx[k]) : 0;
-    }
-#else
-    (void)off;
 #endif
   }
 
   bool enabled() const { return enabled_; }
 
-  // Whether an AVX-512 build makes the targets of g's windows (up to 16 taps, int32 targets).
+  // Whether an AVX-512 build makes the targets of g's windows (up to 32 taps, int32 targets).
   static bool usable(const PoolGeom& g) {
-    return g.kh * g.kw <= 16 && g.H * g.W < (int64_t{1} << 31) &&
+    return g.kh * g.kw <= SwitchTables::kMaxTaps && g.H * g.W < (int64_t{1} << 31) &&
            g.OH * g.OW < (int64_t{1} << 31) && g.OW * g.sw + g.W + g.pw < (int64_t{1} << 31);
   }
 
@@ -79,7 +95,6 @@ class FlatTargets {
   // a switch lies outside its window or points outside the input.
   bool windows(const uint8_t* sp, int64_t w, int64_t n, int32_t* out) const {
 #if defined(CPU_CAPABILITY_AVX512)
-    const __m512i dy = _mm512_loadu_si512(dy_), dx = _mm512_loadu_si512(dx_);
     const __m512i H = _mm512_set1_epi32(static_cast<int32_t>(g_.H));
     const __m512i W = _mm512_set1_epi32(static_cast<int32_t>(g_.W));
     const __m512i last_tap = _mm512_set1_epi32(static_cast<int32_t>(g_.kh * g_.kw - 1));
@@ -110,8 +125,9 @@ class FlatTargets {
       const int64_t m = std::min<int64_t>(16, n - i);
       const auto lanes = static_cast<__mmask16>((uint32_t{1} << m) - 1);
       const __m512i k = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(lanes, sp + w + i));
-      const __m512i ih = _mm512_add_epi32(h0, _mm512_permutexvar_epi32(k, dy));
-      const __m512i iw = _mm512_add_epi32(w0, _mm512_permutexvar_epi32(k, dx));
+      const auto [dy, dx] = tables_.of(k);
+      const __m512i ih = _mm512_add_epi32(h0, dy);
+      const __m512i iw = _mm512_add_epi32(w0, dx);
       bad |= _mm512_mask_cmpgt_epu32_mask(lanes, k, last_tap) |
              _mm512_mask_cmpge_epu32_mask(lanes, ih, H) |
              _mm512_mask_cmpge_epu32_mask(lanes, iw, W);
@@ -129,8 +145,7 @@ class FlatTargets {
  private:
   PoolGeom g_;
   bool enabled_ = false;
-  alignas(64) int32_t dy_[16] = {};
-  alignas(64) int32_t dx_[16] = {};
+  SwitchTables tables_;
 };
 
 // One pooled value to the unpooled position (ih, iw) of its switch, if it lies inside the
