@@ -1241,3 +1241,25 @@ def test_unpool_and_backward_long_planes(target, case, hw, layout):
                            ("max_pool2d_with_switches_backward", (y_in, bad_in, list(hw), *geo))):
             with pytest.raises(RuntimeError, match="(?i)switch"):
                 target.raw(name, *args)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_pool_backward_without_overlap_bits(target, dtype, layout):
+    """Without overlap a position's gradient is one value stored at once (v + 0): the bits
+    of F.max_pool2d's backward, which adds into +0 (so -0 comes out +0), NaNs included."""
+    if target.emulated:
+        pytest.skip("CPU kernels")
+    x = arrange(torch.randn(2, 20, 9, 12).to(dtype), layout)
+    for geo in (geometry(3), geometry(2, 2, 1), geometry((2, 3), (3, 4), (1, 1))):
+        k, s, p, d = geo
+        xr = x.clone().requires_grad_(True)
+        ey = F.max_pool2d(xr, k, s, p, d)
+        gy = torch.full_like(ey, -0.0)
+        gy[..., ::2, :] = 1.5
+        gy[0, 0, 0, 1] = float("nan")
+        (egx,) = torch.autograd.grad(ey, xr, gy)
+        _, sw = target.pool(x, k, s, p, d)
+        gx = target.raw("max_pool2d_with_switches_backward", gy, sw, [9, 12], *geo)
+        it = {2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
+        assert torch.equal(gx.cpu().contiguous().view(it), egx.contiguous().view(it)), f"{geo}"
