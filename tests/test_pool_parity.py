@@ -1263,3 +1263,32 @@ def test_pool_backward_without_overlap_bits(target, dtype, layout):
         gx = target.raw("max_pool2d_with_switches_backward", gy, sw, [9, 12], *geo)
         it = {2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
         assert torch.equal(gx.cpu().contiguous().view(it), egx.contiguous().view(it)), f"{geo}"
+
+
+@pytest.mark.parametrize("channels", [64, 67, 128, 147])
+def test_pool_backward_channels_last_many_channels(target, channels):
+    """Channels-last pool backward of overlapping windows with at least a block of four
+    vectors of channels runs as a gather over each input pixel's windows (AVX2, AVX-512):
+    the sums of F.max_pool2d's backward (small integers: exact in every dtype), channel
+    counts with a tail; a switch past its window, or one naming padding, is still found."""
+    for geo, dtype in itertools.product(
+        [geometry(3, 2, 1), geometry(3, 1, 1), geometry(2, 1), geometry((3, 2), (2, 1), 1, 2)],
+        FLOAT_DTYPES,
+    ):
+        k, s, p, d = geo
+        x = arrange(make_values((2, channels, 9, 10), dtype, "ties"), "channels_last")
+        oh, ow = pooled_hw(x.shape[-2:], geo, False)
+        gy = arrange(_small_int_grad((2, channels, oh, ow), dtype), "channels_last")
+        y, sw, gx = target.pool_grad(x, gy, geo, False)
+        xr = x.clone().requires_grad_(True)
+        (egx,) = torch.autograd.grad(F.max_pool2d(xr, k, s, p, d), xr, gy)
+        assert_equal_values(gx, egx, f"{dtype} {geo}")
+    geo = geometry(3, 2, 1)
+    x = arrange(torch.randn(1, channels, 9, 10), "channels_last")
+    _, sw = target.pool(x, 3, 2, 1)
+    gy = torch.randn(sw.shape).contiguous(memory_format=torch.channels_last)
+    for where, value in (((0, channels - 1, 2, 2), 9), ((0, 5, 0, 0), 0)):  # past / padding
+        bad = sw.cpu().clone()
+        bad[where] = value
+        with pytest.raises(RuntimeError, match="(?i)switch"):
+            target.raw("max_pool2d_with_switches_backward", gy, bad, [9, 10], *geo)

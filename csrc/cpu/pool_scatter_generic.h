@@ -178,6 +178,24 @@ inline bool put(const PoolGeom& g, int64_t ih, int64_t iw, T v, Acc* dst, At at)
   return true;
 }
 
+// NaN lanes of a bfloat16 vector just rounded from `v` made c10's NaN (0x7FC0, as
+// static_cast<BFloat16>(float) and F.max_pool2d's backward give), where at::vec's rounding
+// gives 0xFFFF. (float16: the two agree.)
+template <typename T, typename Vec>
+inline void canonical_nans(T* dst, const Vec& v, int64_t n) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    const int64_t not_nan = v.isnan().zero_mask();
+    if ((~not_nan & ((int64_t{1} << n) - 1)) == 0) return;
+    alignas(64) float lanes[Vec::size()];
+    v.store(lanes);
+    for (int64_t i = 0; i < n; ++i) {
+      if (lanes[i] != lanes[i]) dst[i] = static_cast<T>(lanes[i]);
+    }
+  } else {
+    (void)dst, (void)v, (void)n;
+  }
+}
+
 template <typename T>
 Mode mode_of(const PoolGeom& g, bool sum) {
   if (!sum) return Mode::kLast;
@@ -238,7 +256,7 @@ void scatter_nchw_as(const PoolKernelArgs& a) {
         for (int64_t i = 0; i < n; ++i) update<kMode>(dst[t[i]], vc[i]);
       }
       if constexpr (kMode == Mode::kSumInFloat) {
-        at::vec::convert(scratch.data(), o, HW);  // (vectorised; see scatter_nhwc_as)
+        for (int64_t p = 0; p < HW; ++p) o[p] = static_cast<T>(scratch[p]);
       }
     }
     if (bad) a.bad_switch->store(true, std::memory_order_relaxed);
@@ -319,21 +337,170 @@ void scatter_nhwc_as(const PoolKernelArgs& a) {
           }
         }
       }
-      // Rounded to T by at::vec::convert: element by element, the rounding took most of a
-      // pool backward of few channels (one thread, 2x3x224x224 3x3/2 padding 1 bfloat16
-      // channels_last: 572 -> 296 us, PyTorch 152; float32 164).
       if constexpr (kMode == Mode::kSumInFloat) {
-        if (nc == C) {
-          at::vec::convert(scratch.data(), o, HW * C);
-        } else {
-          for (int64_t p = 0; p < HW; ++p)
-            at::vec::convert(scratch.data() + p * nc, o + p * C, nc);
-        }
+        for (int64_t p = 0; p < HW; ++p)
+          for (int64_t c = 0; c < nc; ++c) o[p * C + c] = static_cast<T>(scratch[p * nc + c]);
       }
     }
     if (bad) a.bad_switch->store(true, std::memory_order_relaxed);
   });
 }
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// The windows over each input row (or column) of a pool, in window order: for row i, the
+// pairs (window row, tap row) first[i] .. first[i + 1] - 1.
+struct Covering {
+  std::vector<int64_t> first, window, tap;
+  Covering(int64_t n_in, int64_t k, int64_t s, int64_t p, int64_t d, int64_t n_out) {
+    for (int64_t i = 0; i < n_in; ++i) {
+      first.push_back(static_cast<int64_t>(window.size()));
+      int64_t lo, hi;
+      windows_covering(i, k, s, p, d, n_out, &lo, &hi);
+      for (int64_t o = lo; o <= hi; ++o) {
+        const int64_t at = i + p - o * s;
+        if (at % d == 0 && at / d < k) {
+          window.push_back(o);
+          tap.push_back(at / d);
+        }
+      }
+    }
+    first.push_back(static_cast<int64_t>(window.size()));
+  }
+};
+
+// The switches of V channels as acc_t lanes: whole numbers 0..255.
+template <typename T>
+inline typename Lanes<T>::Vec load_switch_lanes(const uint8_t* p) {
+  using L = Lanes<T>;
+  if constexpr (std::is_same_v<typename L::acc_t, float>) {
+#if defined(CPU_CAPABILITY_AVX512)
+    return _mm512_cvtepi32_ps(
+        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
+    return _mm256_cvtepi32_ps(
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#endif
+  } else {
+    return L::load_switches(p);
+  }
+}
+
+// The NHWC pool backward as a gather (AVX2, AVX-512): each input pixel sums, over the
+// windows that hold it in window order, the pooled gradient of the channels whose switch
+// names it, vectors along the channels (the scatter goes a channel at a time; where each
+// pays: by_pixels_pays). The same terms are added in
+// the same order from +0 as the scatter's (a lane that does not match adds +0, which leaves
+// any sum from +0 as it is), and 16-bit sums are rounded once. A switch naming no input
+// pixel would be dropped unseen, so the switches are checked first (a.bad_switch).
+template <typename T>
+void scatter_nhwc_by_pixels(const PoolKernelArgs& a) {
+  using L = Lanes<T>;
+  using Vec = typename L::Vec;
+  constexpr int64_t V = L::kSize;
+  constexpr int kBlock = 4;
+  const PoolGeom g = a.g;
+  const SwitchOffsets off(g);
+  const int64_t C = a.C, HW = g.H * g.W, OHW = g.OH * g.OW;
+  const int64_t taps = g.kh * g.kw;
+  const int64_t reach_h = (g.kh - 1) * g.dh, reach_w = (g.kw - 1) * g.dw;
+  const T* v = static_cast<const T*>(a.in);
+  T* out = static_cast<T*>(a.out);
+  const uint8_t* sw = a.switches;
+  // Every switch a tap of its window inside the input: windows inside, by the largest
+  // switch; the others switch by switch.
+  at::parallel_for(0, a.N * OHW, grain_for(C), [&](int64_t begin, int64_t end) {
+    bool bad = false;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t oh = (i / g.OW) % g.OH, ow = i % g.OW;
+      const int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
+      const uint8_t* si = sw + i * C;
+      if (h0 >= 0 && h0 + reach_h < g.H && w0 >= 0 && w0 + reach_w < g.W) {
+        uint8_t largest = 0;
+        for (int64_t c = 0; c < C; ++c) largest = std::max(largest, si[c]);
+        bad |= largest >= taps;
+      } else {
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t ih = h0 + off.dy[si[c]], iw = w0 + off.dx[si[c]];
+          bad |= static_cast<uint64_t>(ih) >= static_cast<uint64_t>(g.H) ||
+                 static_cast<uint64_t>(iw) >= static_cast<uint64_t>(g.W);
+        }
+      }
+    }
+    if (bad) a.bad_switch->store(true, std::memory_order_relaxed);
+  });
+  const Covering rows(g.H, g.kh, g.sh, g.ph, g.dh, g.OH);
+  const Covering cols(g.W, g.kw, g.sw, g.pw, g.dw, g.OW);
+  at::parallel_for(0, a.N * g.H, grain_for(g.W * C * 2), [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> at_window(taps);
+    std::vector<Vec> codes(taps);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / g.H, ih = r % g.H;
+      const T* vn = v + n * OHW * C;
+      const uint8_t* sn = sw + n * OHW * C;
+      for (int64_t iw = 0; iw < g.W; ++iw) {
+        // the windows over (ih, iw), window order, and the switch that names it in each
+        int64_t m = 0;
+        for (int64_t x = rows.first[ih]; x < rows.first[ih + 1]; ++x) {
+          for (int64_t y = cols.first[iw]; y < cols.first[iw + 1]; ++y) {
+            at_window[m] = (rows.window[x] * g.OW + cols.window[y]) * C;
+            codes[m++] = L::splat(rows.tap[x] * g.kw + cols.tap[y]);
+          }
+        }
+        T* o = out + (r * g.W + iw) * C;
+        const auto block = [&](auto blocks, int64_t c) {
+          constexpr int B = decltype(blocks)::value;
+          Vec acc[B];
+          for (int b = 0; b < B; ++b) acc[b] = Vec(0);
+          for (int64_t j = 0; j < m; ++j) {
+            const T* pv = vn + at_window[j] + c;
+            const uint8_t* ps = sn + at_window[j] + c;
+            for (int b = 0; b < B; ++b) {
+              const Vec hit = load_switch_lanes<T>(ps + b * V) == codes[j];
+              acc[b] = acc[b] + Vec::blendv(Vec(0), L::load(pv + b * V), hit);
+            }
+          }
+          for (int b = 0; b < B; ++b) {
+            L::store(o + c + b * V, acc[b]);
+            canonical_nans(o + c + b * V, acc[b], V);
+          }
+        };
+        int64_t c = 0;
+        for (; c + kBlock * V <= C; c += kBlock * V) block(std::integral_constant<int, kBlock>{}, c);
+        for (; c + V <= C; c += V) block(std::integral_constant<int, 1>{}, c);
+        if (c < C) {  // the last channels, element-sized loads
+          const int64_t nc = C - c;
+          Vec acc(0);
+          for (int64_t j = 0; j < m; ++j) {
+            const Vec hit = L::load_switches(sn + at_window[j] + c, nc) == codes[j];
+            acc = acc + Vec::blendv(Vec(0), L::load(vn + at_window[j] + c, nc), hit);
+          }
+          L::store(o + c, acc, nc);
+          canonical_nans(o + c, acc, nc);
+        }
+      }
+    }
+  });
+}
+#endif
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// Whether scatter_nhwc_by_pixels beats the scatter: overlapping windows, at most 9 over a
+// pixel, and a block of four vectors of channels (two for 16-bit types). One thread, float32 / bfloat16, us, the
+// scatter -> by pixels (PyTorch): 4x512x28x28 3x3/2 padding 1 632 -> 427 (666) / 1533 ->
+// 617 (827); 4x256x56x56 3x3/1 padding 1 3141 -> 2427 (3032) / 5681 -> 3414 (5188); but
+// 8x32x17x23 3x3/2 44 -> 61, 2x3x224x224 3x3/2 159 -> 1299 (three channels of 16 lanes),
+// 4x256x20x20 5x5/1 padding 2 (25 windows a pixel) 463 -> 803, and without overlap
+// 4x256x56x56 3x3/3 bfloat16 670 -> 834 (kSumOfOne).
+template <typename T>
+bool by_pixels_pays(const PoolKernelArgs& a) {
+  const PoolGeom& g = a.g;
+  const int64_t rows = (g.kh - 1) * g.dh / g.sh + 1, cols = (g.kw - 1) * g.dw / g.sw + 1;
+  const bool overlap = rows > 1 || cols > 1;
+  // 16-bit types: two blocks (8x64x56x56 3x3/2 bfloat16, one block: 661 -> 782)
+  const int64_t blocks = std::is_same_v<T, typename Lanes<T>::acc_t> ? 1 : 2;
+  return overlap && rows * cols <= 9 && a.C >= blocks * 4 * Lanes<T>::kSize;
+}
+#endif
 
 template <typename T>
 void scatter_nchw(const PoolKernelArgs& a, bool sum) {
@@ -347,6 +514,9 @@ void scatter_nchw(const PoolKernelArgs& a, bool sum) {
 
 template <typename T>
 void scatter_nhwc(const PoolKernelArgs& a, bool sum) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  if (sum && by_pixels_pays<T>(a)) return scatter_nhwc_by_pixels<T>(a);
+#endif
   switch (mode_of<T>(a.g, sum)) {
     case Mode::kLast: return scatter_nhwc_as<Mode::kLast, T>(a);
     case Mode::kSum: return scatter_nhwc_as<Mode::kSum, T>(a);
