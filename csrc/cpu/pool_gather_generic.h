@@ -113,20 +113,6 @@ void gather_nchw_as(const PoolKernelArgs& a) {
   });
 }
 
-#if defined(CPU_CAPABILITY_AVX512)
-// NCHW, AVX-512, windows of up to 32 taps: 16 windows a step in raster order, across rows.
-// Their flat targets come from scatter_generic::FlatTargets (switches checked there); a
-// window keeps its value unless a later window names the same position, and the later
-// windows that can share a position with window (oh, ow) are (oh + dr, ow + dc) for dr in
-// [0, R], |dc| <= C (R, C: how many strides a window reaches past its first), so "lost" is a
-// few compares of target vectors at fixed flat offsets (an offset that wraps into another
-// row still names a later window: a match there is as true). The values are then read a
-// lane at a time: a masked vector gather (16-bit values as 32-bit words) was no faster here,
-// and slower on the small maps (8x32x17x23 5x5/2). Before, the owner map (gather_nchw_as):
-// one thread, float32, us, min of two runs each: 4x512x14x14 3x3/2 padding 1 340 -> 150,
-// 3x3/1 padding 1 1208 -> 495, 4x256x56x56 3x3/1 padding 1 8717 -> 3457, 4x64x112x112 2x2/2
-// dilation 2 2244 -> 927; torch.gather of the same gradient at PyTorch's indices (which
-// gives every window the value, last or not) 110, 371, 2831, 819.
 // The flat window offsets (dr * OW + dc > 0) of the later windows that may share a position
 // with a window: none without overlap.
 inline std::vector<int64_t> later_windows(const PoolGeom& g, bool overlap) {
@@ -143,6 +129,20 @@ inline std::vector<int64_t> later_windows(const PoolGeom& g, bool overlap) {
   return offs;
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+// NCHW, AVX-512, windows of up to 32 taps: 16 windows a step in raster order, across rows.
+// Their flat targets come from scatter_generic::FlatTargets (switches checked there); a
+// window keeps its value unless a later window names the same position, and the later
+// windows that can share a position with window (oh, ow) are (oh + dr, ow + dc) for dr in
+// [0, R], |dc| <= C (R, C: how many strides a window reaches past its first), so "lost" is a
+// few compares of target vectors at fixed flat offsets (an offset that wraps into another
+// row still names a later window: a match there is as true). The values are then read a
+// lane at a time: a masked vector gather (16-bit values as 32-bit words) was no faster here,
+// and slower on the small maps (8x32x17x23 5x5/2). Before, the owner map (gather_nchw_as):
+// one thread, float32, us, min of two runs each: 4x512x14x14 3x3/2 padding 1 340 -> 150,
+// 3x3/1 padding 1 1208 -> 495, 4x256x56x56 3x3/1 padding 1 8717 -> 3457, 4x64x112x112 2x2/2
+// dilation 2 2244 -> 927; torch.gather of the same gradient at PyTorch's indices (which
+// gives every window the value, last or not) 110, 371, 2831, 819.
 template <typename T>
 void gather_nchw_vectors(const PoolKernelArgs& a, bool overlap) {
   const PoolGeom g = a.g;
@@ -190,6 +190,71 @@ void gather_nchw_vectors(const PoolKernelArgs& a, bool overlap) {
           for (int64_t l = 0; l < n; ++l) {
             oc[j + l] = value_or_zero(((keep >> l) & 1) != 0, s[tp[j + l]]);
           }
+        }
+      }
+    }
+    if (bad) a.bad_switch->store(true, std::memory_order_relaxed);
+  });
+}
+#endif
+
+#if defined(CPU_CAPABILITY_AVX2)
+// NCHW with overlap, AVX2: gather_nchw_vectors' compares, 8 windows a step, on targets made
+// a window at a time (for_each_named; the AVX-512 form's permutes of 32-entry tables have no
+// cheap 8-lane twin), the whole plane's first. Before, the owner map: one
+// thread, AVX2 build on the Xeon, float32 / bfloat16, us, min of two alternating runs
+// (torch.gather): 4x512x14x14 3x3/2 padding 1 314 -> 231 / 297 -> 214 (106 / 122);
+// 3x3/1 padding 1 1121 -> 974 / 1104 -> 979 (361 / 508); 4x512x28x28 3x3/2 padding 1 1098 ->
+// 861 / 1119 -> 840 (424 / 532); 4x256x56x56 3x3/1 padding 1 8099 -> 7093 / 8232 -> 7187;
+// 4x64x112x112 2x2/2 dilation 2 2101 -> 1532 / 1982 -> 1426 (799 / 1016); but 5x5/1 padding
+// 2 (40 later windows) 1143 -> 1474, so at most 12 (compared_pays).
+inline bool compared_pays(const PoolGeom& g) {
+  const int64_t R = (g.kh - 1) * g.dh / g.sh, C = (g.kw - 1) * g.dw / g.sw;
+  return R * (2 * C + 1) + C <= 12 && g.OH * g.OW <= (int64_t{1} << 20) &&
+         g.H * g.W < (int64_t{1} << 31);
+}
+
+template <typename T>
+void gather_nchw_compared(const PoolKernelArgs& a) {
+  using IVec = Vectorized<int32_t>;
+  constexpr int64_t V = IVec::size();
+  const PoolGeom g = a.g;
+  const SwitchOffsets off(g);
+  const RelativePositions rp(g, off);
+  const std::vector<int64_t> later = later_windows(g, true);
+  const int64_t farthest = later.empty() ? 0 : later.back();
+  const T* src = static_cast<const T*>(a.in);
+  T* out = static_cast<T*>(a.out);
+  const uint8_t* sw = a.switches;
+  const int64_t HW = g.H * g.W, OHW = g.OH * g.OW;
+  at::parallel_for(0, a.N * a.C, grain_for(2 * OHW), [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> t(OHW + farthest + 2 * V);
+    std::vector<int32_t> owner;
+    bool bad = false;
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const T* s = src + plane * HW;
+      const uint8_t* sp = sw + plane * OHW;
+      T* o = out + plane * OHW;
+      bool ok = true;
+      for_each_named(g, off, rp, [&](int64_t i) { return sp[i]; }, [&](int64_t i, int64_t pos) {
+        ok &= pos >= 0;
+        t[i] = static_cast<int32_t>(pos);
+      });
+      if (!ok) {  // a bad switch: the owner map, to flag it
+        owner.resize(HW);
+        gather_plane<T, true>(g, off, rp, s, sp, o, owner.data(), bad);
+        continue;
+      }
+      std::fill(t.begin() + OHW, t.end(), -1);  // past the last window: names nothing
+      const int32_t* tp = t.data();
+      for (int64_t j = 0; j < OHW; j += V) {
+        const IVec mine = IVec::loadu(tp + j);
+        IVec lost(0);
+        for (const int64_t d : later) lost = lost | (mine == IVec::loadu(tp + j + d));
+        const int keep = ~_mm256_movemask_ps(_mm256_castsi256_ps(__m256i(lost)));
+        const int64_t n = std::min<int64_t>(V, OHW - j);
+        for (int64_t l = 0; l < n; ++l) {
+          o[j + l] = value_or_zero(((keep >> l) & 1) != 0, s[tp[j + l]]);
         }
       }
     }
@@ -395,6 +460,8 @@ void gather_nchw(const PoolKernelArgs& a, bool only_if_last) {
   if (is_2x2_stride2_inside(a.g)) return gather_nchw_2x2<T>(a);
 #if defined(CPU_CAPABILITY_AVX512)
   if (scatter_generic::FlatTargets::usable(a.g)) return gather_nchw_vectors<T>(a, only_if_last);
+#elif defined(CPU_CAPABILITY_AVX2)
+  if (only_if_last && compared_pays(a.g)) return gather_nchw_compared<T>(a);
 #endif
   only_if_last ? gather_nchw_as<T, true>(a) : gather_nchw_as<T, false>(a);
 }
