@@ -26,32 +26,6 @@ namespace pool_generic {
 
 constexpr int kMaxTaps = 255;  // a window's elements (check_window_size)
 
-// Whether store_switch_bytes takes a vector of switches (whole numbers 0..254, as floats)
-// to V bytes with a convert and a narrowing store: AVX-512 and AVX2 float vectors. (Element
-// by element through a buffer, the switches cost as much as the taps of a 3x3 window for
-// pixels of 16-32 channels.)
-template <typename Vec>
-constexpr bool kSwitchBytesByVector =
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-    std::is_same_v<Vec, Vectorized<float>>;
-#else
-    false;
-#endif
-
-template <typename Vec>
-inline void store_switch_bytes(const Vec& k, uint8_t* p) {
-#if defined(CPU_CAPABILITY_AVX512)
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
-                   _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(__m512(k))));
-#elif defined(CPU_CAPABILITY_AVX2)
-  const __m256i i = _mm256_cvttps_epi32(__m256(k));
-  const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
-  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packus_epi16(w, w));
-#else
-  (void)k, (void)p;
-#endif
-}
-
 // B vectors of maxima and their switch offsets (as floats) to n (<= B * V) outputs.
 template <typename T, int B>
 inline void store_outputs(const typename Lanes<T>::Vec (&best)[B],
@@ -70,8 +44,8 @@ inline void store_outputs(const typename Lanes<T>::Vec (&best)[B],
     } else {
       for (int b = 0; b < B; ++b) L::store(y + b * V, best[b]);
     }
-    if constexpr (kSwitchBytesByVector<typename L::Vec>) {
-      for (int b = 0; b < B; ++b) store_switch_bytes(k[b], sw + b * V);
+    if constexpr (L::kVectorSwitches) {
+      for (int b = 0; b < B; ++b) L::store_switches(sw + b * V, k[b]);
     } else {
       for (int b = 0; b < B; ++b) k[b].store(kbuf + b * V);
       for (int64_t i = 0; i < B * V; ++i) sw[i] = static_cast<uint8_t>(kbuf[i]);

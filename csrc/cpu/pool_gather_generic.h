@@ -118,15 +118,22 @@ void gather_nchw_as(const PoolKernelArgs& a) {
 inline std::vector<int64_t> later_windows(const PoolGeom& g, bool overlap) {
   std::vector<int64_t> offs;
   if (!overlap) return offs;
-  const int64_t R = (g.kh - 1) * g.dh / g.sh, C = (g.kw - 1) * g.dw / g.sw;
-  for (int64_t dr = 0; dr <= R; ++dr) {
-    for (int64_t dc = -C; dc <= C; ++dc) {
+  const scatter_generic::Reach reach(g);
+  for (int64_t dr = 0; dr <= reach.rows; ++dr) {
+    for (int64_t dc = -reach.cols; dc <= reach.cols; ++dc) {
       if (dr * g.OW + dc > 0) offs.push_back(dr * g.OW + dc);
     }
   }
   std::sort(offs.begin(), offs.end());
   offs.erase(std::unique(offs.begin(), offs.end()), offs.end());
   return offs;
+}
+
+// o[l] = s[t[l]] for the n lanes l whose bit is set in keep, +0 for the others (the kept
+// values of the target-compare gathers, read a lane at a time).
+template <typename T>
+inline void read_kept(const T* s, const int32_t* t, uint32_t keep, int64_t n, T* o) {
+  for (int64_t l = 0; l < n; ++l) o[l] = value_or_zero(((keep >> l) & 1) != 0, s[t[l]]);
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
@@ -185,11 +192,8 @@ void gather_nchw_vectors(const PoolKernelArgs& a, bool overlap) {
           for (const int64_t d : later) {
             lost |= _mm512_cmpeq_epi32_mask(tj, _mm512_loadu_si512(tp + j + d));
           }
-          const int64_t n = std::min<int64_t>(16, windows - j);
-          const uint32_t keep = static_cast<uint32_t>(~lost);
-          for (int64_t l = 0; l < n; ++l) {
-            oc[j + l] = value_or_zero(((keep >> l) & 1) != 0, s[tp[j + l]]);
-          }
+          read_kept(s, tp + j, static_cast<uint32_t>(~lost), std::min<int64_t>(16, windows - j),
+                    oc + j);
         }
       }
     }
@@ -209,8 +213,8 @@ void gather_nchw_vectors(const PoolKernelArgs& a, bool overlap) {
 // 4x64x112x112 2x2/2 dilation 2 2101 -> 1532 / 1982 -> 1426 (799 / 1016); but 5x5/1 padding
 // 2 (40 later windows) 1143 -> 1474, so at most 12 (compared_pays).
 inline bool compared_pays(const PoolGeom& g) {
-  const int64_t R = (g.kh - 1) * g.dh / g.sh, C = (g.kw - 1) * g.dw / g.sw;
-  return R * (2 * C + 1) + C <= 12 && g.OH * g.OW <= (int64_t{1} << 20) &&
+  const scatter_generic::Reach r(g);  // later windows: r.rows * (2 r.cols + 1) + r.cols
+  return r.rows * (2 * r.cols + 1) + r.cols <= 12 && g.OH * g.OW <= (int64_t{1} << 20) &&
          g.H * g.W < (int64_t{1} << 31);
 }
 
@@ -251,11 +255,9 @@ void gather_nchw_compared(const PoolKernelArgs& a) {
         const IVec mine = IVec::loadu(tp + j);
         IVec lost(0);
         for (const int64_t d : later) lost = lost | (mine == IVec::loadu(tp + j + d));
-        const int keep = ~_mm256_movemask_ps(_mm256_castsi256_ps(__m256i(lost)));
-        const int64_t n = std::min<int64_t>(V, OHW - j);
-        for (int64_t l = 0; l < n; ++l) {
-          o[j + l] = value_or_zero(((keep >> l) & 1) != 0, s[tp[j + l]]);
-        }
+        const int lost_lanes = _mm256_movemask_ps(_mm256_castsi256_ps(__m256i(lost)));
+        read_kept(s, tp + j, ~static_cast<uint32_t>(lost_lanes), std::min<int64_t>(V, OHW - j),
+                  o + j);
       }
     }
     if (bad) a.bad_switch->store(true, std::memory_order_relaxed);

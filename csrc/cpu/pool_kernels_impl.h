@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "../kernels/pool_kernels.h"
+#include "../pool_args.h"
 #include "pool_kernels.h"
 
 namespace deconvkernels::cpu::CPU_CAPABILITY {
@@ -82,10 +83,46 @@ struct Lanes {
       at::vec::convert_from_float<T>(v, v).store(p, n);
     }
   }
+  // Whether whole vectors of float switches widen from / narrow to bytes by intrinsics
+  // (AVX2, AVX-512): at::vec's count-taking uint8 load and its conversions go through
+  // buffers, and element by element the switches of a pixel of 16-32 channels cost as much
+  // as a 3x3 window's taps (pool_forward_generic.h's store_outputs).
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  static constexpr bool kVectorSwitches = std::is_same_v<acc_t, float>;
+#else
+  static constexpr bool kVectorSwitches = false;
+#endif
   static Vec load_switches(const uint8_t* p, int64_t n = kSize) {
+    if constexpr (kVectorSwitches) {
+      if (n == kSize) {
+#if defined(CPU_CAPABILITY_AVX512)
+        return _mm512_cvtepi32_ps(
+            _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#elif defined(CPU_CAPABILITY_AVX2)
+        return _mm256_cvtepi32_ps(
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#endif
+      }
+    }
     return at::vec::convert<acc_t>(Vectorized<uint8_t>::loadu(p, static_cast<uint8_t>(n)));
   }
+  // (switches are whole numbers 0..254: truncation and rounding agree)
   static void store_switches(uint8_t* p, const Vec& v, int64_t n = kSize) {
+    if constexpr (kVectorSwitches) {
+      if (n == kSize) {
+#if defined(CPU_CAPABILITY_AVX512)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                         _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(__m512(v))));
+        return;
+#elif defined(CPU_CAPABILITY_AVX2)
+        const __m256i i = _mm256_cvttps_epi32(__m256(v));
+        const __m128i w =
+            _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packus_epi16(w, w));
+        return;
+#endif
+      }
+    }
     at::vec::convert<uint8_t>(v).store(p, n);
   }
   // Deinterleave 2n consecutive elements into (even, odd) lanes: a window row's columns.

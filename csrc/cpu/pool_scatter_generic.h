@@ -39,6 +39,15 @@ struct SwitchOffsets {
 // (one thread, 4x256x56x56 3x3/3 bfloat16 channels_last: 1748 -> 687 us, PyTorch 877).
 enum class Mode { kLast, kSum, kSumInFloat, kSumOfOne };
 
+// How many strides a window reaches past its own first row / column: windows (oh + dr,
+// ow + dc) with dr <= rows, |dc| <= cols are the only others that can share a position
+// with window (oh, ow) (none of them without overlap: windows_overlap).
+struct Reach {
+  int64_t rows, cols;
+  explicit Reach(const PoolGeom& g)
+      : rows((g.kh - 1) * g.dh / g.sh), cols((g.kw - 1) * g.dw / g.sw) {}
+};
+
 // d updated with v as kMode says (Dst: T, or float for kSumInFloat).
 template <Mode kMode, typename Dst, typename T>
 inline void update(Dst& d, T v) {
@@ -199,8 +208,7 @@ inline void canonical_nans(T* dst, const Vec& v, int64_t n) {
 template <typename T>
 Mode mode_of(const PoolGeom& g, bool sum) {
   if (!sum) return Mode::kLast;
-  const bool overlap = (g.kh - 1) * g.dh >= g.sh || (g.kw - 1) * g.dw >= g.sw;
-  if (!overlap) return Mode::kSumOfOne;
+  if (!windows_overlap(g)) return Mode::kSumOfOne;
   return std::is_same_v<T, typename AccType<T>::type> ? Mode::kSum : Mode::kSumInFloat;
 }
 
@@ -368,23 +376,6 @@ struct Covering {
   }
 };
 
-// The switches of V channels as acc_t lanes: whole numbers 0..255.
-template <typename T>
-inline typename Lanes<T>::Vec load_switch_lanes(const uint8_t* p) {
-  using L = Lanes<T>;
-  if constexpr (std::is_same_v<typename L::acc_t, float>) {
-#if defined(CPU_CAPABILITY_AVX512)
-    return _mm512_cvtepi32_ps(
-        _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-#else
-    return _mm256_cvtepi32_ps(
-        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-#endif
-  } else {
-    return L::load_switches(p);
-  }
-}
-
 // The NHWC pool backward as a gather (AVX2, AVX-512): each input pixel sums, over the
 // windows that hold it in window order, the pooled gradient of the channels whose switch
 // names it, vectors along the channels (the scatter goes a channel at a time; where each
@@ -455,7 +446,7 @@ void scatter_nhwc_by_pixels(const PoolKernelArgs& a) {
             const T* pv = vn + at_window[j] + c;
             const uint8_t* ps = sn + at_window[j] + c;
             for (int b = 0; b < B; ++b) {
-              const Vec hit = load_switch_lanes<T>(ps + b * V) == codes[j];
+              const Vec hit = L::load_switches(ps + b * V) == codes[j];
               acc[b] = acc[b] + Vec::blendv(Vec(0), L::load(pv + b * V), hit);
             }
           }
@@ -493,12 +484,11 @@ void scatter_nhwc_by_pixels(const PoolKernelArgs& a) {
 // 4x256x56x56 3x3/3 bfloat16 670 -> 834 (kSumOfOne).
 template <typename T>
 bool by_pixels_pays(const PoolKernelArgs& a) {
-  const PoolGeom& g = a.g;
-  const int64_t rows = (g.kh - 1) * g.dh / g.sh + 1, cols = (g.kw - 1) * g.dw / g.sw + 1;
-  const bool overlap = rows > 1 || cols > 1;
+  const Reach reach(a.g);  // (windows over a pixel: at most (rows + 1) x (cols + 1))
   // 16-bit types: two blocks (8x64x56x56 3x3/2 bfloat16, one block: 661 -> 782)
   const int64_t blocks = std::is_same_v<T, typename Lanes<T>::acc_t> ? 1 : 2;
-  return overlap && rows * cols <= 9 && a.C >= blocks * 4 * Lanes<T>::kSize;
+  return windows_overlap(a.g) && (reach.rows + 1) * (reach.cols + 1) <= 9 &&
+         a.C >= blocks * 4 * Lanes<T>::kSize;
 }
 #endif
 
