@@ -53,6 +53,28 @@ int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, work_per_item));
 }
 
+// Software prefetch for the NCHW 2x2 row walks (for_each_pooled_row_2x2), which read their
+// input once, front to back, two rows at a time: before a pooled row, ask for the lines
+// kReadAheadBytes past its input. The hardware prefetchers alone left the bfloat16 kernel
+// short of a copy's bandwidth on maps that stream from L3. Measured interleaved in one
+// process (min of 30 rounds, Xeon family 6 model 207, randn), us, without -> with: AVX-512
+// bfloat16 4x64x224x224 1 thread 1359 -> 1218, 2 threads 693 -> 629; float32 4x64x224x224
+// 1 thread 2436 -> 2331 (2 threads alike), 4x128x112x112 2 threads 652 -> 602; AVX2 float32
+// 4x128x112x112 696 -> 603, 4x256x56x56 407 -> 357 (bfloat16 alike). 1 to 4 KiB ahead
+// measured alike. Not kept: a step's share ahead in the flat and row-step walks (float32
+// 28x28 and 56x56, one thread, 9-14% slower) and a pixel's ahead in the channels-last walk
+// (bfloat16 1-3% slower).
+// The address is a hint only: past the end of the buffer (a task's last rows) a prefetch
+// does not fault, and it is formed as an integer. always_inline: GCC 12 found this
+// function free of side effects and dropped the calls (no prefetch left in the object).
+constexpr int64_t kReadAheadBytes = 2048;
+__attribute__((always_inline)) inline void read_ahead(const void* p, int64_t bytes) {
+  uintptr_t line = reinterpret_cast<uintptr_t>(p) + kReadAheadBytes;
+  for (const uintptr_t end = line + bytes; line < end; line += 64) {
+    __builtin_prefetch(reinterpret_cast<const void*>(line), /*rw=*/0, /*locality=*/3);
+  }
+}
+
 // Load / store Vectorized<acc>::size() elements of T (or the first n, for row tails) as
 // one vector of the accumulation type; switches likewise from / to uint8. Partial loads
 // and stores are masked on AVX-512; lanes past n are never stored.
@@ -220,7 +242,9 @@ void for_each_pooled_row_2x2(const PoolKernelArgs& a, F&& f, Done&& done) {
     auto task = f;  // a copy a task, so a mutable f keeps state of its own there
     CountedIndex row(begin, g.OH);  // (plane, oh)
     for (int64_t r = begin; r < end; ++r, row.next()) {
-      task(r, x + row.outer * g.H * g.W + 2 * row.inner * g.W, end - r - 1);
+      const T* r0 = x + row.outer * g.H * g.W + 2 * row.inner * g.W;
+      read_ahead(r0, 2 * g.W * sizeof(T));
+      task(r, r0, end - r - 1);
     }
     done();
   });
