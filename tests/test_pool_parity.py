@@ -1195,6 +1195,35 @@ def test_unpool_backward_matches_reference(target, case):
             assert_equal_values(gy, fgy, f"{what}: grad_y vs F")
 
 
+@pytest.mark.parametrize("channels", [2, 3, 7, 15, 16, 31])
+def test_unpool_backward_channels_last_few_channels(target, channels):
+    """Channels-last unpool backward without overlap: fewer channels than a vector (an image's
+    3) go element by element, rows of pooled pixels in parallel; windows inside the map and
+    windows in the padding; special values (signed zeros, infinities, NaNs); a switch past its
+    window or one naming padding, inside the map or at its border, is found."""
+    geos = [geometry(2), geometry(3, 3, 1), geometry((2, 3), (3, 4), (1, 1)), geometry(2, 3, 0, 2)]
+    for geo, dtype in itertools.product(geos, FLOAT_DTYPES):
+        hw = (13, 17)
+        sw, idx = random_valid_switches((3, channels), hw, geo, False)
+        y = make_values(sw.shape, dtype, "randn")
+        g = make_values((3, channels, *hw), dtype, "special")
+        y_in, sw_in, g_in = (arrange(t, "channels_last") for t in (y, sw, g))
+        gy = target.raw("max_unpool2d_with_switches_backward", g_in, sw_in, *geo)
+        assert is_channels_last(gy) or channels == 1
+        expect = torch.gather(g.flatten(-2), -1, idx.flatten(-2)).view(sw.shape)
+        assert_identical(gy, expect, f"{dtype} {geo}")
+    geo = geometry(3, 3, 1)
+    sw, _ = random_valid_switches((2, channels), (13, 17), geo, False)
+    g = arrange(torch.randn(2, channels, 13, 17), "channels_last")
+    for where, value in (((1, channels - 1, 2, 2), 9), ((0, 0, 2, 3), 200),  # past: inside
+                         ((1, channels // 2, 0, 0), 0), ((0, channels - 1, 4, 5), 250)):  # border
+        bad = sw.clone()
+        bad[where] = value
+        with pytest.raises(RuntimeError, match="(?i)switch"):
+            target.raw("max_unpool2d_with_switches_backward", g, arrange(bad, "channels_last"),
+                       *geo)
+
+
 @pytest.mark.parametrize(
     "case, hw",
     [((geometry(3, 1, 1), False), (70, 71)), ((geometry(2, 1), False), (70, 71)),

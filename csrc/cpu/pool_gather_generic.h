@@ -329,6 +329,50 @@ void gather_nhwc_as(const PoolKernelArgs& a) {
   });
 }
 
+// NHWC without overlap, fewer channels than a vector (an image's 3): rows of pooled pixels in
+// parallel, a pixel's channels one by one through RelativePositions. The vector form
+// (gather_nhwc in pool_kernels_impl.h) paid a partial load through a buffer per tap for a
+// vector of 3 lanes.
+template <typename T>
+void gather_nhwc_few_channels(const PoolKernelArgs& a) {
+  const PoolGeom g = a.g;
+  const SwitchOffsets off(g);
+  const RelativePositions rp(g, off);
+  const int64_t C = a.C;
+  const T* src = static_cast<const T*>(a.in);
+  T* out = static_cast<T*>(a.out);
+  const uint8_t* sw = a.switches;
+  const int64_t reach_h = (g.kh - 1) * g.dh, reach_w = (g.kw - 1) * g.dw;
+  at::parallel_for(0, a.N * g.OH, grain_for(g.OW * C * 2), [&](int64_t begin, int64_t end) {
+    bool bad = false;
+    CountedIndex row(begin, g.OH);  // (n, oh)
+    for (int64_t r = begin; r < end; ++r, row.next()) {
+      const T* s = src + row.outer * g.H * g.W * C;
+      const int64_t h0 = row.inner * g.sh - g.ph;
+      const bool rows_inside = h0 >= 0 && h0 + reach_h < g.H;
+      const uint8_t* si = sw + r * g.OW * C;
+      T* o = out + r * g.OW * C;
+      for (int64_t ow = 0, w0 = -g.pw; ow < g.OW; ++ow, w0 += g.sw, si += C, o += C) {
+        if (rows_inside && w0 >= 0 && w0 + reach_w < g.W) {
+          const int64_t origin = h0 * g.W + w0;
+          for (int64_t c = 0; c < C; ++c) {
+            const int64_t pos = origin + rp.rel[si[c]];  // far below 0: a switch past the window
+            bad |= pos < 0;
+            o[c] = s[(pos < 0 ? 0 : pos) * C + c];
+          }
+        } else {
+          for (int64_t c = 0; c < C; ++c) {
+            const int64_t pos = named_position(g, off, h0, w0, si[c]);
+            bad |= pos < 0;
+            o[c] = value_or_zero(pos >= 0, s[(pos < 0 ? 0 : pos) * C + c]);
+          }
+        }
+      }
+    }
+    if (bad) a.bad_switch->store(true, std::memory_order_relaxed);
+  });
+}
+
 #if defined(CPU_CAPABILITY_AVX512)
 // NHWC with overlap, AVX-512, windows of up to 32 taps: gather_nchw_vectors' compares with
 // the channels as lanes. A task is (image, 16 channels); the targets of a chunk of windows

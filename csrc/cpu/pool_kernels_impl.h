@@ -480,14 +480,17 @@ void gather_nhwc(const PoolKernelArgs& a, bool only_if_last) {
   using Vec = typename L::Vec;
   constexpr int64_t V = L::kSize;
   const int64_t C = a.C;
+  if (C < V) return gather_generic::gather_nhwc_few_channels<T>(a);
   const T* src = static_cast<const T*>(a.in);
   T* out = static_cast<T*>(a.out);
   const uint8_t* sw = a.switches;
   const int64_t pixels = a.N * g.OH * g.OW;
   at::parallel_for(0, pixels, grain_for(C * g.kh * g.kw), [&](int64_t begin, int64_t end) {
     bool bad = false;
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t n = i / (g.OH * g.OW), oh = (i / g.OW) % g.OH, ow = i % g.OW;
+    CountedIndex pixel(begin, g.OW);        // (n * OH + oh, ow)
+    CountedIndex image(pixel.outer, g.OH);  // (n, oh): advances when pixel wraps
+    for (int64_t i = begin; i < end; ++i, pixel.next() && image.next()) {
+      const int64_t n = image.outer, oh = image.inner, ow = pixel.inner;
       const T* sn = src + n * g.H * g.W * C;
       T* o = out + i * C;
       const uint8_t* s = sw + i * C;
