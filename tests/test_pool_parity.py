@@ -1162,6 +1162,52 @@ def test_pool_backward_16bit_sums_rounded_once(target, dtype, geo):
         assert_equal_values(gx, g32.to(dtype), f"{dtype} {layout}: grad_x")
 
 
+@pytest.mark.parametrize("channels", [16, 33, 64, 80])
+def test_pool_backward_channels_last_channel_vectors(target, channels):
+    """Channels-last pool backward with overlap and a vector of channels or more: windows
+    inside the map go a vector of channels at a time, tap by tap (the rest, and the last
+    channels, one by one); 16-bit sums go through a ring of float rows that are rounded out as
+    the windows move down. Stride 1 and 2, windows in the padding, rows no window reaches
+    (1x3 windows at row stride 2), a dilated window taller than the map (the ring holds every
+    row), one image split into runs of channels over two threads and three whole images;
+    randn gradients with NaN and inf planted, against F's backward (in float32 for 16-bit
+    types, rounded once); a switch past its window inside the map is found."""
+    if target.backend == "reference":
+        pytest.skip("the reference backend differentiates F.max_pool2d: F's rounding")
+    torch.manual_seed(channels)
+    geos = [(geometry(3, 1, 1), (9, 11)), (geometry(3, 2, 1), (12, 13)),
+            (geometry((1, 3), (2, 1)), (9, 10)), (geometry(3, 1, 0, 3), (7, 12))]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for (geo, hw), dtype, n in itertools.product(geos, FLOAT_DTYPES, (1, 3)):
+            k, s, p, d = geo
+            x = arrange(torch.randn(n, channels, *hw, dtype=torch.float64).to(dtype),
+                        "channels_last")
+            oh, ow = pooled_hw(hw, geo, False)
+            gy = torch.randn(n, channels, oh, ow, dtype=torch.float64)
+            gy.view(-1)[::37] = float("nan")
+            gy.view(-1)[5::41] = float("inf")
+            gy = arrange(gy.to(dtype), "channels_last")
+            _, _, gx = target.pool_grad(x, gy, geo, False)
+            wide = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+            xr = x.to(wide).requires_grad_(True)
+            (egx,) = torch.autograd.grad(F.max_pool2d(xr, k, s, p, d), xr, gy.to(wide))
+            assert is_channels_last(gx), f"{dtype} {geo} N={n}"
+            assert_equal_values(gx, egx.to(dtype), f"{dtype} {geo} N={n}")
+        geo, hw = geos[1]
+        x = arrange(torch.randn(1, channels, *hw), "channels_last")
+        _, sw = target.pool(x, *geo)
+        bad = sw.clone()
+        bad[0, channels - 3, 2, 2] = 9  # a window inside the map, in a vector of channels
+        gy = torch.ones(bad.shape).contiguous(memory_format=torch.channels_last)
+        with pytest.raises(RuntimeError, match="(?i)switch"):
+            target.raw("max_pool2d_with_switches_backward", gy, target.put(bad), list(hw),
+                       *geo)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_pool_backward_hand_overlap(target):
     # [1, 3, 2], 1x2 windows at stride 1: both maxima are column 1; its gradient is the sum.
     x = torch.tensor([1.0, 3.0, 2.0]).view(1, 1, 1, 3)

@@ -187,32 +187,15 @@ inline bool put(const PoolGeom& g, int64_t ih, int64_t iw, T v, Acc* dst, At at)
   return true;
 }
 
-// NaN lanes of a bfloat16 vector just rounded from `v` made c10's NaN (0x7FC0, as
-// static_cast<BFloat16>(float) and F.max_pool2d's backward give), where at::vec's rounding
-// gives 0xFFFF. (float16: the two agree.)
-template <typename T, typename Vec>
-inline void canonical_nans(T* dst, const Vec& v, int64_t n) {
-  if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    const int64_t not_nan = v.isnan().zero_mask();
-    if ((~not_nan & ((int64_t{1} << n) - 1)) == 0) return;
-    alignas(64) float lanes[Vec::size()];
-    v.store(lanes);
-    for (int64_t i = 0; i < n; ++i) {
-      if (lanes[i] != lanes[i]) dst[i] = static_cast<T>(lanes[i]);
-    }
-  } else {
-    (void)dst, (void)v, (void)n;
-  }
-}
-
 // kSumInFloat's float sums rounded into T, n of them in a row. float16 a vector at a time
 // (at::vec's rounding; element by element, c10's conversion is a call GCC leaves scalar);
 // bfloat16 element by element (c10's conversion, whose NaN is 0x7FC0 as F's backward gives;
-// at::vec's conversion plus canonical_nans measured 5-10% slower on 28x28 maps).
-// Run over whole images (channels_last with every channel in the task) rather than a pixel's
-// channels at a time. One thread, us, before -> after (PyTorch): 8x3x224x224 3x3/2 padding 1
-// bfloat16 channels_last 1929-3051 -> 788-1140 (691-977); 4x64x112x112 3x3/2 padding 1
-// float16 NCHW 2427-2735 -> 1405-1460 (1297-1459); bfloat16 4x512x28x28 559-698 -> 566-587.
+// at::vec's conversion plus a pass setting NaN lanes to 0x7FC0 measured 5-10% slower on
+// 28x28 maps). Run over whole planes, or ring rows (channels_last with every channel in the
+// task), rather than a pixel's channels at a time. One thread, us, before -> after
+// (PyTorch): 8x3x224x224 3x3/2 padding 1 bfloat16 channels_last 1929-3051 -> 788-1140
+// (691-977); 4x64x112x112 3x3/2 padding 1 float16 NCHW 2427-2735 -> 1405-1460 (1297-1459);
+// bfloat16 4x512x28x28 559-698 -> 566-587.
 template <typename T, typename Acc>
 inline void round_sums(const Acc* s, T* d, int64_t n) {
   int64_t i = 0;
@@ -288,19 +271,114 @@ void scatter_nchw_as(const PoolKernelArgs& a) {
   });
 }
 
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// The channels of one window inside the input a vector at a time, tap by tap: each tap's
+// lanes are those whose switch names it, and its position's vector is loaded, updated in
+// those lanes only (AVX-512: the rest keep their bits; AVX2: they add +0, which leaves any
+// sum from +0 as it is) and stored whole, so every position is updated by the same windows
+// in the same order as channel by channel. Taps with no lane still cost their load and
+// store. For Dst float or double (kEnabled): every mode of float32 / float64, kSumInFloat of
+// 16-bit types (their kLast and kSumOfOne write T, and stay channel by channel). The largest
+// switch seen is kept for the caller's check (a switch past the window matches no tap and is
+// dropped, as channel by channel). Pool backward, two threads, us, before (79d875e: channel
+// by channel, or by_pixels) -> after (PyTorch): float32 4x64x56x56 3x3/1 padding 1 435 -> 276
+// (378), 4x256x56x56 3x3/3 543 -> 465 (555), 4x32x56x56 3x3/2 padding 1 70 -> 61 (57);
+// 16-bit types with the ring below: see there. The unpool forward within 5%.
+template <Mode kMode, typename T, typename Dst>
+class TapScatter {
+  using L = Lanes<T>;
+  using Vec = typename L::Vec;
+
+ public:
+  static constexpr int64_t V = L::kSize;
+  static constexpr bool kEnabled = std::is_same_v<Dst, typename AccType<T>::type>;
+
+  // Channels [0, c) of the window, c a multiple of V; returns c. d points at the window's
+  // origin, rel[k] the offset of tap k from it.
+  int64_t run(const T* vi, const uint8_t* si, Dst* d, const int64_t* rel, int64_t taps,
+              int64_t nc) {
+    int64_t c = 0;
+    for (; c + V <= nc; c += V) {
+      const Vec val = L::load(vi + c);
+#if defined(CPU_CAPABILITY_AVX512)
+      const __m128i ks = V == 16 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(si + c))
+                                 : _mm_loadl_epi64(reinterpret_cast<const __m128i*>(si + c));
+      largest_ = _mm_max_epu8(largest_, ks);
+      for (int64_t k = 0; k < taps; ++k) {
+        const __mmask16 hit = _mm_cmpeq_epi8_mask(ks, _mm_set1_epi8(static_cast<char>(k)));
+        Dst* p = d + rel[k] + c;
+        if constexpr (std::is_same_v<Dst, float>) {
+          const __m512 cur = _mm512_loadu_ps(p), x = val;
+          _mm512_storeu_ps(p, kMode == Mode::kLast ? _mm512_mask_mov_ps(cur, hit, x)
+                                                   : _mm512_mask_add_ps(cur, hit, cur, x));
+        } else {
+          const __m512d cur = _mm512_loadu_pd(p), x = val;
+          const auto h = static_cast<__mmask8>(hit);
+          _mm512_storeu_pd(p, kMode == Mode::kLast ? _mm512_mask_mov_pd(cur, h, x)
+                                                   : _mm512_mask_add_pd(cur, h, cur, x));
+        }
+      }
+#else
+      const Vec ks = L::load_switches(si + c);
+      largest_vec_ = at::vec::maximum(largest_vec_, ks);
+      for (int64_t k = 0; k < taps; ++k) {
+        const Vec hit = ks == L::splat(k);
+        Dst* p = d + rel[k] + c;
+        const Vec cur = Vec::loadu(p);
+        // (adding +0 in the other lanes leaves any sum from +0 as it is)
+        (kMode == Mode::kLast ? Vec::blendv(cur, val, hit) : cur + (val & hit)).store(p);
+      }
+#endif
+    }
+    return c;
+  }
+
+  // The largest switch the vectors held (0 if none).
+  int64_t largest() const {
+#if defined(CPU_CAPABILITY_AVX512)
+    alignas(16) uint8_t b[16];
+    _mm_store_si128(reinterpret_cast<__m128i*>(b), largest_);
+    return *std::max_element(b, b + 16);
+#else
+    alignas(64) typename L::acc_t b[V];
+    largest_vec_.store(b);
+    return static_cast<int64_t>(*std::max_element(b, b + V));
+#endif
+  }
+
+ private:
+#if defined(CPU_CAPABILITY_AVX512)
+  __m128i largest_ = _mm_setzero_si128();
+#else
+  Vec largest_vec_ = Vec(0);
+#endif
+};
+#endif
+
 template <Mode kMode, typename T>
 void scatter_nhwc_as(const PoolKernelArgs& a) {
   using acc_t = typename AccType<T>::type;
   using Dst = std::conditional_t<kMode == Mode::kSumInFloat, acc_t, T>;
+  // kSumInFloat adds into float rows, a ring of the input rows that one window row reaches:
+  // a row is rounded into the output and zeroed once no later window reaches it, so the
+  // float sums stay in cache. Before, a float scratch of the whole image or run of channels
+  // was zeroed (a fifth of the time), added into and rounded, out of cache. Two threads, us,
+  // before (79d875e) -> after (PyTorch), bfloat16: 4x64x112x112 3x3/2 padding 1 1040 -> 523
+  // (791; float16 1115 -> 527), 4x256x56x56 663 -> 560 (815), 4x64x56x56 3x3/1 448 -> 267
+  // (667), 4x128x56x56 3x3/2 356 -> 254 (380), 8x3x224x224 3x3/2 padding 1 462 -> 325 (334).
+  // The other modes write the output itself (a ring and a copy out measured 10-25% slower
+  // for them).
+  constexpr bool kRing = kMode == Mode::kSumInFloat;
   const PoolGeom g = a.g;
   const SwitchOffsets off(g);
-  const int64_t C = a.C;
+  const int64_t C = a.C, W = g.W;
   const T* v = static_cast<const T*>(a.in);
   T* out = static_cast<T*>(a.out);
   const uint8_t* sw = a.switches;
-  const int64_t HW = g.H * g.W, OHW = g.OH * g.OW;
+  const int64_t HW = g.H * W, OHW = g.OH * g.OW;
   const int64_t taps = g.kh * g.kw;
   const int64_t reach_h = (g.kh - 1) * g.dh, reach_w = (g.kw - 1) * g.dw;
+  const int64_t ring_rows = std::max<int64_t>(1, std::min(reach_h + 1, g.H));
   // Tasks of (image, run of channels): whole images while there are enough of them for the
   // threads (one memset zeroes each), else runs of channels so that one image still spreads
   // over the threads (zeroed a pixel at a time).
@@ -309,7 +387,12 @@ void scatter_nhwc_as(const PoolKernelArgs& a) {
   const int64_t runs = (C + run - 1) / run;
   at::parallel_for(0, a.N * runs, grain_for((HW + OHW) * run), [&](int64_t begin,
                                                                      int64_t end) {
-    std::vector<acc_t> scratch(kMode == Mode::kSumInFloat ? HW * run : 0);
+    std::vector<Dst> ring(kRing ? ring_rows * W * run : 0, Dst(0));
+    // The offsets in dst of the rows a window row reaches ([h0, h0 + reach_h]), and of each
+    // tap from a window's first pixel (rel: windows inside the input, whose switches need
+    // only be checked against the window's size).
+    std::vector<int64_t> row_at(reach_h + 1);
+    int64_t rel[256];
     bool bad = false;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / runs, c0 = (item % runs) * run;
@@ -319,13 +402,12 @@ void scatter_nhwc_as(const PoolKernelArgs& a) {
       const uint8_t* sn = sw + n * OHW * C + c0;
       Dst* dst;
       int64_t pixel;  // the elements from one pixel to the next in dst
-      if constexpr (kMode == Mode::kSumInFloat) {
-        std::fill(scratch.begin(), scratch.begin() + HW * nc, acc_t(0));
-        dst = scratch.data();
+      if constexpr (kRing) {
+        dst = ring.data();
         pixel = nc;
       } else {
         if (nc == C) {
-          std::memset(static_cast<void*>(o), 0, HW * C * sizeof(T));
+          std::memset(static_cast<void*>(o), 0, HW * C * sizeof(T));  // +0 in every float type
         } else {
           for (int64_t p = 0; p < HW; ++p)
             std::memset(static_cast<void*>(o + p * C), 0, nc * sizeof(T));
@@ -333,19 +415,46 @@ void scatter_nhwc_as(const PoolKernelArgs& a) {
         dst = o;
         pixel = C;
       }
-      // A window inside the input needs only its switches checked against its size; their
-      // targets from a table of offsets in elements.
-      int64_t rel[256];
-      for (int64_t k = 0; k < taps; ++k) rel[k] = (off.dy[k] * g.W + off.dx[k]) * pixel;
+      const int64_t row = W * pixel;
+      int64_t done = 0;  // ring: input rows [0, done) rounded into the output
+      const auto round_rows_before = [&](int64_t ih_end) {
+        for (; done < ih_end; ++done) {
+          Dst* r = dst + (done % ring_rows) * row;
+          T* to = o + done * W * C;
+          if (nc == C) {
+            round_sums(r, to, row);
+          } else {
+            for (int64_t p = 0; p < W; ++p) round_sums(r + p * nc, to + p * C, nc);
+          }
+          std::memset(static_cast<void*>(r), 0, row * sizeof(Dst));
+        }
+      };
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+      TapScatter<kMode, T, Dst> tap_vectors;
+#endif
       for (int64_t oh = 0, i = 0; oh < g.OH; ++oh) {
         const int64_t h0 = oh * g.sh - g.ph;
+        if constexpr (kRing) round_rows_before(std::min(h0, g.H));
+        for (int64_t j = 0; j <= reach_h; ++j) {
+          const int64_t ih = h0 + j;
+          row_at[j] = ih < 0 ? 0 : kRing ? (ih % ring_rows) * row : ih * row;
+        }
         const bool rows_inside = h0 >= 0 && h0 + reach_h < g.H;
+        if (rows_inside) {
+          for (int64_t k = 0; k < taps; ++k) rel[k] = row_at[off.dy[k]] + off.dx[k] * pixel;
+        }
         for (int64_t ow = 0, w0 = -g.pw; ow < g.OW; ++ow, ++i, w0 += g.sw) {
           const T* vi = vn + i * C;
           const uint8_t* si = sn + i * C;
-          if (rows_inside && w0 >= 0 && w0 + reach_w < g.W) {
-            Dst* d = dst + (h0 * g.W + w0) * pixel;
-            for (int64_t c = 0; c < nc; ++c) {
+          if (rows_inside && w0 >= 0 && w0 + reach_w < W) {
+            Dst* d = dst + w0 * pixel;
+            int64_t c = 0;
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+            if constexpr (TapScatter<kMode, T, Dst>::kEnabled) {
+              c = tap_vectors.run(vi, si, d, rel, taps, nc);
+            }
+#endif
+            for (; c < nc; ++c) {
               const uint8_t k = si[c];
               if (k >= taps) {
                 bad = true;
@@ -357,18 +466,20 @@ void scatter_nhwc_as(const PoolKernelArgs& a) {
           }
           for (int64_t c = 0; c < nc; ++c) {
             const uint8_t k = si[c];
-            bad |= !put<kMode>(g, h0 + off.dy[k], w0 + off.dx[k], vi[c], dst,
-                               [&](int64_t p) { return p * pixel + c; });
+            const int64_t ih = h0 + off.dy[k], iw = w0 + off.dx[k];
+            if (static_cast<uint64_t>(ih) >= static_cast<uint64_t>(g.H) ||
+                static_cast<uint64_t>(iw) >= static_cast<uint64_t>(W)) {
+              bad = true;  // (a switch past its window has offsets no check passes)
+              continue;
+            }
+            update<kMode>(dst[row_at[off.dy[k]] + iw * pixel + c], vi[c]);
           }
         }
       }
-      if constexpr (kMode == Mode::kSumInFloat) {
-        if (nc == C) {
-          round_sums(scratch.data(), o, HW * C);
-        } else {
-          for (int64_t p = 0; p < HW; ++p) round_sums(scratch.data() + p * nc, o + p * C, nc);
-        }
-      }
+      if constexpr (kRing) round_rows_before(g.H);
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+      bad |= tap_vectors.largest() >= taps;
+#endif
     }
     if (bad) a.bad_switch->store(true, std::memory_order_relaxed);
   });
@@ -396,22 +507,22 @@ struct Covering {
   }
 };
 
-// The NHWC pool backward as a gather (AVX2, AVX-512): each input pixel sums, over the
-// windows that hold it in window order, the pooled gradient of the channels whose switch
-// names it, vectors along the channels (the scatter goes a channel at a time; where each
-// pays: by_pixels_pays). The same terms are added in
-// the same order from +0 as the scatter's (a lane that does not match adds +0, which leaves
-// any sum from +0 as it is), and 16-bit sums are rounded once. A switch naming no input
-// pixel would be dropped unseen, so the switches are checked first (a.bad_switch).
+// The NHWC pool backward as a gather (AVX2, AVX-512; float32 and float64): each input pixel
+// sums, over the windows that hold it in window order, the pooled gradient of the channels
+// whose switch names it, vectors along the channels (where it beats the scatter:
+// by_pixels_pays). The same terms are added in the same order from +0 as the scatter's (a
+// lane that does not match adds +0, which leaves any sum from +0 as it is). A switch naming
+// no input pixel would be dropped unseen, so the switches are checked first (a.bad_switch).
 template <typename T>
 void scatter_nhwc_by_pixels(const PoolKernelArgs& a) {
+  static_assert(std::is_same_v<T, typename AccType<T>::type>);
   using L = Lanes<T>;
   using Vec = typename L::Vec;
   constexpr int64_t V = L::kSize;
   constexpr int kBlock = 4;
   const PoolGeom g = a.g;
   const SwitchOffsets off(g);
-  const int64_t C = a.C, HW = g.H * g.W, OHW = g.OH * g.OW;
+  const int64_t C = a.C, OHW = g.OH * g.OW;
   const int64_t taps = g.kh * g.kw;
   const int64_t reach_h = (g.kh - 1) * g.dh, reach_w = (g.kw - 1) * g.dw;
   const T* v = static_cast<const T*>(a.in);
@@ -470,13 +581,12 @@ void scatter_nhwc_by_pixels(const PoolKernelArgs& a) {
               acc[b] = acc[b] + Vec::blendv(Vec(0), L::load(pv + b * V), hit);
             }
           }
-          for (int b = 0; b < B; ++b) {
-            L::store(o + c + b * V, acc[b]);
-            canonical_nans(o + c + b * V, acc[b], V);
-          }
+          for (int b = 0; b < B; ++b) L::store(o + c + b * V, acc[b]);
         };
         int64_t c = 0;
-        for (; c + kBlock * V <= C; c += kBlock * V) block(std::integral_constant<int, kBlock>{}, c);
+        for (; c + kBlock * V <= C; c += kBlock * V) {
+          block(std::integral_constant<int, kBlock>{}, c);
+        }
         for (; c + V <= C; c += V) block(std::integral_constant<int, 1>{}, c);
         if (c < C) {  // the last channels, element-sized loads
           const int64_t nc = C - c;
@@ -486,7 +596,6 @@ void scatter_nhwc_by_pixels(const PoolKernelArgs& a) {
             acc = acc + Vec::blendv(Vec(0), L::load(vn + at_window[j] + c, nc), hit);
           }
           L::store(o + c, acc, nc);
-          canonical_nans(o + c, acc, nc);
         }
       }
     }
@@ -495,20 +604,23 @@ void scatter_nhwc_by_pixels(const PoolKernelArgs& a) {
 #endif
 
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-// Whether scatter_nhwc_by_pixels beats the scatter: overlapping windows, at most 9 over a
-// pixel, and a block of four vectors of channels (two for 16-bit types). One thread, float32 / bfloat16, us, the
-// scatter -> by pixels (PyTorch): 4x512x28x28 3x3/2 padding 1 632 -> 427 (666) / 1533 ->
-// 617 (827); 4x256x56x56 3x3/1 padding 1 3141 -> 2427 (3032) / 5681 -> 3414 (5188); but
-// 8x32x17x23 3x3/2 44 -> 61, 2x3x224x224 3x3/2 159 -> 1299 (three channels of 16 lanes),
-// 4x256x20x20 5x5/1 padding 2 (25 windows a pixel) 463 -> 803, and without overlap
-// 4x256x56x56 3x3/3 bfloat16 670 -> 834 (kSumOfOne).
+// Whether scatter_nhwc_by_pixels beats the scatter (whose windows inside the input go a
+// vector of channels at a time, TapScatter): float32 / float64 with overlapping windows, at
+// most 4 over a pixel, and at least 8 vectors of channels, where the gather's one write of
+// each input pixel beats the scatter's zeroing and adds in an output out of cache. Two
+// threads, us, by pixels / the scatter (PyTorch), float32: 3x3/2 padding 1 4x128x112x112
+// 1134 / 1622 (1992), 4x256x56x56 535 / 603 (815), 4x512x28x28 273 / 389 (468), 4x512x14x14
+// 73 / 94 (109); but 4x64x28x28 52 / 39 (36), 4x128x56x56 299 / 290 (371), 4x64x112x112
+// 545-767 / 556-673 over eight runs (766-880); 3x3 stride 1 (9 windows a pixel) 4x64x56x56
+// 582 / 392 (556), 5x5/2 4x128x56x56 496 / 400 (397). 16-bit types: their scatter adds into
+// a ring of float rows in cache, and the gather measured slower or the same: bfloat16
+// 4x256x56x56 3x3/2 padding 1 693 / 531 (849), 4x256x56x56 3x3/1 1882 / 1359 (3235),
+// 4x512x28x28 339 / 336 (449). (AVX2: the two within 5% on these maps.)
 template <typename T>
 bool by_pixels_pays(const PoolKernelArgs& a) {
   const Reach reach(a.g);  // (windows over a pixel: at most (rows + 1) x (cols + 1))
-  // 16-bit types: two blocks (8x64x56x56 3x3/2 bfloat16, one block: 661 -> 782)
-  const int64_t blocks = std::is_same_v<T, typename Lanes<T>::acc_t> ? 1 : 2;
-  return windows_overlap(a.g) && (reach.rows + 1) * (reach.cols + 1) <= 9 &&
-         a.C >= blocks * 4 * Lanes<T>::kSize;
+  return windows_overlap(a.g) && (reach.rows + 1) * (reach.cols + 1) <= 4 &&
+         a.C >= 8 * Lanes<T>::kSize;
 }
 #endif
 
@@ -525,7 +637,9 @@ void scatter_nchw(const PoolKernelArgs& a, bool sum) {
 template <typename T>
 void scatter_nhwc(const PoolKernelArgs& a, bool sum) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  if (sum && by_pixels_pays<T>(a)) return scatter_nhwc_by_pixels<T>(a);
+  if constexpr (std::is_same_v<T, typename AccType<T>::type>) {
+    if (sum && by_pixels_pays<T>(a)) return scatter_nhwc_by_pixels<T>(a);
+  }
 #endif
   switch (mode_of<T>(a.g, sum)) {
     case Mode::kLast: return scatter_nhwc_as<Mode::kLast, T>(a);
