@@ -271,19 +271,22 @@ void scatter_nchw_as(const PoolKernelArgs& a) {
   });
 }
 
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-// The channels of one window inside the input a vector at a time, tap by tap: each tap's
-// lanes are those whose switch names it, and its position's vector is loaded, updated in
-// those lanes only (AVX-512: the rest keep their bits; AVX2: they add +0, which leaves any
-// sum from +0 as it is) and stored whole, so every position is updated by the same windows
-// in the same order as channel by channel. Taps with no lane still cost their load and
-// store. For Dst float or double (kEnabled): every mode of float32 / float64, kSumInFloat of
-// 16-bit types (their kLast and kSumOfOne write T, and stay channel by channel). The largest
-// switch seen is kept for the caller's check (a switch past the window matches no tap and is
-// dropped, as channel by channel). Pool backward, two threads, us, before (79d875e: channel
-// by channel, or by_pixels) -> after (PyTorch): float32 4x64x56x56 3x3/1 padding 1 435 -> 276
-// (378), 4x256x56x56 3x3/3 543 -> 465 (555), 4x32x56x56 3x3/2 padding 1 70 -> 61 (57);
-// 16-bit types with the ring below: see there. The unpool forward within 5%.
+#if defined(CPU_CAPABILITY_AVX512)
+// The channels of one window inside the input a vector at a time, tap by tap (AVX-512): each
+// tap's lanes are those whose switch names it (a byte compare into a mask), and its
+// position's vector is loaded, updated in those lanes only (a masked add or move; the rest
+// keep their bits) and stored whole, so every position is updated by the same windows in the
+// same order as channel by channel. Taps with no lane still cost their load and store. For
+// Dst float or double (kEnabled): every mode of float32 / float64, kSumInFloat of 16-bit types
+// (their kLast and kSumOfOne write T, and stay channel by channel). The largest switch seen
+// is kept for the caller's check (a switch past the window matches no tap and is dropped, as
+// channel by channel). Two threads, us, before (79d875e: channel by channel, or by_pixels)
+// -> after (PyTorch): pool backward float32 4x64x56x56 3x3/1 padding 1 435 -> 276 (378),
+// 4x256x56x56 3x3/3 543 -> 465 (555), 4x32x56x56 3x3/2 padding 1 70 -> 61 (57); unpool
+// forward 4x64x56x56 3x3/1 padding 1 346 -> 287 (499), 3x3/2 within 5%; 16-bit types with
+// the ring below: see there. An AVX2 form (at::vec: float compares, and-masks, 8 lanes) was
+// slower than channel by channel on every overlapping map tried (4x64x56x56 3x3/1 pool
+// backward 408 -> 565, unpool 355 -> 568; bfloat16 4x64x112x112 3x3/2 657 -> 855).
 template <Mode kMode, typename T, typename Dst>
 class TapScatter {
   using L = Lanes<T>;
@@ -300,7 +303,6 @@ class TapScatter {
     int64_t c = 0;
     for (; c + V <= nc; c += V) {
       const Vec val = L::load(vi + c);
-#if defined(CPU_CAPABILITY_AVX512)
       const __m128i ks = V == 16 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(si + c))
                                  : _mm_loadl_epi64(reinterpret_cast<const __m128i*>(si + c));
       largest_ = _mm_max_epu8(largest_, ks);
@@ -318,40 +320,19 @@ class TapScatter {
                                                    : _mm512_mask_add_pd(cur, h, cur, x));
         }
       }
-#else
-      const Vec ks = L::load_switches(si + c);
-      largest_vec_ = at::vec::maximum(largest_vec_, ks);
-      for (int64_t k = 0; k < taps; ++k) {
-        const Vec hit = ks == L::splat(k);
-        Dst* p = d + rel[k] + c;
-        const Vec cur = Vec::loadu(p);
-        // (adding +0 in the other lanes leaves any sum from +0 as it is)
-        (kMode == Mode::kLast ? Vec::blendv(cur, val, hit) : cur + (val & hit)).store(p);
-      }
-#endif
     }
     return c;
   }
 
   // The largest switch the vectors held (0 if none).
   int64_t largest() const {
-#if defined(CPU_CAPABILITY_AVX512)
     alignas(16) uint8_t b[16];
     _mm_store_si128(reinterpret_cast<__m128i*>(b), largest_);
     return *std::max_element(b, b + 16);
-#else
-    alignas(64) typename L::acc_t b[V];
-    largest_vec_.store(b);
-    return static_cast<int64_t>(*std::max_element(b, b + V));
-#endif
   }
 
  private:
-#if defined(CPU_CAPABILITY_AVX512)
   __m128i largest_ = _mm_setzero_si128();
-#else
-  Vec largest_vec_ = Vec(0);
-#endif
 };
 #endif
 
@@ -365,8 +346,10 @@ void scatter_nhwc_as(const PoolKernelArgs& a) {
   // was zeroed (a fifth of the time), added into and rounded, out of cache. Two threads, us,
   // before (79d875e) -> after (PyTorch), bfloat16: 4x64x112x112 3x3/2 padding 1 1040 -> 523
   // (791; float16 1115 -> 527), 4x256x56x56 663 -> 560 (815), 4x64x56x56 3x3/1 448 -> 267
-  // (667), 4x128x56x56 3x3/2 356 -> 254 (380), 8x3x224x224 3x3/2 padding 1 462 -> 325 (334).
-  // The other modes write the output itself (a ring and a copy out measured 10-25% slower
+  // (667), 4x128x56x56 3x3/2 356 -> 254 (380), 8x3x224x224 3x3/2 padding 1 462 -> 325 (334);
+  // AVX2 (by_pixels before, channel by channel now): 4x64x112x112 1068 -> 652 (795),
+  // 4x64x56x56 3x3/1 637 -> 430 (680), 4x512x28x28 3x3/2 padding 1 457 -> 362 (432). The
+  // other modes write the output itself (a ring and a copy out measured 10-25% slower
   // for them).
   constexpr bool kRing = kMode == Mode::kSumInFloat;
   const PoolGeom g = a.g;
@@ -429,7 +412,7 @@ void scatter_nhwc_as(const PoolKernelArgs& a) {
           std::memset(static_cast<void*>(r), 0, row * sizeof(Dst));
         }
       };
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX512)
       TapScatter<kMode, T, Dst> tap_vectors;
 #endif
       for (int64_t oh = 0, i = 0; oh < g.OH; ++oh) {
@@ -449,7 +432,7 @@ void scatter_nhwc_as(const PoolKernelArgs& a) {
           if (rows_inside && w0 >= 0 && w0 + reach_w < W) {
             Dst* d = dst + w0 * pixel;
             int64_t c = 0;
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX512)
             if constexpr (TapScatter<kMode, T, Dst>::kEnabled) {
               c = tap_vectors.run(vi, si, d, rel, taps, nc);
             }
@@ -477,7 +460,7 @@ void scatter_nhwc_as(const PoolKernelArgs& a) {
         }
       }
       if constexpr (kRing) round_rows_before(g.H);
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX512)
       bad |= tap_vectors.largest() >= taps;
 #endif
     }
@@ -615,7 +598,8 @@ void scatter_nhwc_by_pixels(const PoolKernelArgs& a) {
 // 582 / 392 (556), 5x5/2 4x128x56x56 496 / 400 (397). 16-bit types: their scatter adds into
 // a ring of float rows in cache, and the gather measured slower or the same: bfloat16
 // 4x256x56x56 3x3/2 padding 1 693 / 531 (849), 4x256x56x56 3x3/1 1882 / 1359 (3235),
-// 4x512x28x28 339 / 336 (449). (AVX2: the two within 5% on these maps.)
+// 4x512x28x28 339 / 336 (449). AVX2 (the scatter channel by channel): 4x64x56x56 3x3/1
+// float32 479 / 408 (401); 3x3/2 maps within 5%.
 template <typename T>
 bool by_pixels_pays(const PoolKernelArgs& a) {
   const Reach reach(a.g);  // (windows over a pixel: at most (rows + 1) x (cols + 1))
