@@ -1270,6 +1270,39 @@ def test_unpool_backward_channels_last_few_channels(target, channels):
                        *geo)
 
 
+@pytest.mark.parametrize("channels", [1, 2, 3, 5, 8])
+def test_unpool_backward_channels_last_few_channels_overlap(target, channels):
+    """Channels-last unpool backward with overlap and few channels: AVX-512 builds take such
+    maps a channel at a time, its switches copied into a plane of their own, and keep a
+    window's value only where no later window names the same pixel. Maps of more than one
+    chunk of 4096 windows; stride 1 and 2, dilation; special values of the gradient copied
+    bit for bit; a switch past its window, or one naming the padding, in a later chunk or
+    channel, is found."""
+    geos = [(geometry(3, 1, 1), (70, 71)), (geometry(3, 2, 1), (23, 29)),
+            (geometry((2, 3), (1, 2), (1, 1), 2), (40, 50))]
+    for (geo, hw), dtype in itertools.product(geos, FLOAT_DTYPES):
+        sw, _ = random_valid_switches((2, channels), hw, geo, False)
+        y = make_values(sw.shape, dtype, "randn")
+        g = make_values((2, channels, *hw), dtype, "special")
+        y_in, sw_in, g_in = (arrange(t, "channels_last") for t in (y, sw, g))
+        _, gy = target.unpool_grad(y_in, sw_in, g_in, geo, hw)
+        yr = y.clone().requires_grad_(True)
+        (egy,) = torch.autograd.grad(_reference_unpool(yr, sw, geo, hw), yr, g)
+        if target.backend != "reference":  # (autograd of the reference's scatter: NCHW)
+            assert is_channels_last(gy) or channels == 1, f"{dtype} {geo}"
+        assert_identical(gy, egy, f"{dtype} {geo} C={channels}")
+    geo, hw = geos[0]
+    sw, _ = random_valid_switches((2, channels), hw, geo, False)
+    g = arrange(torch.randn(2, channels, *hw), "channels_last")
+    for where, value in (((1, channels - 1, 60, 30), 9),  # past its window, a later chunk
+                         ((0, channels // 2, 0, 5), 1)):  # the padding above the map
+        bad = sw.clone()
+        bad[where] = value
+        with pytest.raises(RuntimeError, match="(?i)switch"):
+            target.raw("max_unpool2d_with_switches_backward", g, arrange(bad, "channels_last"),
+                       *geo)
+
+
 @pytest.mark.parametrize(
     "case, hw",
     [((geometry(3, 1, 1), False), (70, 71)), ((geometry(2, 1), False), (70, 71)),

@@ -456,6 +456,68 @@ void gather_nhwc_vectors(const PoolKernelArgs& a) {
 }
 #endif
 
+#if defined(CPU_CAPABILITY_AVX512)
+// NHWC with overlap and few channels (an image's 3), AVX-512: a channel at a time as
+// gather_nchw_vectors does a plane, on that channel's switches copied out of the pixels into
+// a plane of their own (FlatTargets, then the compares with later windows' targets), its kept
+// values read and written at the pixels' stride. gather_nhwc_vectors fills 16 lanes with a
+// window's channels, 3 of them here. Two threads, us, vectors -> planes (torch.gather at
+// PyTorch's indices, which keeps every window's value, last or not), float32: 8x3x224x224
+// 3x3/2 padding 1 441 -> 340 (228), bfloat16 383 -> 278 (251); 8x4x112x112 113 -> 97 (51),
+// 3x3/1 padding 1 663 -> 395 (194); but 8x6x112x112 3x3/2 133 -> 159, 8x8 158 -> 228, so up
+// to 4 channels (8x5: 125 / 123).
+template <typename T>
+void gather_nhwc_planes(const PoolKernelArgs& a) {
+  const PoolGeom g = a.g;
+  const SwitchOffsets off(g);
+  const scatter_generic::FlatTargets targets(g, off);
+  const std::vector<int64_t> later = later_windows(g, true);
+  const int64_t farthest = later.empty() ? 0 : later.back();
+  const int64_t C = a.C, HW = g.H * g.W, OHW = g.OH * g.OW;
+  const T* src = static_cast<const T*>(a.in);
+  T* out = static_cast<T*>(a.out);
+  const uint8_t* sw = a.switches;
+  constexpr int64_t kChunk = 4096;  // windows whose targets are made before any is used
+  at::parallel_for(0, a.N * C, grain_for(2 * OHW), [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> t(kChunk + farthest + 2 * 16);
+    std::vector<uint8_t> plane(OHW);
+    bool bad = false;
+    for (int64_t item = begin; item < end && !bad; ++item) {
+      const int64_t n = item / C, c = item % C;
+      const T* s = src + n * HW * C + c;  // position p at s[p * C]
+      const uint8_t* sn = sw + n * OHW * C + c;
+      T* o = out + n * OHW * C + c;
+      for (int64_t i = 0; i < OHW; ++i) plane[i] = sn[i * C];
+      for (int64_t w0 = 0; w0 < OHW; w0 += kChunk) {
+        const int64_t windows = std::min(kChunk, OHW - w0);
+        const int64_t made = std::min(OHW - w0, windows + farthest);
+        if (!targets.windows(plane.data(), w0, made, t.data())) {
+          bad = true;  // a switch past its window or naming the padding: the op fails
+          break;
+        }
+        // past the image's last window: names nothing (up to what the last step reads)
+        std::fill(t.begin() + made, t.begin() + std::max(made, windows + farthest + 16), -1);
+        const int32_t* tp = t.data();
+        for (int64_t j = 0; j < windows; j += 16) {
+          const __m512i tj = _mm512_loadu_si512(tp + j);
+          __mmask16 lost = 0;
+          for (const int64_t d : later) {
+            lost |= _mm512_cmpeq_epi32_mask(tj, _mm512_loadu_si512(tp + j + d));
+          }
+          const auto keep = static_cast<uint32_t>(~lost);
+          const int64_t m = std::min<int64_t>(16, windows - j);
+          T* oj = o + (w0 + j) * C;
+          for (int64_t l = 0; l < m; ++l) {
+            oj[l * C] = value_or_zero(((keep >> l) & 1) != 0, s[int64_t{tp[j + l]} * C]);
+          }
+        }
+      }
+    }
+    if (bad) a.bad_switch->store(true, std::memory_order_relaxed);
+  });
+}
+#endif
+
 // NCHW 2x2 stride 2 inside the input (DeconvNet's pools): a pooled row from its two input
 // rows, the switch's high bit picking the row and its low bit the column; nothing else to
 // check but switch < 4. (One thread, 4x512x14x14 float32: the plane walk above 209 us, this
@@ -516,7 +578,7 @@ template <typename T>
 void gather_nhwc(const PoolKernelArgs& a, bool only_if_last) {
 #if defined(CPU_CAPABILITY_AVX512)
   if (only_if_last && scatter_generic::FlatTargets::usable(a.g)) {
-    return gather_nhwc_vectors<T>(a);
+    return a.C <= 4 ? gather_nhwc_planes<T>(a) : gather_nhwc_vectors<T>(a);
   }
 #endif
   only_if_last ? gather_nhwc_as<T, true>(a) : gather_nhwc_as<T, false>(a);
