@@ -130,10 +130,14 @@ inline std::vector<int64_t> later_windows(const PoolGeom& g, bool overlap) {
 }
 
 // o[l] = s[t[l]] for the n lanes l whose bit is set in keep, +0 for the others (the kept
-// values of the target-compare gathers, read a lane at a time).
+// values of the target-compare gathers, read a lane at a time); with a stride, o[l * stride]
+// = s[t[l] * stride] (one channel of channels-last maps).
 template <typename T>
-inline void read_kept(const T* s, const int32_t* t, uint32_t keep, int64_t n, T* o) {
-  for (int64_t l = 0; l < n; ++l) o[l] = value_or_zero(((keep >> l) & 1) != 0, s[t[l]]);
+inline void read_kept(const T* s, const int32_t* t, uint32_t keep, int64_t n, T* o,
+                      int64_t stride = 1) {
+  for (int64_t l = 0; l < n; ++l) {
+    o[l * stride] = value_or_zero(((keep >> l) & 1) != 0, s[int64_t{t[l]} * stride]);
+  }
 }
 
 #if defined(CPU_CAPABILITY_AVX512)
@@ -150,6 +154,40 @@ inline void read_kept(const T* s, const int32_t* t, uint32_t keep, int64_t n, T*
 // 3x3/1 padding 1 1208 -> 495, 4x256x56x56 3x3/1 padding 1 8717 -> 3457, 4x64x112x112 2x2/2
 // dilation 2 2244 -> 927; torch.gather of the same gradient at PyTorch's indices (which
 // gives every window the value, last or not) 110, 371, 2831, 819.
+//
+// gather_compared_plane: the windows of one plane so, sp its OHW switches, s its gradient
+// (position p at s[p * stride]), o its pooled gradient (window i at o[i * stride]; stride
+// C: one channel of a channels-last map, gather_nhwc_planes); t a scratch of
+// kComparedChunk + later.back() + 32 targets. False at a bad switch (a switch past its
+// window or naming the padding), with o partly written.
+constexpr int64_t kComparedChunk = 4096;  // windows whose targets are made before any is used
+
+template <typename T>
+__attribute__((always_inline)) inline bool gather_compared_plane(
+    const scatter_generic::FlatTargets& targets, const std::vector<int64_t>& later, int64_t OHW,
+    const uint8_t* sp, const T* s, T* o, int64_t stride, int32_t* t) {
+  const int64_t farthest = later.empty() ? 0 : later.back();
+  for (int64_t w0 = 0; w0 < OHW; w0 += kComparedChunk) {
+    const int64_t windows = std::min(kComparedChunk, OHW - w0);
+    // with the later windows the last of them compares with
+    const int64_t made = std::min(OHW - w0, windows + farthest);
+    if (!targets.windows(sp, w0, made, t)) return false;
+    // past the plane's last window: names nothing (up to what the last step reads)
+    std::fill(t + made, t + std::max(made, windows + farthest + 16), -1);
+    T* oc = o + w0 * stride;
+    for (int64_t j = 0; j < windows; j += 16) {
+      const __m512i tj = _mm512_loadu_si512(t + j);
+      __mmask16 lost = 0;
+      for (const int64_t d : later) {
+        lost |= _mm512_cmpeq_epi32_mask(tj, _mm512_loadu_si512(t + j + d));
+      }
+      read_kept(s, t + j, static_cast<uint32_t>(~lost), std::min<int64_t>(16, windows - j),
+                oc + j * stride, stride);
+    }
+  }
+  return true;
+}
+
 template <typename T>
 void gather_nchw_vectors(const PoolKernelArgs& a, bool overlap) {
   const PoolGeom g = a.g;
@@ -162,39 +200,19 @@ void gather_nchw_vectors(const PoolKernelArgs& a, bool overlap) {
   T* out = static_cast<T*>(a.out);
   const uint8_t* sw = a.switches;
   const int64_t HW = g.H * g.W, OHW = g.OH * g.OW;
-  constexpr int64_t kChunk = 4096;  // windows whose targets are made before any is used
   at::parallel_for(0, a.N * a.C, grain_for(2 * OHW), [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> t(kChunk + farthest + 2 * 16);
+    std::vector<int32_t> t(kComparedChunk + farthest + 2 * 16);
     std::vector<int32_t> owner;
     bool bad = false;
     for (int64_t plane = begin; plane < end; ++plane) {
       const T* s = src + plane * HW;
       const uint8_t* sp = sw + plane * OHW;
       T* o = out + plane * OHW;
-      for (int64_t w0 = 0; w0 < OHW; w0 += kChunk) {
-        const int64_t windows = std::min(kChunk, OHW - w0);
-        // with the later windows the last of them compares with
-        const int64_t made = std::min(OHW - w0, windows + farthest);
-        if (!targets.windows(sp, w0, made, t.data())) {
-          // a bad switch: the plane again, a window at a time, to flag it
-          owner.resize(overlap ? HW : 0);
-          overlap ? gather_plane<T, true>(g, off, rp, s, sp, o, owner.data(), bad)
-                  : gather_plane<T, false>(g, off, rp, s, sp, o, owner.data(), bad);
-          break;
-        }
-        // past the plane's last window: names nothing (up to what the last step reads)
-        std::fill(t.begin() + made, t.begin() + std::max(made, windows + farthest + 16), -1);
-        const int32_t* tp = t.data();
-        T* oc = o + w0;
-        for (int64_t j = 0; j < windows; j += 16) {
-          const __m512i tj = _mm512_loadu_si512(tp + j);
-          __mmask16 lost = 0;
-          for (const int64_t d : later) {
-            lost |= _mm512_cmpeq_epi32_mask(tj, _mm512_loadu_si512(tp + j + d));
-          }
-          read_kept(s, tp + j, static_cast<uint32_t>(~lost), std::min<int64_t>(16, windows - j),
-                    oc + j);
-        }
+      if (!gather_compared_plane(targets, later, OHW, sp, s, o, 1, t.data())) {
+        // a bad switch: the plane again, a window at a time, to flag it
+        owner.resize(overlap ? HW : 0);
+        overlap ? gather_plane<T, true>(g, off, rp, s, sp, o, owner.data(), bad)
+                : gather_plane<T, false>(g, off, rp, s, sp, o, owner.data(), bad);
       }
     }
     if (bad) a.bad_switch->store(true, std::memory_order_relaxed);
@@ -477,41 +495,17 @@ void gather_nhwc_planes(const PoolKernelArgs& a) {
   const T* src = static_cast<const T*>(a.in);
   T* out = static_cast<T*>(a.out);
   const uint8_t* sw = a.switches;
-  constexpr int64_t kChunk = 4096;  // windows whose targets are made before any is used
   at::parallel_for(0, a.N * C, grain_for(2 * OHW), [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> t(kChunk + farthest + 2 * 16);
+    std::vector<int32_t> t(kComparedChunk + farthest + 2 * 16);
     std::vector<uint8_t> plane(OHW);
     bool bad = false;
     for (int64_t item = begin; item < end && !bad; ++item) {
       const int64_t n = item / C, c = item % C;
-      const T* s = src + n * HW * C + c;  // position p at s[p * C]
       const uint8_t* sn = sw + n * OHW * C + c;
-      T* o = out + n * OHW * C + c;
       for (int64_t i = 0; i < OHW; ++i) plane[i] = sn[i * C];
-      for (int64_t w0 = 0; w0 < OHW; w0 += kChunk) {
-        const int64_t windows = std::min(kChunk, OHW - w0);
-        const int64_t made = std::min(OHW - w0, windows + farthest);
-        if (!targets.windows(plane.data(), w0, made, t.data())) {
-          bad = true;  // a switch past its window or naming the padding: the op fails
-          break;
-        }
-        // past the image's last window: names nothing (up to what the last step reads)
-        std::fill(t.begin() + made, t.begin() + std::max(made, windows + farthest + 16), -1);
-        const int32_t* tp = t.data();
-        for (int64_t j = 0; j < windows; j += 16) {
-          const __m512i tj = _mm512_loadu_si512(tp + j);
-          __mmask16 lost = 0;
-          for (const int64_t d : later) {
-            lost |= _mm512_cmpeq_epi32_mask(tj, _mm512_loadu_si512(tp + j + d));
-          }
-          const auto keep = static_cast<uint32_t>(~lost);
-          const int64_t m = std::min<int64_t>(16, windows - j);
-          T* oj = o + (w0 + j) * C;
-          for (int64_t l = 0; l < m; ++l) {
-            oj[l * C] = value_or_zero(((keep >> l) & 1) != 0, s[int64_t{tp[j + l]} * C]);
-          }
-        }
-      }
+      // (a bad switch fails the op: no need to look further)
+      bad = !gather_compared_plane(targets, later, OHW, plane.data(), src + n * HW * C + c,
+                                   out + n * OHW * C + c, C, t.data());
     }
     if (bad) a.bad_switch->store(true, std::memory_order_relaxed);
   });
