@@ -330,16 +330,15 @@ void gather_nhwc_as(const PoolKernelArgs& a) {
   T* out = static_cast<T*>(a.out);
   const uint8_t* sw = a.switches;
   const int64_t HW = g.H * g.W, OHW = g.OH * g.OW;
-  // Tasks of (image, run of channels), as scatter_nhwc_as.
-  const int64_t split = std::max<int64_t>(1, (at::get_num_threads() + a.N - 1) / a.N);
-  const int64_t run = std::max<int64_t>(16, (C + split - 1) / split);
-  const int64_t runs = (C + run - 1) / run;
-  at::parallel_for(0, a.N * runs, grain_for(2 * OHW * run), [&](int64_t begin, int64_t end) {
+  const ChannelRuns tasks(a.N, C);
+  const int64_t run = tasks.run;
+  at::parallel_for(0, tasks.items(a.N), grain_for(2 * OHW * run), [&](int64_t begin,
+                                                                        int64_t end) {
     std::vector<int32_t> owner(kOnlyIfLast ? HW * run : 0);
     bool bad = false;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / runs, c0 = (item % runs) * run;
-      gather_nhwc_channels<T, kOnlyIfLast>(g, off, rp, C, std::min(run, C - c0),
+      const int64_t n = tasks.n(item), c0 = tasks.c0(item);
+      gather_nhwc_channels<T, kOnlyIfLast>(g, off, rp, C, tasks.count(item),
                                            src + n * HW * C + c0, sw + n * OHW * C + c0,
                                            out + n * OHW * C + c0, owner.data(), bad);
     }

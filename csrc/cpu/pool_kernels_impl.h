@@ -177,6 +177,22 @@ struct CountedIndex {
   }
 };
 
+// Channels-last tasks of (image, run of channels): whole images while there are enough of
+// them for the threads, else runs of at least 16 channels so that one image still spreads
+// over the threads. Item i is image n(i), channels [c0(i), c0(i) + count(i)).
+struct ChannelRuns {
+  int64_t C, run, runs;
+  ChannelRuns(int64_t N, int64_t C) : C(C) {
+    const int64_t split = std::max<int64_t>(1, (at::get_num_threads() + N - 1) / N);
+    run = std::max<int64_t>(16, (C + split - 1) / split);
+    runs = (C + run - 1) / run;
+  }
+  int64_t items(int64_t N) const { return N * runs; }
+  int64_t n(int64_t i) const { return i / runs; }
+  int64_t c0(int64_t i) const { return (i % runs) * run; }
+  int64_t count(int64_t i) const { return std::min(run, C - c0(i)); }
+};
+
 // The raw bits of a T, as an unsigned integer that may alias it.
 template <int kBytes>
 struct RawBitsOf;

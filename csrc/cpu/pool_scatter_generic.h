@@ -362,14 +362,12 @@ void scatter_nhwc_as(const PoolKernelArgs& a) {
   const int64_t taps = g.kh * g.kw;
   const int64_t reach_h = (g.kh - 1) * g.dh, reach_w = (g.kw - 1) * g.dw;
   const int64_t ring_rows = std::max<int64_t>(1, std::min(reach_h + 1, g.H));
-  // Tasks of (image, run of channels): whole images while there are enough of them for the
-  // threads (one memset zeroes each), else runs of channels so that one image still spreads
-  // over the threads (zeroed a pixel at a time).
-  const int64_t split = std::max<int64_t>(1, (at::get_num_threads() + a.N - 1) / a.N);
-  const int64_t run = std::max<int64_t>(16, (C + split - 1) / split);
-  const int64_t runs = (C + run - 1) / run;
-  at::parallel_for(0, a.N * runs, grain_for((HW + OHW) * run), [&](int64_t begin,
-                                                                     int64_t end) {
+  // Tasks of (image, run of channels): a whole image is zeroed by one memset, a run of
+  // channels a pixel at a time.
+  const ChannelRuns tasks(a.N, C);
+  const int64_t run = tasks.run;
+  at::parallel_for(0, tasks.items(a.N), grain_for((HW + OHW) * run), [&](int64_t begin,
+                                                                           int64_t end) {
     std::vector<Dst> ring(kRing ? ring_rows * W * run : 0, Dst(0));
     // The offsets in dst of the rows a window row reaches ([h0, h0 + reach_h]), and of each
     // tap from a window's first pixel (rel: windows inside the input, whose switches need
@@ -378,8 +376,7 @@ void scatter_nhwc_as(const PoolKernelArgs& a) {
     int64_t rel[256];
     bool bad = false;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / runs, c0 = (item % runs) * run;
-      const int64_t nc = std::min(run, C - c0);
+      const int64_t n = tasks.n(item), c0 = tasks.c0(item), nc = tasks.count(item);
       T* o = out + n * HW * C + c0;
       const T* vn = v + n * OHW * C + c0;
       const uint8_t* sn = sw + n * OHW * C + c0;
