@@ -8,6 +8,7 @@ same clear ``ValueError`` naming the argument before any work is done.
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -44,36 +45,49 @@ class PoolParams(NamedTuple):
         return (list(self.kernel_size), list(self.stride), list(self.padding), list(self.dilation))
 
 
+def as_int(value: object) -> int | torch.SymInt | None:
+    """``value`` as an int if it is one: an int, a SymInt, or what ``operator.index`` takes
+    (NumPy integers, 0-d integer tensors), as PyTorch's ops accept; ``None`` for anything
+    else, bools included."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, torch.SymInt)):
+        return value
+    if isinstance(value, torch.Tensor) and value.dtype == torch.bool:
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def pair(value: IntOrPair, name: str) -> tuple[int, int]:
     """``3 -> (3, 3)``; ``(2, 3) -> (2, 3)``; anything else is a ``ValueError`` naming ``name``."""
-    if isinstance(value, bool):
+    single = as_int(value)
+    if single is not None:
+        return (single, single)  # type: ignore[return-value]
+    if isinstance(value, (str, bytes)):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, torch.SymInt):
-        return (value, value)  # type: ignore[return-value]
     try:
-        items = tuple(value)
+        items = tuple(as_int(v) for v in value)  # type: ignore[union-attr]
     except TypeError:
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from None
     if len(items) == 1:
         items = items * 2
-    if len(items) != 2 or not all(
-        isinstance(v, (int, torch.SymInt)) and not isinstance(v, bool) for v in items
-    ):
+    if len(items) != 2 or any(v is None for v in items):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return (items[0], items[1])
+    return (items[0], items[1])  # type: ignore[return-value]
 
 
 def _check_signs(stride: tuple[int, int], dilation: tuple[int, int],
-                 padding: tuple[int, int]) -> None:
+                 padding: tuple[int, int], prefix: str = "") -> None:
     # Shared by pools and deconvolutions: PyTorch's messages for the same mistakes.
     if min(stride) <= 0:
-        raise ValueError(f"stride must be positive, got {stride}")
+        raise ValueError(f"{prefix}stride must be positive, got {stride}")
     if min(dilation) <= 0:
-        raise ValueError(f"dilation must be positive, got {dilation}")
+        raise ValueError(f"{prefix}dilation must be positive, got {dilation}")
     if min(padding) < 0:
-        raise ValueError(f"padding must be non-negative, got {padding}")
+        raise ValueError(f"{prefix}padding must be non-negative, got {padding}")
 
 
 def _exact_ints(value: object) -> object:
@@ -96,18 +110,21 @@ def pool_params(
     stride: IntOrPair | None = None,
     padding: IntOrPair = 0,
     dilation: IntOrPair = 1,
+    prefix: str = "",
 ) -> PoolParams:
     """Normalise and validate a pooling geometry (PyTorch's rules, plus the uint8 window bound).
 
+    ``prefix`` goes before the argument names in errors (``"pool_"``: the fused op's
+    ``pool_kernel_size`` ..., beside its deconvolution's own ``stride`` and ``padding``).
     Valid plain-int geometries are remembered: every op call starts here.
     """
     if torch.compiler.is_compiling():
-        return _pool_params(kernel_size, stride, padding, dilation)
+        return _pool_params(kernel_size, stride, padding, dilation, prefix)
     try:
         key = tuple(map(_exact_ints, (kernel_size, stride, padding, dilation)))
     except TypeError:  # SymInts, bools, floats...: checked afresh (and maybe rejected)
-        return _pool_params(kernel_size, stride, padding, dilation)
-    return _pool_params_cached(*key)
+        return _pool_params(kernel_size, stride, padding, dilation, prefix)
+    return _pool_params_cached(*key, prefix)
 
 
 def _pool_params(
@@ -115,23 +132,25 @@ def _pool_params(
     stride: IntOrPair | None,
     padding: IntOrPair,
     dilation: IntOrPair,
+    prefix: str = "",
 ) -> PoolParams:
-    k = pair(kernel_size, "kernel_size")
+    k = pair(kernel_size, f"{prefix}kernel_size")
     empty_stride = isinstance(stride, (list, tuple)) and len(stride) == 0
-    s = k if stride is None or empty_stride else pair(stride, "stride")
-    p = pair(padding, "padding")
-    d = pair(dilation, "dilation")
+    s = k if stride is None or empty_stride else pair(stride, f"{prefix}stride")
+    p = pair(padding, f"{prefix}padding")
+    d = pair(dilation, f"{prefix}dilation")
     if min(k) <= 0:
-        raise ValueError(f"kernel_size must be positive, got {k}")
-    _check_signs(s, d, p)
+        raise ValueError(f"{prefix}kernel_size must be positive, got {k}")
+    _check_signs(s, d, p, prefix)
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ValueError(
-            f"padding must be at most half of kernel_size, got padding={p} for kernel_size={k}"
+            f"{prefix}padding must be at most half of {prefix}kernel_size, got "
+            f"{prefix}padding={p} for {prefix}kernel_size={k}"
         )
     if k[0] * k[1] > MAX_WINDOW:
         raise ValueError(
-            f"kernel_size {k} has a window of {k[0] * k[1]} elements; uint8 switches hold at most "
-            f"{MAX_WINDOW}"
+            f"{prefix}kernel_size {k} has a window of {k[0] * k[1]} elements; uint8 switches "
+            f"hold at most {MAX_WINDOW}"
         )
     return PoolParams(k, s, p, d)
 
@@ -244,16 +263,19 @@ def unpooled_shape(
                 f"kernel_size={params.kernel_size}, padding={params.padding} would be {size}"
             )
         return size
-    if isinstance(output_size, (int, torch.SymInt)):
+    if as_int(output_size) is not None or isinstance(output_size, (str, bytes)):
         raise ValueError(f"{name} must be a sequence (H, W), got {output_size!r}")
-    size = tuple(output_size)
+    try:
+        size = tuple(as_int(n) for n in output_size)  # type: ignore[union-attr]
+    except TypeError:
+        raise ValueError(f"{name} must be a sequence (H, W), got {output_size!r}") from None
+    if any(n is None for n in size):
+        raise ValueError(f"{name} must hold ints, got {tuple(output_size)}")
     if len(size) != 2 and (leading is None or size[:-2] != tuple(leading)):
         whole = "" if leading is None else f" or the whole unpooled shape {(*leading, 'H', 'W')}"
         raise ValueError(f"{name} must be (H, W){whole}, got {size}")
     size = size[-2:]
     for n, o, k, s, p, d in zip(size, pooled, *params, strict=True):
-        if not isinstance(n, (int, torch.SymInt)) or isinstance(n, bool):
-            raise ValueError(f"{name} must hold ints, got {tuple(output_size)}")
         if n < 1 or (
             pooled_size(n, k, s, p, d, False) != o and pooled_size(n, k, s, p, d, True) != o
         ):
@@ -312,6 +334,8 @@ def checked_pool(
         if params is not None:
             return params
     params = pool_params(kernel_size, stride, padding, dilation)
+    if not isinstance(ceil_mode, bool):  # F.max_pool2d's rule (a TypeError there)
+        raise ValueError(f"ceil_mode must be a bool, got {ceil_mode!r}")
     check_float_tensor(x, "x")
     pooled_shape(x.shape[-2:], params, bool(ceil_mode))  # type: ignore[union-attr]
     if key is not None and len(_CHECKED_POOLS) < _CHECKED_POOLS_MAX:
@@ -334,17 +358,6 @@ def check_switches(switches: object, like: torch.Tensor, name: str = "switches")
         raise ValueError(
             f"{name} is on {switches.device} but the pooled tensor is on {like.device}"
         )
-
-
-def spatial_size(size: Sequence[int], name: str) -> tuple[int, int]:
-    """``(H, W)`` from a size that may carry leading dimensions."""
-    size = tuple(size)
-    if len(size) < 2:
-        raise ValueError(f"{name} must hold at least (H, W), got {size}")
-    h, w = size[-2:]
-    if h < 1 or w < 1:
-        raise ValueError(f"{name} must be positive, got {(h, w)}")
-    return (h, w)
 
 
 class DeconvParams(NamedTuple):
@@ -382,9 +395,10 @@ def deconv_params(
             "output_padding must be non-negative and smaller than either stride or dilation, "
             f"got output_padding={op}, stride={s}, dilation={d}"
         )
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
+    g = as_int(groups)
+    if g is None or g <= 0:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
-    return DeconvParams(s, p, op, groups, d)
+    return DeconvParams(s, p, op, g, d)
 
 
 def check_deconv_weight(

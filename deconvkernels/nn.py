@@ -38,7 +38,9 @@ class MaxPool2dWithSwitches(nn.Module):
         super().__init__()
         params = pool_params(kernel_size, stride, padding, dilation)
         self.kernel_size, self.stride, self.padding, self.dilation = params
-        self.ceil_mode = bool(ceil_mode)
+        if not isinstance(ceil_mode, bool):
+            raise ValueError(f"ceil_mode must be a bool, got {ceil_mode!r}")
+        self.ceil_mode = ceil_mode
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return ops.max_pool2d_with_switches(
@@ -122,7 +124,7 @@ class _UnpoolGeometry:
         dilation: IntOrPair,
     ) -> None:
         (self.pool_kernel_size, self.pool_stride, self.pool_padding,
-         self.pool_dilation) = pool_params(kernel_size, stride, padding, dilation)
+         self.pool_dilation) = pool_params(kernel_size, stride, padding, dilation, "pool_")
 
     def _pool_repr(self) -> str:
         return (

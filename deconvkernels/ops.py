@@ -31,7 +31,6 @@ from ._geometry import (
     deconv_params,
     pool_params,
     pooled_shape,
-    spatial_size,
     unpooled_shape,
 )
 
@@ -187,8 +186,7 @@ def switches_to_indices(
         raise ValueError("switches must be a torch.uint8 tensor")
     if switches.dim() not in (3, 4):
         raise ValueError(f"switches must be 3-D or 4-D, got shape {tuple(switches.shape)}")
-    size = spatial_size(input_size, "input_size")
-    _check_pooled_from(switches, size, params, "input_size")
+    size = _input_size_of(switches, input_size, params)
     if use_extension():
         return _call(_ops.switches_to_indices, switches, list(size), *params.as_lists())
     return reference.switches_to_indices(switches, size, params)
@@ -208,8 +206,7 @@ def indices_to_switches(
         raise ValueError("indices must be a torch.int64 tensor")
     if indices.dim() not in (3, 4):
         raise ValueError(f"indices must be 3-D or 4-D, got shape {tuple(indices.shape)}")
-    size = spatial_size(input_size, "input_size")
-    _check_pooled_from(indices, size, params, "input_size")
+    size = _input_size_of(indices, input_size, params)
     if use_extension():
         return _call(_ops.indices_to_switches, indices, list(size), *params.as_lists())
     return reference.indices_to_switches(indices, size, params)
@@ -230,7 +227,9 @@ def _autocast_inputs(
     dtype = torch.get_autocast_dtype(device_type)
 
     def cast(t: torch.Tensor | None) -> torch.Tensor | None:
-        return t.to(dtype) if t is not None and t.is_floating_point() else t
+        # autocast's eligibility rule: float16/bfloat16/float32 only; float64 stays as it is
+        eligible = t is not None and t.is_floating_point() and t.dtype != torch.float64
+        return t.to(dtype) if eligible else t  # type: ignore[union-attr]
 
     return cast(y), cast(weight), cast(bias)  # type: ignore[return-value]
 
@@ -273,7 +272,7 @@ def unpool_deconv2d(
     ``bias`` are cast to the autocast dtype (float16/bfloat16) and the kernels run in it.
     """
     y, weight, bias = _autocast_inputs(y, weight, bias)
-    params = pool_params(pool_kernel_size, pool_stride, pool_padding, pool_dilation)
+    params = pool_params(pool_kernel_size, pool_stride, pool_padding, pool_dilation, "pool_")
     dc = deconv_params(stride, padding, output_padding, groups, dilation)
     check_float_tensor(y, "y")
     check_switches(switches, y)
@@ -296,11 +295,16 @@ def unpool_deconv2d(
     )
 
 
-def _check_pooled_from(
-    pooled: torch.Tensor, size: tuple[int, int], params: PoolParams, name: str
-) -> None:
-    # Raises if no pool (floor or ceil mode) maps ``size`` to the pooled tensor's extent.
-    unpooled_shape(pooled.shape[-2:], params, size, name)
+def _input_size_of(
+    pooled: torch.Tensor, input_size: Sequence[int], params: PoolParams
+) -> tuple[int, int]:
+    """``(H, W)`` of ``input_size`` (``(H, W)`` or the whole input shape, whose leading sizes
+    must be the pooled tensor's, as ``output_size`` of the unpool); a ValueError naming it if
+    no pool (floor or ceil mode) maps it to the pooled tensor's extent."""
+    if input_size is None:
+        raise ValueError("input_size must be given: the pooled input's (H, W)")
+    return unpooled_shape(pooled.shape[-2:], params, input_size, "input_size",
+                          leading=pooled.shape[:-2])
 
 
 # ------------------------------------------------------------ fake kernels and autograd

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch._prims_common import suggest_memory_format
 
 from ._geometry import PoolParams, pooled_shape
 
@@ -25,13 +26,24 @@ def _window_origins(
     return rows, cols
 
 
-def _all_true(valid: torch.Tensor) -> bool:
-    """Whether every element of the bool tensor ``valid`` is true, for every sample of a
-    torch.vmap too: a vmapped tensor cannot be branched on, so its check runs on the physical
-    tensor (all samples at once) under functorch's wrappers."""
+def _check_all(valid: torch.Tensor, message: str) -> None:
+    """``ValueError(message)`` unless every element of the bool tensor ``valid`` is true.
+
+    Under a torch.vmap the check runs on the physical tensor (all samples at once), since a
+    vmapped tensor cannot be branched on. Where the values are not known yet (meta tensors,
+    FakeTensor tracing, torch.compile and torch.export) it becomes an assertion in the graph
+    (``torch._assert_async``: a RuntimeError when the compiled code runs), so the reference
+    backend traces as the extension does.
+    """
+    if torch.compiler.is_compiling() or valid.device.type == "meta" or isinstance(
+        valid, torch._subclasses.fake_tensor.FakeTensor
+    ):
+        torch._assert_async(valid.all(), message)
+        return
     while torch._C._functorch.is_functorch_wrapped_tensor(valid):
         valid = torch._C._functorch.get_unwrapped(valid)
-    return bool(valid.all())
+    if not bool(valid.all()):
+        raise ValueError(message)
 
 
 def switches_to_indices(
@@ -45,27 +57,30 @@ def switches_to_indices(
     ky, kx = s // kw, s % kw
     ih, iw = rows + ky * dh, cols + kx * dw
     valid = (s < kh * kw) & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
-    if not _all_true(valid):
-        raise ValueError("switches: a switch points outside its window or outside the input")
+    _check_all(valid, "switches: a switch points outside its window or outside the input")
     return ih * width + iw
 
 
 def indices_to_switches(
-    indices: torch.Tensor, input_size: Sequence[int], params: PoolParams
+    indices: torch.Tensor, input_size: Sequence[int], params: PoolParams, check: bool = True
 ) -> torch.Tensor:
-    """Flat int64 indices of ``F.max_pool2d`` -> uint8 window-local offsets ``ky * kw + kx``."""
+    """Flat int64 indices of ``F.max_pool2d`` -> uint8 window-local offsets ``ky * kw + kx``.
+
+    ``check=False`` skips the validation, for indices ``F.max_pool2d`` has just produced.
+    """
     height, width = input_size
     (kh, kw), (dh, dw) = params.kernel_size, params.dilation
     rows, cols = _window_origins(indices.shape[-2:], params, indices.device)
     idx = indices.long()
     ry, rx = idx.div(width, rounding_mode="floor") - rows, idx.remainder(width) - cols
+    if not check:
+        return ((ry // dh) * kw + rx // dw).to(torch.uint8)
     valid = (
         (idx >= 0) & (idx < height * width)
         & (ry >= 0) & (ry % dh == 0) & (ry // dh < kh)
         & (rx >= 0) & (rx % dw == 0) & (rx // dw < kw)
     )
-    if not _all_true(valid):
-        raise ValueError("indices: an index lies outside its pooling window")
+    _check_all(valid, "indices: an index lies outside its pooling window")
     return ((ry // dh) * kw + rx // dw).to(torch.uint8)
 
 
@@ -81,7 +96,7 @@ def max_pool2d_with_switches(
         x, params.kernel_size, params.stride, params.padding, params.dilation,
         ceil_mode=ceil_mode, return_indices=True,
     )
-    return y, indices_to_switches(indices, x.shape[-2:], params)
+    return y, indices_to_switches(indices, x.shape[-2:], params, check=False)
 
 
 def max_unpool2d_with_switches(
@@ -112,10 +127,13 @@ def max_unpool2d_with_switches(
     out = torch.zeros((*lead, spare + 1), dtype=y.dtype, device=y.device)
     out = out.scatter(-1, target, y.flatten(-2))
     out = out[..., :spare].reshape(*lead, height, width)
-    channels_last = y.dim() == 4 and not y.is_contiguous()
-    if channels_last and y.is_contiguous(memory_format=torch.channels_last):
-        out = out.contiguous(memory_format=torch.channels_last)
-    return out
+    # A dense result in y's memory format, by the rule the extension follows (ops.py's
+    # _empty_in_format_of): the slice above is a strided view.
+    # (a 3-D y counts as a batch of one)
+    if y.dim() == 4:
+        return out.contiguous(memory_format=suggest_memory_format(y))
+    fmt = suggest_memory_format(y.unsqueeze(0))
+    return out.unsqueeze(0).contiguous(memory_format=fmt).squeeze(0)
 
 
 def unpool_deconv2d(
@@ -132,7 +150,39 @@ def unpool_deconv2d(
     dilation: tuple[int, int],
 ) -> torch.Tensor:
     """The chain the fused op replaces: unpool (materialised), then ``F.conv_transpose2d``."""
+    if weight.shape[0] == 0:
+        return _deconv_of_no_channels(y, weight, bias, output_size, stride, padding,
+                                      output_padding, groups, dilation)
     unpooled = max_unpool2d_with_switches(y, switches, params, output_size)
     return F.conv_transpose2d(
         unpooled, weight, bias, stride, padding, output_padding, groups, dilation
     )
+
+
+def _deconv_of_no_channels(
+    y: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    output_size: Sequence[int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    output_padding: tuple[int, int],
+    groups: int,
+    dilation: tuple[int, int],
+) -> torch.Tensor:
+    """A transposed convolution of zero input channels: a sum over nothing, so the bias alone
+    (F.conv_transpose2d refuses such a weight; the compiled op gives this). The result stays
+    connected to ``y`` and ``weight`` so that autograd gives them their (empty) gradients."""
+    hw = tuple(
+        (n - 1) * s - 2 * p + d * (k - 1) + op + 1
+        for n, k, s, p, op, d in zip(
+            output_size, weight.shape[-2:], stride, padding, output_padding, dilation, strict=True
+        )
+    )
+    batched = y if y.dim() == 4 else y.unsqueeze(0)
+    out = torch.zeros((batched.shape[0], weight.shape[1] * groups, *hw), dtype=y.dtype,
+                      device=y.device).contiguous(memory_format=suggest_memory_format(batched))
+    out = out + (y.sum() + weight.sum()) * 0
+    if bias is not None:
+        out = out + bias.view(-1, 1, 1)
+    return out if y.dim() == 4 else out.squeeze(0)

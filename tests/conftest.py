@@ -57,7 +57,7 @@ def _enter(t: Target):
         assert dk.set_cpu_isa(t.isa) == t.isa
         assert dk.cpu_isa() == t.isa
     if t.backend is not None:
-        _saved_backend.append(dk._backend._requested)
+        _saved_backend.append(dk._backend._process_backend)
         dk.set_backend(t.backend)
 
 

@@ -146,6 +146,55 @@ def test_use_backend_restores_and_nests():
     assert dk.get_backend() == before
 
 
+def test_use_backend_is_per_thread():
+    """A use_backend block holds for its own thread only, and overlapping blocks in two
+    threads that exit out of order leave nothing behind (the process-wide choice stays)."""
+    import threading
+
+    before = dk.get_backend()
+    entered, a_exit, b_entered, b_exit = (threading.Event() for _ in range(4))
+    seen = {}
+
+    def thread_a():
+        with dk.use_backend("reference"):
+            seen["a inside"] = dk.get_backend()
+            entered.set()
+            a_exit.wait(10)
+        seen["a after"] = dk.get_backend()
+
+    def thread_b():
+        entered.wait(10)
+        seen["b before"] = dk.get_backend()
+        with dk.use_backend("extension"):
+            b_entered.set()
+            b_exit.wait(10)
+
+    a, b = threading.Thread(target=thread_a), threading.Thread(target=thread_b)
+    a.start()
+    b.start()
+    b_entered.wait(10)
+    seen["main"] = dk.get_backend()
+    a_exit.set()  # A leaves first, then B: the order a module-level variable got wrong
+    a.join(10)
+    b_exit.set()
+    b.join(10)
+    assert seen == {"a inside": "reference", "b before": before, "main": before,
+                    "a after": before}
+    assert dk.get_backend() == before
+    # set_backend is process-wide, and a use_backend block still wins inside it
+    dk.set_backend("reference")
+    try:
+        with dk.use_backend("extension"):
+            assert dk.get_backend() == ("extension" if HAS_EXT else "reference")
+        other = []
+        t = threading.Thread(target=lambda: other.append(dk.get_backend()))
+        t.start()
+        t.join(10)
+        assert other == ["reference"]
+    finally:
+        dk.set_backend(before)
+
+
 @pytest.mark.parametrize("name", ["cuda", "Reference", "", None, "extension "])
 def test_invalid_backend_name(name):
     before = dk.get_backend()
@@ -312,7 +361,7 @@ def test_pool_module_conventions():
     )
     assert repr(m) == f"MaxPool2dWithSwitches({m.extra_repr()})"
     m2 = dknn.MaxPool2dWithSwitches((2, 3), stride=(1, 2), padding=(1, 0), dilation=2,
-                                    ceil_mode=1)
+                                    ceil_mode=True)
     assert m2.ceil_mode is True
     assert "kernel_size=(2, 3), stride=(1, 2), padding=(1, 0), dilation=(2, 2)" in repr(m2)
     assert list(m.parameters()) == [] and list(m.buffers()) == [] and m.state_dict() == {}
@@ -435,3 +484,66 @@ def test_eager_entries_and_when_they_step_aside(monkeypatch, channels_last):
         ym, _ = dk.max_pool2d_with_switches(x.as_subclass(Marked), 2)
         assert type(ym) is Marked
         assert eager.calls == {}
+
+
+@pytest.mark.requires_extension
+@pytest.mark.parametrize("shape, channels_last", [
+    ((2, 3, 8, 8), False), ((2, 3, 8, 8), True), ((2, 3, 2, 2), True), ((2, 1, 8, 8), True),
+    ((3, 6, 6), False),
+])
+def test_reference_outputs_are_dense_in_the_extensions_format(shape, channels_last):
+    """The reference unpool (the fallback backend) returns a dense tensor with the
+    extension's strides: y's memory format, a 1x1 pooled map of a channels_last input
+    included; it was a strided view of a scratch row before."""
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    outs = {}
+    w = torch.randn(shape[-3], 2, 3, 3)
+    for backend in ("extension", "reference"):
+        with dk.use_backend(backend):
+            y, s = dk.max_pool2d_with_switches(x, 2)
+            u = dk.max_unpool2d_with_switches(y, s, 2)
+            z = dk.unpool_deconv2d(y, s, w, None, output_size=None, pool_kernel_size=2)
+        outs[backend] = (y, s, u, z)
+    def layout(t):  # strides of the dims that have more than one element
+        return [st for st, n in zip(t.stride(), t.shape, strict=True) if n > 1]
+
+    for a, b in zip(outs["extension"], outs["reference"], strict=True):
+        assert layout(b) == layout(a)
+        torch.testing.assert_close(b, a)
+    u = outs["reference"][2]
+    assert u.is_contiguous() or u.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_reference_backend_traces_like_the_extension():
+    """meta tensors, FakeTensor, torch.compile(fullgraph=True) and torch.export run the
+    reference ops too: their switch checks become graph assertions there."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    def pool_unpool(x):
+        y, s = dk.max_pool2d_with_switches(x, 2)
+        return dk.max_unpool2d_with_switches(y, s, 2), dk.switches_to_indices(s, (8, 8), 2)
+
+    class PoolUnpool(torch.nn.Module):
+        def forward(self, x):
+            return pool_unpool(x)
+
+    x = torch.randn(2, 3, 8, 8)
+    with dk.use_backend("reference"):
+        expected = pool_unpool(x)
+        u, i = pool_unpool(x.to("meta"))
+        assert u.shape == (2, 3, 8, 8) and u.device.type == "meta" and i.dtype == torch.int64
+        with FakeTensorMode() as mode:
+            u, _ = pool_unpool(mode.from_tensor(x))
+            assert u.shape == (2, 3, 8, 8)
+        torch._dynamo.reset()
+        for a, b in zip(torch.compile(pool_unpool, fullgraph=True)(x), expected, strict=True):
+            torch.testing.assert_close(a, b)
+        exported = torch.export.export(PoolUnpool(), (x,)).module()
+        for a, b in zip(exported(x), expected, strict=True):
+            torch.testing.assert_close(a, b)
+        # eager checks still raise the ValueError
+        y, s = dk.max_pool2d_with_switches(x, 2)
+        with pytest.raises(ValueError, match="switch"):
+            dk.max_unpool2d_with_switches(y, torch.full_like(s, 7), 2)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dkutil import HAS_CUDA, geometry, oracle_pool
+from dkutil import HAS_CUDA, HAS_EXT, NO_EXT_REASON, geometry, oracle_pool
 
 import deconvkernels as dk
 
@@ -150,8 +150,12 @@ def test_pool_checks_cache_keeps_tensors_apart(public_target, geo):
     ]:
         with pytest.raises(ValueError, match=match):
             dk.max_pool2d_with_switches(put(bad), **geo)
-    y, sw = dk.max_pool2d_with_switches(x, **geo, ceil_mode=1)  # not a bool: not remembered
-    assert y.shape == sw.shape == (1, 2, 4, 4)
+    # ceil_mode must be a bool, as for F.max_pool2d (a truthy "no" used to mean True)
+    for bad_mode in (1, "no", None, torch.tensor(True)):
+        with pytest.raises(ValueError, match="ceil_mode must be a bool"):
+            dk.max_pool2d_with_switches(x, **geo, ceil_mode=bad_mode)
+    with pytest.raises(ValueError, match="ceil_mode must be a bool"):
+        dk.nn.MaxPool2dWithSwitches(2, ceil_mode="no")
 
 
 def test_pool_input_too_small(public_target):
@@ -488,3 +492,83 @@ def test_raw_device_mismatch():
         ops.max_pool2d_with_switches_backward(y.cuda(), sw, [6, 7], *geo)
     with pytest.raises(RAW_ERRORS, match="device|switches"):
         ops.max_unpool2d_with_switches_backward(torch.randn(2, 3, 6, 7).cuda(), sw, *geo)
+
+
+@pytest.mark.parametrize("backend", ["extension", "reference"])
+def test_geometry_takes_what_operator_index_takes(backend):
+    """NumPy integers and 0-d integer tensors are ints to the geometry arguments, as to
+    F.max_pool2d / nn.ConvTranspose2d; bools (NumPy's too) still are not."""
+    import numpy as np
+
+    if backend == "extension" and not HAS_EXT:
+        pytest.skip(NO_EXT_REASON)
+    x = torch.randn(2, 4, 8, 8)
+    with dk.use_backend(backend):
+        y, s = dk.max_pool2d_with_switches(x, 2)
+        for k in (np.int64(2), torch.tensor(2), (np.int32(2), 2), [torch.tensor(2)] * 2):
+            y2, s2 = dk.max_pool2d_with_switches(x, k, stride=np.int64(2))
+            assert torch.equal(y2, y) and torch.equal(s2, s)
+        u = dk.max_unpool2d_with_switches(y, s, np.int64(2), output_size=(np.int64(8), 8))
+        assert u.shape == x.shape
+        i = dk.switches_to_indices(s, (np.int16(8), torch.tensor(8)), 2)
+        assert torch.equal(dk.indices_to_switches(i, (8, 8), 2), s)
+        w = torch.randn(4, 3, 3, 3)
+        z = dk.unpool_deconv2d(y, s, w, None, output_size=None, pool_kernel_size=2,
+                               groups=np.int64(1))
+        assert z.shape == (2, 3, 10, 10)
+        for bad in (np.bool_(True), torch.tensor(True), (2, np.bool_(True)), 2.0, "2"):
+            with pytest.raises(ValueError, match="kernel_size"):
+                dk.max_pool2d_with_switches(x, bad)
+
+
+@pytest.mark.parametrize("backend", ["extension", "reference"])
+def test_fused_op_names_its_pool_arguments(backend):
+    """unpool_deconv2d has a pool geometry and a deconvolution geometry: errors in the first
+    name pool_kernel_size / pool_stride / pool_padding / pool_dilation, as do its modules."""
+    if backend == "extension" and not HAS_EXT:
+        pytest.skip(NO_EXT_REASON)
+    y, s = dk.max_pool2d_with_switches(torch.randn(1, 2, 8, 8), 2)
+    w = torch.randn(2, 2, 3, 3)
+    cases = [
+        (dict(pool_kernel_size=2, pool_stride=0), "pool_stride must be positive"),
+        (dict(pool_kernel_size=2, pool_padding=-1), "pool_padding must be non-negative"),
+        (dict(pool_kernel_size=2, pool_dilation=0), "pool_dilation must be positive"),
+        (dict(pool_kernel_size=16), "pool_kernel_size \\(16, 16\\) has a window of 256"),
+        (dict(pool_kernel_size=0), "pool_kernel_size must be positive"),
+        (dict(pool_kernel_size="2"), "pool_kernel_size must be an int or a pair"),
+        (dict(pool_kernel_size=2, stride=0), "^stride must be positive"),
+    ]
+    with dk.use_backend(backend):
+        for kwargs, match in cases:
+            with pytest.raises(ValueError, match=match):
+                dk.unpool_deconv2d(y, s, w, None, output_size=None, **kwargs)
+    with pytest.raises(ValueError, match="pool_stride must be positive"):
+        dk.nn.UnpoolConvTranspose2d(2, 2, 3, pool_kernel_size=2, pool_stride=0)
+    with pytest.raises(ValueError, match="pool_padding must be at most half of pool_kernel"):
+        dk.nn.UnpoolConv2d(2, 2, 3, padding=1, pool_kernel_size=2, pool_padding=2)
+
+
+@pytest.mark.parametrize("backend", ["extension", "reference"])
+def test_conversions_check_input_size_as_unpool_checks_output_size(backend):
+    """input_size of the conversions: (H, W) or the whole input shape, whose leading sizes
+    must be the pooled tensor's (as the unpool's output_size); never a bare int."""
+    if backend == "extension" and not HAS_EXT:
+        pytest.skip(NO_EXT_REASON)
+    x = torch.randn(2, 3, 6, 6)
+    y, s = dk.max_pool2d_with_switches(x, 2)
+    with dk.use_backend(backend):
+        i = dk.switches_to_indices(s, x.shape, 2)
+        assert torch.equal(i, dk.switches_to_indices(s, (6, 6), 2))
+        assert torch.equal(dk.indices_to_switches(i, x.shape, 2), s)
+        for fn, t in ((dk.switches_to_indices, s), (dk.indices_to_switches, i)):
+            for bad, match in [
+                (8, "input_size must be a sequence"),
+                ((99, 3, 6, 6), "input_size must be \\(H, W\\) or the whole"),
+                ((6,), "input_size must be \\(H, W\\)"),
+                ((6, 6.0), "input_size must hold ints"),
+                (None, "input_size must be given"),
+            ]:
+                with pytest.raises(ValueError, match=match):
+                    fn(t, bad, 2)
+            with pytest.raises(ValueError, match="output_size must be a sequence"):
+                dk.max_unpool2d_with_switches(y, s, 2, output_size=6)

@@ -302,3 +302,18 @@ def test_autocast_bfloat16_runs_the_ops_in_bfloat16():
     assert all(torch.float32 not in v for v in seen.values()), seen
     assert model.decoder[0].unpool_conv.conv.weight.grad.dtype == torch.float32
     torch.testing.assert_close(out.float(), ref.float(), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_autocast_leaves_float64_alone(fused):
+    """Autocast never lowers float64 (ATen's eligibility rule): the fused op and the stock
+    chain it replaces both stay in float64 under a bfloat16 autocast region."""
+    layer = dk.nn.UnpoolConvTranspose2d(4, 3, kernel_size=3, padding=1, fused=fused).double()
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    y, switches = dk.max_pool2d_with_switches(x, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(y, switches)
+        direct = dk.unpool_deconv2d(y, switches, layer.weight, layer.bias,
+                                    output_size=None, pool_kernel_size=2, padding=1)
+    assert out.dtype == direct.dtype == torch.float64
+    torch.testing.assert_close(out, direct)

@@ -1219,3 +1219,30 @@ def test_tiled_cuda_grad_weight_emulated(shape, dtype, special):
         out = dk.unpool_deconv2d(y64, sw, w64, None, output_size=(h, w), padding=(ph, pw))
     (ref,) = torch.autograd.grad(out, w64, grad.double())
     torch.testing.assert_close(expected, ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.requires_extension
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_no_input_channels_give_the_bias_on_both_backends(channels_last):
+    """A weight of zero input channels sums over nothing: the output is the bias (and the
+    gradients of y and weight are empty), on the extension and on the reference alike;
+    F.conv_transpose2d refuses such a weight."""
+    x = torch.randn(2, 0, 4, 4)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y, s = dk.max_pool2d_with_switches(x, 2)
+    w, b = torch.randn(0, 3, 3, 3), torch.randn(3)
+    results = []
+    for backend in ("extension", "reference"):
+        with dk.use_backend(backend):
+            yy, ww, bb = (t.clone().requires_grad_() for t in (y, w, b))
+            z = dk.unpool_deconv2d(yy, s, ww, bb, output_size=None, pool_kernel_size=2,
+                                   padding=1)
+            z.backward(torch.ones_like(z))
+            results.append((z, yy.grad, ww.grad, bb.grad))
+    for a, r in zip(*results, strict=True):
+        assert a.shape == r.shape
+        torch.testing.assert_close(a, r)
+    z = results[0][0]
+    assert z.shape == (2, 3, 4, 4)
+    torch.testing.assert_close(z, b.view(1, 3, 1, 1).expand(2, 3, 4, 4))
