@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import sys
@@ -22,11 +23,23 @@ def _source(args: argparse.Namespace, split: str) -> tuple[Any, list[str]]:
     """The dataset named by ``--data``: ``synthetic`` or a VOC folder."""
     from .data import SyntheticScenes, VOCSegmentation
 
+    if not args.data:
+        raise CliError("--data is required: a VOC folder (VOCdevkit/VOC2012 inside) or "
+                       "'synthetic'")
     if args.data == "synthetic":
+        if args.images < 0:
+            raise CliError(f"--images must be >= 0, got {args.images}")
+        for name in ("image_size", "num_classes"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         n = args.images if args.images else (1000 if split == "train" else 100)
         seed = args.seed if split == "train" else args.seed + 1_000_003
-        ds = SyntheticScenes(n, args.image_size, args.num_classes, seed=seed)
+        size = args.image_size if args.image_size is not None else 64
+        fg = args.num_classes if args.num_classes is not None else 5
+        ds = SyntheticScenes(n, size, fg, seed=seed)
         return ds, list(ds.class_names)
+    args.data = os.path.expanduser(args.data)  # a config's "~/data/VOCdevkit" too
     if not os.path.exists(args.data):
         raise CliError(f"--data: no such folder {args.data!r} (or say 'synthetic')")
     try:
@@ -36,15 +49,29 @@ def _source(args: argparse.Namespace, split: str) -> tuple[Any, list[str]]:
     return ds, list(ds.class_names)
 
 
-def _add_data_options(p: argparse.ArgumentParser) -> None:
+def _add_data_options(p: argparse.ArgumentParser, checkpoint_defaults: bool = False) -> None:
+    """``checkpoint_defaults``: commands that read a checkpoint take the synthetic data's
+    ``--image-size`` and ``--num-classes`` from the run that wrote it when not given."""
+    of_run = " (default: the checkpoint's run, else {})" if checkpoint_defaults else \
+        " (default {})"
     p.add_argument("--data", default="synthetic",
                    help="'synthetic' (built-in scenes) or a VOC folder (VOCdevkit/VOC2012 inside)")
     p.add_argument("--images", type=int, default=0,
                    help="synthetic: number of images (default 1000 train, 100 eval)")
-    p.add_argument("--image-size", type=int, default=64, help="synthetic: image side")
-    p.add_argument("--num-classes", type=int, default=5,
-                   help="synthetic: foreground classes (background is added)")
+    p.add_argument("--image-size", type=int, default=None if checkpoint_defaults else 64,
+                   help="synthetic: image side" + of_run.format(64))
+    p.add_argument("--num-classes", type=int, default=None if checkpoint_defaults else 5,
+                   help="synthetic: foreground classes, background added" + of_run.format(5))
     p.add_argument("--seed", type=int, default=0)
+
+
+def _run_defaults(args: argparse.Namespace, ckpt: dict[str, Any], *names: str) -> None:
+    """Options the user left unset (``None``) take the value the checkpoint's training run
+    used, when it recorded one (``run_config``, written by ``deconvnet train``)."""
+    run = ckpt.get("run_config") or {}
+    for name in names:
+        if getattr(args, name, None) is None and run.get(name) is not None:
+            setattr(args, name, run[name])
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -84,9 +111,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if not args.out:
         raise CliError("--out (or `out` in the config) is required")
+    for name in ("out", "vgg16", "init_checkpoint", "edge_model", "proposal_cache"):
+        if getattr(args, name):
+            setattr(args, name, os.path.expanduser(getattr(args, name)))
+    if not args.enlarge > 0:
+        raise CliError(f"--enlarge must be positive, got {args.enlarge}")
     device = init_distributed(args.device)  # under torchrun: join the group, pick the GPU
     if device is not None:
         args.device = str(device)
+    _prepare_out(args)
     source, class_names = _source(args, "train")
     torch.manual_seed(args.seed)  # the initialisation repeats (and agrees across ranks)
     if args.init_checkpoint:
@@ -94,13 +127,24 @@ def cmd_train(args: argparse.Namespace) -> int:
             model, _ = load_model(args.init_checkpoint)
         except (FileNotFoundError, ValueError) as e:
             raise CliError(f"--init-checkpoint: {e}") from e
+        if model.num_classes != len(class_names):
+            raise CliError(f"--init-checkpoint scores {model.num_classes} classes, --data has "
+                           f"{len(class_names)}")
+        ignored = [f"--{k.replace('_', '-')}" for k in ("model", "width", "input_size", "vgg16")
+                   if getattr(args, k) != _TRAIN_DEFAULTS[k]]
+        if ignored and is_main_process():
+            print(f"deconvnet train: note: {', '.join(ignored)} ignored: the architecture and "
+                  "weights come from --init-checkpoint", file=sys.stderr)
     else:
         try:
             model = build_model(args.model, len(class_names), args.width, args.input_size)
         except ValueError as e:
             raise CliError(str(e)) from e
         if args.vgg16:
-            load_vgg16_(model, args.vgg16)
+            try:
+                load_vgg16_(model, args.vgg16)
+            except (FileNotFoundError, ValueError, KeyError) as e:
+                raise CliError(f"--vgg16: {e}") from e
     crop = getattr(model, "input_size", None) or args.input_size
     resize = args.resize or round(crop * 250 / 224)
     try:
@@ -144,6 +188,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# What `train` takes when a flag is not given (neither on the command line nor in a config).
+_TRAIN_DEFAULTS = {"model": "deconvnet", "width": 1.0, "input_size": 224, "vgg16": None}
+
+
+def _prepare_out(args: argparse.Namespace) -> None:
+    """Refuse to start a new run over an earlier run's checkpoints or log in ``--out``: its
+    checkpoints would be pruned against the new ones (sorted by step), ``--resume`` would pick
+    the older run's latest, and the log would mix both. ``--resume`` continues the earlier run;
+    ``--overwrite`` deletes them first. Rank 0 decides for every process (under torchrun, other
+    nodes may not see rank 0's files)."""
+    import torch.distributed as dist
+
+    from .train.distributed import is_main_process
+
+    checkpoints = sorted(glob.glob(os.path.join(args.out, "checkpoints", "step-*.pt")))
+    metrics = os.path.join(args.out, "metrics.jsonl")
+    found = checkpoints + ([metrics] if os.path.isfile(metrics) else [])
+    if dist.is_available() and dist.is_initialized():
+        shared = [found]
+        dist.broadcast_object_list(shared, src=0)
+        found = shared[0]
+    if found and not args.resume:
+        if not args.overwrite:
+            raise CliError(
+                f"--out {args.out!r} holds an earlier run ({len(found)} files: "
+                f"{', '.join(os.path.basename(f) for f in found[:3])}"
+                f"{', ...' if len(found) > 3 else ''}): --resume continues it, --overwrite "
+                "deletes its checkpoints and log first, or name another --out")
+        if is_main_process():
+            for path in found:
+                os.remove(path)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def _run_config(args: argparse.Namespace) -> dict[str, Any]:
     """The options of this run (config and flags merged), as saved with its checkpoints."""
     return {k: v for k, v in vars(args).items() if k not in ("func", "command")}
@@ -153,12 +232,17 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from .train import load_model, resolve_device
 
     try:
-        return load_model(args.checkpoint, resolve_device(args.device))
+        device = resolve_device(args.device)
+    except (RuntimeError, ValueError) as e:
+        raise CliError(f"--device: {e}") from e
+    try:
+        return load_model(os.path.expanduser(args.checkpoint), device)
     except (FileNotFoundError, ValueError) as e:
         raise CliError(f"--checkpoint: {e}") from e
 
 
 def cmd_calibrate_bn(args: argparse.Namespace) -> int:
+    import torch
     from torch.utils.data import DataLoader
 
     from .data import GTCropDataset, collate_skip_none
@@ -166,14 +250,29 @@ def cmd_calibrate_bn(args: argparse.Namespace) -> int:
     from .train.bn import calibrate_bn
 
     model, ckpt = _load(args)
+    _run_defaults(args, ckpt, "image_size", "num_classes", "resize", "enlarge")
     source, _ = _source(args, "train")
     crop = getattr(model, "input_size", None) or 224
-    crops = GTCropDataset(source, resize=round(crop * 250 / 224), crop=crop, seed=args.seed)
+    # The crops the model was trained on: the run's --resize and --enlarge.
+    resize = args.resize or round(crop * 250 / 224)
+    enlarge = args.enlarge if args.enlarge is not None else 1.2
+    if args.batches < 1 or args.batch_size < 1:
+        raise CliError(f"--batches and --batch-size must be >= 1, got {args.batches} and "
+                       f"{args.batch_size}")
+    crops = GTCropDataset(source, resize=resize, crop=crop, enlarge=enlarge, seed=args.seed)
+    if len(crops) < args.batch_size:
+        raise CliError(f"--data yields {len(crops)} crops, fewer than one --batch-size "
+                       f"{args.batch_size}")
+    # Shuffled by --seed's generator: the same command gives the same statistics.
     loader = DataLoader(crops, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                        collate_fn=collate_skip_none)
+                        collate_fn=collate_skip_none,
+                        generator=torch.Generator().manual_seed(args.seed))
     images = (batch[0] for batch in loader if batch is not None)
-    used = calibrate_bn(model, images, num_batches=args.batches,
-                        progress=not args.no_progress)
+    try:
+        used = calibrate_bn(model, images, num_batches=args.batches,
+                            progress=not args.no_progress)
+    except ValueError as e:
+        raise CliError(str(e)) from e
     extra = {k: v for k, v in ckpt.items() if k not in ("model", "model_config", "trainer")}
     save_checkpoint(args.out, model, **extra, bn_calibration={"batches": used,
                                                                "batch_size": args.batch_size})
@@ -190,10 +289,10 @@ def _mode_name(args: argparse.Namespace) -> str:
     return " + ".join(parts)
 
 
-def _pipeline(args: argparse.Namespace, model: Any) -> Any:
+def _pipeline(args: argparse.Namespace, model: Any, ckpt: dict[str, Any]) -> Any:
     """``fn(image, name) -> labels`` for the inference mode the options name: whole image or
     ``--proposals N`` EdgeBoxes proposals (max-merged), ``--ensemble FCN_CHECKPOINT``,
-    ``--crf``."""
+    ``--crf``. Proposal crops are framed with ``--enlarge``, by default the training run's."""
     import torch
 
     from .infer import ensemble_scores, normalize_scores, predict_instances, predict_scores
@@ -216,20 +315,26 @@ def _pipeline(args: argparse.Namespace, model: Any) -> Any:
         except ImportError as e:
             raise CliError(f"--crf: {e}") from e
     proposer = None
+    if args.proposals < 0:
+        raise CliError(f"--proposals must be >= 0, got {args.proposals}")
+    _run_defaults(args, ckpt, "enlarge")
+    enlarge = args.enlarge if args.enlarge is not None else 1.2
     if args.proposals:
         from .proposals import EdgeBoxes
 
         try:
-            proposer = EdgeBoxes(max_boxes=max(args.proposals * 4, 100),
+            # The N best boxes whose shorter side reaches --min-side (EdgeBoxes searches on
+            # past the small ones), which predict_instances' own filter then keeps whole.
+            proposer = EdgeBoxes(max_boxes=args.proposals, min_side=args.min_side,
                                  edge_model=args.edge_model, cache_dir=args.proposal_cache)
         except (FileNotFoundError, ValueError) as e:
-            raise CliError(str(e)) from e
+            raise CliError(f"--proposals: {e}") from e
 
     def run(image: Any, name: str) -> Any:
         if proposer is not None:
             boxes = proposer.propose(image, name if args.proposal_cache else None)
             probs = predict_instances(model, image, boxes, top_n=args.proposals,
-                                      min_side=args.min_side)
+                                      min_side=args.min_side, enlarge=enlarge)
         else:
             probs = normalize_scores(predict_scores(model, [image])[0])
         if fcn is not None:
@@ -249,6 +354,9 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                         "0: the whole image")
     p.add_argument("--min-side", type=float, default=112.0,
                    help="skip proposals with a shorter side (px; 112 at VOC scale)")
+    p.add_argument("--enlarge", type=float, default=None,
+                   help="proposal crop side / the box's longer side (default: the "
+                        "checkpoint's training run, else 1.2)")
     p.add_argument("--edge-model", default=None, help="structured edge model for EdgeBoxes")
     p.add_argument("--proposal-cache", default=None, help="folder caching proposals per image")
     p.add_argument("--ensemble", default=None, metavar="FCN_CHECKPOINT",
@@ -262,17 +370,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .infer import evaluate, evaluate_images
 
     model, ckpt = _load(args)
-    source, class_names = _source(args, args.split)
-    class_names = ckpt.get("class_names", class_names)
-    if len(class_names) != model.num_classes:
+    _run_defaults(args, ckpt, "image_size", "num_classes")
+    source, data_names = _source(args, args.split)
+    if len(data_names) != model.num_classes:
+        hint = (" (synthetic: --num-classes counts the foreground classes; background is "
+                "added)" if args.data == "synthetic" else "")
         raise CliError(f"the checkpoint scores {model.num_classes} classes, the data has "
-                       f"{len(class_names)}")
+                       f"{len(data_names)}{hint}")
+    class_names = ckpt.get("class_names") or data_names
+    if len(class_names) != model.num_classes:
+        class_names = data_names
+    elif list(class_names) != list(data_names):
+        print(f"deconvnet eval: note: the data names its classes {list(data_names)}, the "
+              f"checkpoint {list(class_names)}; the table uses the checkpoint's",
+              file=sys.stderr)
     mode = _mode_name(args)
     if mode == "whole-image":
         cm = evaluate(model, source, model.num_classes, batch_size=args.batch_size,
                       progress=not args.no_progress)
     else:
-        segment_fn = _pipeline(args, model)
+        segment_fn = _pipeline(args, model, ckpt)
         cm = evaluate_images(lambda s: segment_fn(s.image, s.name), source, model.num_classes,
                              progress=not args.no_progress, desc=f"eval ({mode})")
     result = {**cm.to_dict(class_names), "checkpoint": args.checkpoint, "data": args.data,
@@ -289,8 +406,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     from .data import overlay, save_palette_png
 
-    model, _ = _load(args)
-    segment_fn = _pipeline(args, model)
+    model, ckpt = _load(args)
+    segment_fn = _pipeline(args, model, ckpt)
     os.makedirs(args.out, exist_ok=True)
     for path in args.images:
         bgr = cv2.imread(path, cv2.IMREAD_COLOR)
@@ -307,15 +424,26 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+_BENCH_OPS = ("pool", "fused", "all")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench, bench_fused
 
-    rest = list(args.rest)
-    if args.op in ("pool", "all"):
+    op, rest = args.op, list(args.rest)
+    if op not in _BENCH_OPS:
+        # `deconvnet bench -- --quick`: argparse drops the `--` and hands the report's first
+        # option over as the op
+        if not op.startswith("-"):
+            raise CliError(f"bench: the report is one of {', '.join(_BENCH_OPS)}, got {op!r}")
+        op, rest = "all", [op, *rest]
+    if rest[:1] == ["--"]:  # `deconvnet bench pool -- --quick`: the separator is not an option
+        rest = rest[1:]
+    if op in ("pool", "all"):
         rc = bench.main(rest)
         if rc:
             return rc
-    if args.op in ("fused", "all"):
+    if op in ("fused", "all"):
         return bench_fused.main(rest)
     return 0
 
@@ -376,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-steps", type=int, nargs="*", default=[9000])
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--channels-last", action="store_true",
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
                    help="model and batches in channels_last (on the CPU a paper-size step was "
                         "slower than NCHW: see README)")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
@@ -385,8 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resumable checkpoint every N steps into OUT/checkpoints (0: at the end)")
     p.add_argument("--keep-last", type=int, default=3, help="resumable checkpoints kept")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--sync-bn", action="store_true",
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=False,
                    help="under torchrun on GPUs: BatchNorm statistics over all processes")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out that holds an earlier run's checkpoints and "
+                        "log (deletes them)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue exactly from a checkpoint (default: the latest in OUT)")
     p.set_defaults(func=cmd_train)
@@ -394,17 +525,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate-bn",
                        help="recompute BN statistics over training batches (the paper's step 3)")
-    _add_data_options(p)
+    _add_data_options(p, checkpoint_defaults=True)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="the new checkpoint")
     p.add_argument("--batches", type=int, default=50)
+    p.add_argument("--resize", type=int, default=None,
+                   help="crop resize (default: the checkpoint's training run, else 250/224 x "
+                        "crop)")
+    p.add_argument("--enlarge", type=float, default=None,
+                   help="crop window side / the box's longer side (default: the checkpoint's "
+                        "training run, else 1.2)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_calibrate_bn)
 
     p = sub.add_parser("eval", help="mIoU of a checkpoint: whole image, proposals, ensemble, CRF")
-    _add_data_options(p)
+    _add_data_options(p, checkpoint_defaults=True)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--split", default="val")
     p.add_argument("--batch-size", type=int, default=8)
@@ -423,7 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("bench", help="the op benchmark report (options go to it after --)")
-    p.add_argument("op", nargs="?", choices=("pool", "fused", "all"), default="all")
+    p.add_argument("op", nargs="?", default="all", metavar="{pool,fused,all}",
+                   help="which report (default all); its own options follow after --")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
 

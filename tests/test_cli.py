@@ -45,13 +45,18 @@ def test_train_eval_segment(tmp_path, capsys):
     train = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train][-1] == 3
     assert train[-1]["lr"] == pytest.approx(0.001)  # stepped x0.1 at step 2
-    # stage 2 from stage 1's checkpoint, on jittered ground-truth proposals
-    assert main(["train", *TINY, "--out", str(out), "--stage", "2", "--init-checkpoint",
-                 str(ckpt), "--proposals", "jittered-gt", "--iterations", "2",
-                 "--batch-size", "4", "--accumulate", "1", "--device", "cpu"]) == 0
-    assert (out / "stage2.pt").is_file()
+    # stage 2 from stage 1's checkpoint, on jittered ground-truth proposals, in its own --out
+    # (stage 1's holds its checkpoints and log: refused without --resume / --overwrite)
+    stage2 = ["train", *TINY, "--stage", "2", "--init-checkpoint", str(ckpt), "--proposals",
+              "jittered-gt", "--iterations", "2", "--batch-size", "4", "--accumulate", "1",
+              "--device", "cpu", "--checkpoint-every", "1"]
+    assert main([*stage2, "--out", str(out)]) == 2
+    assert "holds an earlier run" in capsys.readouterr().err
+    out2 = tmp_path / "run2"
+    assert main([*stage2, "--out", str(out2)]) == 0
+    assert (out2 / "stage2.pt").is_file()
     result = tmp_path / "eval.json"
-    assert main(["eval", *TINY, "--checkpoint", str(out / "stage2.pt"), "--json", str(result),
+    assert main(["eval", *TINY, "--checkpoint", str(out2 / "stage2.pt"), "--json", str(result),
                  "--no-progress", "--device", "cpu"]) == 0
     summary = json.loads(result.read_text())
     names = SyntheticScenes(1, 8, 3).class_names
@@ -59,7 +64,7 @@ def test_train_eval_segment(tmp_path, capsys):
     assert "mean IoU" in capsys.readouterr().out
     image = SyntheticScenes(1, (70, 90), 3, seed=5)[0].image
     cv2.imwrite(str(tmp_path / "in.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    assert main(["segment", "--checkpoint", str(out / "stage2.pt"), str(tmp_path / "in.png"),
+    assert main(["segment", "--checkpoint", str(out2 / "stage2.pt"), str(tmp_path / "in.png"),
                  "--out", str(tmp_path / "seg"), "--device", "cpu"]) == 0
     label = cv2.imread(str(tmp_path / "seg" / "in.png"), cv2.IMREAD_UNCHANGED)
     assert label is not None and label.shape[:2] == (70, 90)
@@ -185,7 +190,7 @@ def test_train_resume_and_calibrate_bn(tmp_path, capsys):
     out = tmp_path / "run"
     base = ["train", *TINY, "--out", str(out), "--width", "0.0625", "--input-size", "64",
             "--batch-size", "4", "--accumulate", "1", "--device", "cpu",
-            "--checkpoint-every", "2", "--lr-steps", "3"]
+            "--checkpoint-every", "2", "--lr-steps", "3", "--resize", "70", "--enlarge", "1.4"]
     assert main([*base, "--iterations", "3"]) == 0
     assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == [
         "step-0000002.pt", "step-0000003.pt"]
@@ -194,9 +199,22 @@ def test_train_resume_and_calibrate_bn(tmp_path, capsys):
     assert "resumed at step 3 of 5" in capsys.readouterr().out
     steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"]
     assert steps == [3, 5]
-    assert main(["calibrate-bn", *TINY, "--checkpoint", str(out / "stage1.pt"), "--out",
-                 str(tmp_path / "cal.pt"), "--batches", "2", "--batch-size", "2",
-                 "--device", "cpu", "--no-progress"]) == 0
+    import deconvkernels.data as data
+
+    crops = []
+
+    class RecordingCrops(data.GTCropDataset):
+        def __init__(self, *args, **kwargs):
+            crops.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(data, "GTCropDataset", RecordingCrops)
+        assert main(["calibrate-bn", *TINY, "--checkpoint", str(out / "stage1.pt"), "--out",
+                     str(tmp_path / "cal.pt"), "--batches", "2", "--batch-size", "2",
+                     "--device", "cpu", "--no-progress"]) == 0
+    # the crops the run trained on (its --resize / --enlarge), not the defaults
+    assert [(c["resize"], c["enlarge"]) for c in crops] == [(70, 1.4)]
     from deconvkernels.train import load_model
 
     before, _ = load_model(out / "stage1.pt")
@@ -246,12 +264,13 @@ def test_configs(tmp_path, capsys):
     assert "deconvnet_stage1" in capsys.readouterr().err  # lists the built-ins
 
 
-def test_eval_and_segment_inference_modes(tmp_path, capsys):
+def test_eval_and_segment_inference_modes(tmp_path, capsys, monkeypatch):
     """--proposals N (instance-wise), --ensemble FCN_CHECKPOINT, --crf through the CLI."""
     out = tmp_path / "run"
     common = ["--width", "0.0625", "--iterations", "2", "--batch-size", "4", "--accumulate",
               "1", "--device", "cpu"]
-    assert main(["train", *TINY, "--out", str(out / "d"), "--input-size", "64", *common]) == 0
+    assert main(["train", *TINY, "--out", str(out / "d"), "--input-size", "64", "--enlarge",
+                 "1.5", *common]) == 0
     assert main(["train", *TINY, "--out", str(out / "f"), "--model", "fcn8s", *common]) == 0
     ckpt, fcn = str(out / "d" / "stage1.pt"), str(out / "f" / "stage1.pt")
     modes = [
@@ -279,3 +298,129 @@ def test_eval_and_segment_inference_modes(tmp_path, capsys):
     assert main(["eval", *TINY, "--checkpoint", ckpt, "--ensemble", str(tmp_path / "no.pt"),
                  "--device", "cpu"]) == 2
     assert "--ensemble" in capsys.readouterr().err
+
+    # The data's classes are checked against the checkpoint's (not the checkpoint's names
+    # against themselves); synthetic sizes and class counts default to the training run's.
+    assert main(["eval", "--images", "2", "--num-classes", "4", "--checkpoint", ckpt,
+                 "--no-progress", "--device", "cpu"]) == 2
+    assert "the checkpoint scores 4 classes, the data has 5" in capsys.readouterr().err
+    assert main(["eval", "--images", "2", "--checkpoint", ckpt, "--json", str(result),
+                 "--no-progress", "--device", "cpu"]) == 0
+    assert sum(map(sum, json.loads(result.read_text())["confusion_matrix"])) == 2 * 64 * 64
+
+    # --proposals N: EdgeBoxes gives the N best boxes that pass --min-side, and the crops are
+    # framed as the run trained them (--enlarge 1.5), unless --enlarge says otherwise.
+    import deconvkernels.infer as infer
+    import deconvkernels.proposals as proposals
+
+    made, framed = [], []
+
+    class RecordingEdgeBoxes(proposals.EdgeBoxes):
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+            super().__init__(**kwargs)
+
+    real_predict = infer.predict_instances
+
+    def recording_predict(*args, **kwargs):
+        framed.append(kwargs["enlarge"])
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(proposals, "EdgeBoxes", RecordingEdgeBoxes)
+    monkeypatch.setattr(infer, "predict_instances", recording_predict)
+    for flags, enlarge in [([], 1.5), (["--enlarge", "1.1"], 1.1)]:
+        made.clear()
+        framed.clear()
+        assert main(["eval", *TINY, "--images", "1", "--checkpoint", ckpt, "--no-progress",
+                     "--device", "cpu", "--proposals", "7", "--min-side", "9", *flags]) == 0
+        assert [(m["max_boxes"], m["min_side"]) for m in made] == [(7, 9.0)]
+        assert framed == [enlarge]
+
+
+def test_out_folder_of_an_earlier_run(tmp_path, capsys):
+    """A new run in an --out that holds another run's checkpoints (or log) is refused: their
+    pruning would delete the new run's checkpoints and --resume would pick the old run's.
+    --overwrite deletes them first; --resume continues them."""
+    out = tmp_path / "run"
+    base = ["train", *TINY, "--out", str(out), "--width", "0.0625", "--input-size", "64",
+            "--batch-size", "4", "--accumulate", "1", "--device", "cpu", "--no-progress"]
+    assert main([*base, "--iterations", "4", "--checkpoint-every", "2"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--iterations", "2", "--checkpoint-every", "1", "--lr", "0.05"]) == 2
+    err = capsys.readouterr().err
+    assert "holds an earlier run" in err and "--overwrite" in err
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == [
+        "step-0000002.pt", "step-0000004.pt"]  # untouched
+    assert main([*base, "--iterations", "2", "--checkpoint-every", "1", "--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == [
+        "step-0000001.pt", "step-0000002.pt"]
+    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps == [2]  # only the new run's log
+    assert main([*base, "--iterations", "3", "--checkpoint-every", "1", "--resume"]) == 0
+    assert "resumed at step 2 of 3" in capsys.readouterr().out
+
+
+def test_train_argument_errors_are_clean(tmp_path, capsys):
+    """Mistakes in train's options end as `deconvnet train: error: ...` (exit 2) naming the
+    option, before any training."""
+    out = tmp_path / "run"
+    common = ["train", *TINY, "--width", "0.0625", "--input-size", "64", "--batch-size", "4",
+              "--accumulate", "1", "--device", "cpu", "--iterations", "1"]
+    assert main([*common, "--out", str(out / "a")]) == 0
+    ckpt = str(out / "a" / "stage1.pt")  # 4 classes
+    cases = [
+        (["--stage", "2", "--proposals", "jittered-gt", "--init-checkpoint", ckpt,
+          "--num-classes", "5"], "--init-checkpoint scores 4 classes, --data has 6"),
+        (["--vgg16", str(tmp_path / "no-vgg.pth")], "--vgg16"),
+        (["--enlarge", "0"], "--enlarge must be positive"),
+        (["--images", "-5"], "--images must be >= 0"),
+        (["--num-classes", "0"], "--num-classes must be >= 1"),
+    ]
+    for i, (flags, message) in enumerate(cases):
+        assert main([*common, "--out", str(out / f"bad{i}"), *flags]) == 2, flags
+        assert message in capsys.readouterr().err, flags
+    # the paper's configs name no data
+    assert main(["train", "--config", "deconvnet_stage1", "--out", str(out / "p")]) == 2
+    assert "--data is required" in capsys.readouterr().err
+
+
+def test_flags_turn_off_what_a_config_turns_on(tmp_path):
+    from deconvkernels.cli import build_parser
+    from deconvkernels.train.config_file import check_config
+
+    parser = build_parser()
+    values = check_config({"channels_last": True, "sync_bn": True}, parser.train_parser, "c")
+    parser.train_parser.set_defaults(**values)
+    args = parser.parse_args(["train", "--no-channels-last"])
+    assert args.channels_last is False and args.sync_bn is True
+
+
+def test_calibrate_bn_repeats_with_its_seed(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out), "--width", "0.0625", "--input-size", "64",
+                 "--batch-size", "4", "--accumulate", "1", "--device", "cpu",
+                 "--iterations", "1"]) == 0
+    cal = ["calibrate-bn", "--images", "12", "--checkpoint", str(out / "stage1.pt"),
+           "--batches", "2", "--batch-size", "2", "--device", "cpu", "--no-progress"]
+    assert main([*cal, "--out", str(tmp_path / "a.pt")]) == 0
+    assert main([*cal, "--out", str(tmp_path / "b.pt")]) == 0
+    a = torch.load(tmp_path / "a.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert main([*cal, "--out", str(tmp_path / "c.pt"), "--batch-size", "999"]) == 2
+    assert "fewer than one --batch-size 999" in capsys.readouterr().err
+
+
+def test_bench_takes_its_options_after_the_separator(capsys, monkeypatch):
+    import deconvkernels.bench as bench
+    import deconvkernels.bench_fused as bench_fused
+
+    seen = []
+    monkeypatch.setattr(bench, "main", lambda rest: seen.append(("pool", rest)) or 0)
+    monkeypatch.setattr(bench_fused, "main", lambda rest: seen.append(("fused", rest)) or 0)
+    assert main(["bench", "--", "--quick"]) == 0
+    assert main(["bench", "pool", "--", "--quick", "--case", "pool_fwd"]) == 0
+    assert seen == [("pool", ["--quick"]), ("fused", ["--quick"]),
+                    ("pool", ["--quick", "--case", "pool_fwd"])]
+    assert main(["bench", "nope"]) == 2
+    assert "the report is one of pool, fused, all" in capsys.readouterr().err

@@ -267,6 +267,10 @@ def test_voc_root_layouts(tmp_path, scenes):
     assert VOCSegmentation(tmp_path, "val").class_names == VOC_CLASSES
     write_voc_folder(scenes, tmp_path / "VOCdevkit", {"val": [0, 1]}, class_names=["bg", "x"])
     assert VOCSegmentation(tmp_path, "val").class_names == ("bg", "x")
+    # One name a line: a name may hold spaces (the class count sets the model's outputs).
+    names = ["background", "potted plant", "dining table"]
+    write_voc_folder(scenes, tmp_path / "VOCdevkit", {"val": [0, 1]}, class_names=names)
+    assert VOCSegmentation(tmp_path, "val").class_names == tuple(names)
     with pytest.raises(FileNotFoundError, match="nothere.txt"):
         VOCSegmentation(tmp_path, "nothere")
 

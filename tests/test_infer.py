@@ -413,3 +413,35 @@ def test_dense_crf_cleans_noisy_labels_towards_the_colour_boundary():
         crf=True, min_side=0,
     )
     np.testing.assert_array_equal(out, label)
+
+
+def test_whole_image_is_shrunk_without_aliasing_as_training_crops_are():
+    """predict_scores shrinks a large image to the network's input antialiased, as
+    crop_resize shrinks the training crops (area-averaged): a fine checkerboard becomes a
+    flat grey there, not an aliased pattern the network never saw."""
+    from deconvkernels.data.samplers import crop_resize
+    from deconvkernels.data.transforms import to_tensor
+
+    class Spy(nn.Module):
+        input_size = 64
+
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+            self.seen = []
+
+        def forward(self, x):
+            self.seen.append(x)
+            return x[:, :2] * self.w
+
+    yy, xx = np.mgrid[:300, :400]
+    image = np.repeat((((yy + xx) % 2) * 255).astype(np.uint8)[..., None], 3, axis=2)
+    spy = Spy()
+    predict_scores(spy, [image])
+    seen = spy.seen[0][0]
+    crop, _ = crop_resize(image, None, [0, 0, 400, 300], 64)
+    trained = to_tensor(crop)
+    assert seen.shape == trained.shape
+    # both nearly flat grey (an aliased bilinear sample of the checkerboard has std ~1)
+    assert seen.std() < 0.2 and trained.std() < 0.2
+    torch.testing.assert_close(seen.mean(), trained.mean(), atol=0.05, rtol=0)

@@ -148,7 +148,11 @@ class VOCSegmentation(Dataset):
         self.ids: list[str] = ids
         if class_names is None:
             names_file = self.root / CLASS_NAMES_FILE
-            class_names = names_file.read_text().split() if names_file.is_file() else VOC_CLASSES
+            # One name a line (as write_voc_folder writes them): names may hold spaces.
+            class_names = (
+                [ln.strip() for ln in names_file.read_text().splitlines() if ln.strip()]
+                if names_file.is_file() else VOC_CLASSES
+            )
         self.class_names: tuple[str, ...] = tuple(class_names)
         self.num_skipped = 0
         self.skipped_paths: list[str] = []

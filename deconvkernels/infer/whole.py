@@ -67,7 +67,10 @@ def predict_scores(
     size = size or network_input_size(model)
     x = torch.stack([to_tensor(im) for im in images]).to(model_device(model))
     if size is not None:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        # Antialiased when shrinking, as the training crops are (crop_resize area-averages):
+        # plain bilinear sampling of a 500 px image down to 224 aliases fine texture.
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=True)
     else:  # fully convolutional: pad to what five 2x2 pools divide, crop the scores back
         ph, pw = -h % 32, -w % 32
         x = F.pad(x, (0, pw, 0, ph))

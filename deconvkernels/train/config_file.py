@@ -52,7 +52,8 @@ def load_config(name_or_path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _expected(action: argparse.Action) -> tuple[type, ...] | str:
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
+                           argparse.BooleanOptionalAction)):
         return (bool,)
     kind = action.type or str
     if action.nargs in ("*", "+"):
