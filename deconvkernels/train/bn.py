@@ -49,5 +49,8 @@ def calibrate_bn(
             m.momentum = momentum
         model.eval()
     if used == 0:
-        raise ValueError("calibrate_bn: no batches")
+        raise ValueError(
+            "calibrate_bn: no batches: num_batches is 0, or the data gave fewer crops than one "
+            "batch (the loader drops an incomplete last batch)"
+        )
     return used

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,8 +51,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):  # a NaN passes `lr <= 0`
+            raise ValueError(f"TrainConfig.lr must be finite and > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"TrainConfig.momentum must be in [0, 1), got {self.momentum}")
         if self.amp not in ("none", "bf16", "fp16"):
@@ -61,6 +62,14 @@ class TrainConfig:
         if self.num_workers < 0 or self.eval_every < 0 or self.weight_decay < 0:
             raise ValueError("TrainConfig: num_workers, eval_every, weight_decay must be >= 0")
         self.lr_steps = tuple(int(s) for s in self.lr_steps)
+        # The scheduler counts finished steps from 0 and decays when the count reaches a
+        # milestone, so a milestone 0 never decays; a repeated one decays twice at once.
+        if any(s < 1 for s in self.lr_steps):
+            raise ValueError(f"TrainConfig.lr_steps must all be >= 1, got {list(self.lr_steps)}")
+        if list(self.lr_steps) != sorted(set(self.lr_steps)):
+            raise ValueError(
+                f"TrainConfig.lr_steps must be strictly increasing, got {list(self.lr_steps)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-ready)."""

@@ -3,16 +3,22 @@ bar, JSONL log, and checkpoints that resume exactly."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
+import math
 import os
 import random
+import shutil
+import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -30,6 +36,37 @@ __all__ = ["Trainer", "resolve_device", "IGNORE_INDEX"]
 EvalFn = Callable[[nn.Module], dict[str, Any]]
 StepHook = Callable[["Trainer"], None]
 
+# With fp16 the gradient scaler skips a step whose loss or gradients are inf/NaN and lowers its
+# scale: a few such steps are normal while it finds its range, but a loss that stays NaN (bad
+# labels, diverged weights) would otherwise skip every step to the end without a word. This
+# many consecutive non-finite losses end the run with the same error as without a scaler.
+MAX_NONFINITE_STEPS = 20
+
+# Settings a resumed run must share with its checkpoint: they fix which batches each step
+# sees (the data position counts batches of batch_size per process, the epoch order comes
+# from the seed) and the stage's identity; any difference breaks the exact resume.
+_RESUME_MUST_MATCH = ("world_size", "batch_size", "accumulate", "seed", "stage")
+# Settings the checkpoint's optimiser/scheduler state overrides on resume (its learning rate
+# and milestones continue): a difference is worth a warning, not an error.
+_RESUME_OVERRIDDEN = ("lr", "lr_steps")
+
+
+def nonfinite_streak(loss: float, streak: int, *, scaled: bool, stage: str, step: int) -> int:
+    """The count of consecutive non-finite step losses after one with ``loss`` (``streak``
+    before it). Without a gradient scaler a non-finite loss is an error at once; with one
+    (fp16) the scaler skips such a step, and only ``MAX_NONFINITE_STEPS`` in a row are an
+    error. Both errors name ``stage`` and ``step`` and suggest a fix."""
+    if math.isfinite(loss):
+        return 0
+    streak += 1
+    if not scaled or streak >= MAX_NONFINITE_STEPS:
+        in_a_row = f" ({streak} steps in a row)" if scaled else ""
+        raise FloatingPointError(
+            f"{stage}: loss is {loss} at step {step}{in_a_row}; "
+            "lower the learning rate (lr) or check the labels"
+        )
+    return streak
+
 
 def resolve_device(name: str | torch.device) -> torch.device:
     """``"auto"``: the GPU when one is visible, else the CPU; anything else as given."""
@@ -46,21 +83,27 @@ class Trainer:
     ``config.iterations`` optimiser steps with per-pixel cross-entropy (label 255 ignored).
 
     Writes one JSON line per ``config.log_every`` steps to ``metrics_path`` (``kind: train``:
-    loss, learning rate, images/s) and one per evaluation (``kind: eval``: what ``evaluate``
-    returned, e.g. ``miou``). ``global_step_offset`` numbers a second stage's steps after the
-    first's in that log. A tqdm bar shows loss, learning rate and images/s.
+    the mean loss of those steps, the learning rate the last of them used, images/s) and one
+    per evaluation (``kind: eval``: what ``evaluate`` returned, e.g. ``miou``).
+    ``global_step_offset`` numbers a second stage's steps after the first's in that log. A
+    tqdm bar shows loss, learning rate and images/s.
 
     With ``checkpoint_dir``, resumable checkpoints (``step-XXXXXXX.pt``: model, optimiser,
     scheduler, gradient scaler, the torch/numpy/python RNG states, the data position and the
     step) are written every ``config.checkpoint_every`` steps and at the end, keeping the last
     ``config.keep_last``; :meth:`resume` continues one exactly (same batches, same updates:
-    bit-identical weights on the CPU).
+    bit-identical weights on the CPU), refuses settings that would change the batches, and
+    drops the log records the killed run wrote after its checkpoint.
 
     Inside a process group (``torchrun``; see :mod:`.distributed`) the model is wrapped in
     ``DistributedDataParallel`` (``config.sync_bn``: BatchNorm over all processes, CUDA
     only) and each process takes every ``world``-th batch of the same epoch order, so N
     processes of batch ``b`` and accumulation ``a`` see exactly the micro-batches one process
-    with ``accumulate = a * N`` would. Only rank 0 logs, evaluates and writes checkpoints.
+    with ``accumulate = a * N`` would; gradients are all-reduced once per step (``no_sync``
+    for the other micro-batches). Only rank 0 logs, evaluates and writes checkpoints; the
+    logged loss and images/s are over all processes.
+
+    The dataset must hold at least one batch per process (``ValueError`` here otherwise).
     """
 
     def __init__(
@@ -83,6 +126,14 @@ class Trainer:
         if config.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' on the CPU")
         self.rank, self.world = rank_and_world()
+        # Checked here rather than when the first batch is drawn, so the caller (the CLI)
+        # gets a ValueError from the constructor instead of a traceback out of fit().
+        n, global_batch = len(dataset), config.batch_size * self.world  # type: ignore[arg-type]
+        if n < global_batch:
+            raise ValueError(
+                f"the dataset yields {n} crops, fewer than one batch of batch_size x "
+                f"processes = {config.batch_size} x {self.world} = {global_batch}"
+            )
         model = model.to(self.device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -122,12 +173,8 @@ class Trainer:
         """Endless batches. Each epoch's order is a permutation drawn from ``(seed, epoch)``
         alone, so a resumed run skips exactly the batches it already consumed."""
         cfg = self.config
-        n = len(self.dataset)  # type: ignore[arg-type]
+        n = len(self.dataset)  # type: ignore[arg-type]  # >= one global batch: __init__
         b = cfg.batch_size
-        if n < b * self.world:
-            raise ValueError(
-                f"dataset has {n} items, fewer than batch_size={b} x {self.world} processes"
-            )
         while True:
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(self.epoch)
@@ -162,6 +209,7 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "stage": self.stage,
+            **self._resume_settings(),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -170,8 +218,51 @@ class Trainer:
             },
         }
 
+    def _resume_settings(self) -> dict[str, Any]:
+        """The settings :meth:`load_state_dict` compares with the checkpoint's (see
+        ``_RESUME_MUST_MATCH`` and ``_RESUME_OVERRIDDEN``)."""
+        cfg = self.config
+        return {
+            "world_size": self.world, "batch_size": cfg.batch_size,
+            "accumulate": cfg.accumulate, "seed": cfg.seed, "stage": self.stage,
+            "lr": cfg.lr, "lr_steps": list(cfg.lr_steps),
+        }
+
+    def _check_resume_settings(self, state: dict[str, Any]) -> None:
+        """A ``ValueError`` naming the first setting that would break an exact resume, a
+        ``UserWarning`` for each one the checkpoint's optimiser state overrides. Keys an
+        older checkpoint lacks are not compared."""
+        ours = self._resume_settings()
+        ours["lr_steps"] = [int(s) for s in ours["lr_steps"]]
+        for name in _RESUME_MUST_MATCH:
+            if name in state and state[name] != ours[name]:
+                what = "number of processes (world size)" if name == "world_size" else name
+                raise ValueError(
+                    f"resume: {what} {ours[name]!r} differs from the checkpoint's "
+                    f"{state[name]!r}; it fixes which batches each step sees, so the run "
+                    "cannot continue exactly: resume with the checkpoint's setting or start "
+                    "a new run"
+                )
+        for name in _RESUME_OVERRIDDEN:
+            theirs = state.get(name)
+            if name == "lr_steps" and theirs is not None:
+                theirs = [int(s) for s in theirs]
+            if theirs is not None and theirs != ours[name] and self.rank == 0:  # once
+                warnings.warn(
+                    f"resume: {name} {ours[name]!r} differs from the checkpoint's {theirs!r}; "
+                    "the checkpoint's optimizer/scheduler state wins (its learning rate and "
+                    "schedule continue)",
+                    UserWarning, stacklevel=3,
+                )
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (the model is loaded separately)."""
+        """Restore what :meth:`state_dict` returned (the model is loaded separately). A
+        setting that breaks an exact resume (world size, batch size, accumulation, seed,
+        stage) is a ``ValueError``; a different lr or lr_steps a warning."""
+        self._check_resume_settings(state)
+        self._restore(state)
+
+    def _restore(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -201,7 +292,10 @@ class Trainer:
 
     def resume(self, path: str | os.PathLike) -> None:
         """Continue from a checkpoint written by :meth:`save` (``path``, or a folder: its
-        latest). A missing, truncated or foreign file is an error naming it."""
+        latest). A missing, truncated or foreign file is an error naming it; so is a
+        different world size, batch size, accumulation, seed or stage (see
+        :meth:`load_state_dict`). This stage's records after the resumed step are removed from
+        ``metrics_path``: the resumed run logs those steps again."""
         path = os.fspath(path)
         if os.path.isdir(path):
             found = sorted(glob.glob(os.path.join(path, "step-*.pt")))
@@ -211,8 +305,41 @@ class Trainer:
         ckpt = load_checkpoint(path)
         if "trainer" not in ckpt:
             raise ValueError(f"{path!r} holds weights only, not a resumable training state")
+        self._check_resume_settings(ckpt["trainer"])  # before anything changes
         load_weights(self.model, ckpt, path)
-        self.load_state_dict(ckpt["trainer"])
+        self._restore(ckpt["trainer"])
+        self._truncate_metrics()
+
+    def _truncate_metrics(self) -> None:
+        """Drop this stage's log records after the resumed step: the killed run logged them
+        after its last checkpoint, and the resumed run logs those steps again. Other stages'
+        records stay; unreadable lines (a torn last line) go. Rank 0 only, and atomically (a
+        temporary file renamed over the log), so a kill now cannot lose the log."""
+        if self.rank != 0 or not os.path.isfile(self.metrics_path):
+            return
+        kept = []
+        with open(self.metrics_path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if not (isinstance(record, dict) and record.get("stage") == self.stage
+                        and record.get("step", 0) > self.step):
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        folder = os.path.dirname(os.path.abspath(self.metrics_path))
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=folder)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.writelines(kept)
+                f.flush()
+                os.fsync(f.fileno())
+            shutil.copymode(self.metrics_path, tmp)  # mkstemp's file is private (0600)
+            os.replace(tmp, self.metrics_path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
     # -- loop ------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
@@ -254,41 +381,47 @@ class Trainer:
         batches = self._batches()
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         start = window_start = time.perf_counter()
-        first_step = self.step
         window_loss, window_images, window_steps = 0.0, 0, 0
+        images_logged = 0  # over all processes: every step ends in a logged window
         last_loss = float("nan")
+        nonfinite = 0  # consecutive non-finite step losses (fp16: steps the scaler skipped)
         checkpoint = None
         bar = tqdm(total=cfg.iterations, initial=self.step, desc=self.stage, unit="step",
                    disable=not self.progress, dynamic_ncols=True, leave=True)
         while self.step < cfg.iterations:
             self.optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
-            for _ in range(cfg.accumulate):
+            for micro in range(cfg.accumulate):
                 images, labels = next(batches)
                 images = images.to(self.device, non_blocking=True, memory_format=memory_format)
                 labels = labels.to(self.device, non_blocking=True)
-                with self._autocast():
-                    scores = self.model(images)
-                loss = F.cross_entropy(scores.float(), labels, ignore_index=IGNORE_INDEX)
-                self.scaler.scale(loss / cfg.accumulate).backward()
+                # DDP: gradients are averaged over the processes once per step, in the last
+                # micro-batch's backward; the others only accumulate locally.
+                with self._no_sync(last=micro == cfg.accumulate - 1):
+                    with self._autocast():
+                        scores = self.model(images)
+                    loss = F.cross_entropy(scores.float(), labels, ignore_index=IGNORE_INDEX)
+                    self.scaler.scale(loss / cfg.accumulate).backward()
                 step_loss += loss.item() / cfg.accumulate
                 window_images += images.shape[0]
-            if not np.isfinite(step_loss) and not self.scaler.is_enabled():
-                raise FloatingPointError(
-                    f"{self.stage}: loss is {step_loss} at step {self.step + 1}; "
-                    "lower the learning rate (lr) or check the labels"
-                )
+            nonfinite = nonfinite_streak(step_loss, nonfinite, scaled=self.scaler.is_enabled(),
+                                         stage=self.stage, step=self.step + 1)
             self.scaler.step(self.optimizer)  # skips the step on inf/NaN gradients in fp16
             self.scaler.update()
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
             self.scheduler.step()
             self.step += 1
             window_loss += step_loss
             window_steps += 1
             last_loss = step_loss
             if self.step % cfg.log_every == 0 or self.step == cfg.iterations:
+                # Every process reaches this line at the same steps (the condition depends on
+                # the step alone), so the collective in _global_window cannot deadlock.
+                window_loss, window_images, last_loss = self._global_window(
+                    window_loss, window_images, last_loss)
+                images_logged += window_images
                 now = time.perf_counter()
                 ips = window_images / max(now - window_start, 1e-9)
-                lr = self.optimizer.param_groups[0]["lr"]
                 self._log({
                     "kind": "train", "stage": self.stage, "step": self.step,
                     "global_step": self.global_step_offset + self.step,
@@ -312,13 +445,32 @@ class Trainer:
         ):
             checkpoint = self.save()
         self.run_evaluation()
-        steps = self.step - first_step
         return {
             "stage": self.stage, "steps": self.step, "final_loss": last_loss,
-            "seconds": seconds,
-            "images_per_s": steps * cfg.accumulate * cfg.batch_size / max(seconds, 1e-9),
+            "seconds": seconds, "images_per_s": images_logged / max(seconds, 1e-9),
             "eval": self.last_eval, "checkpoint": checkpoint,
         }
+
+    def _no_sync(self, *, last: bool) -> contextlib.AbstractContextManager[Any]:
+        """DDP's ``no_sync()`` (no gradient all-reduce in this backward) unless ``last``."""
+        if last or not isinstance(self.model, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
+    def _global_window(
+        self, loss_sum: float, images: int, last_loss: float
+    ) -> tuple[float, int, float]:
+        """A logging window's summed step losses, image count and last step loss over all
+        processes: loss sums averaged over them (each process's step loss is its own
+        micro-batches' mean), images added. One small all-reduce per log line; the values
+        as they are outside a process group."""
+        if self.world <= 1 or not (dist.is_available() and dist.is_initialized()):
+            return loss_sum, images, last_loss
+        t = torch.tensor([loss_sum, float(images), last_loss], dtype=torch.float64,
+                         device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        total_loss, total_images, total_last = t.tolist()
+        return total_loss / self.world, round(total_images), total_last / self.world
 
 
 def _numpy_state() -> list:
