@@ -21,6 +21,18 @@ void check_pair(at::IntArrayRef v, const char* name) {
   TORCH_CHECK_VALUE(v.size() == 2, name, " must have 2 elements (h, w), got ", v.size());
 }
 
+void check_pair_bound(at::IntArrayRef v, const char* name) {
+  TORCH_CHECK_VALUE(
+      v[0] <= kMaxExtent && v[1] <= kMaxExtent, name, " must be at most ", kMaxExtent, ", got ",
+      v);
+}
+
+void check_extent(int64_t h, int64_t w, const char* name) {
+  TORCH_CHECK_VALUE(
+      h <= kMaxExtent && w <= kMaxExtent, name, " must be at most ", kMaxExtent,
+      " in each spatial dimension, got (", h, ", ", w, ")");
+}
+
 void check_floating(const at::Tensor& t, const char* name) {
   const auto dt = t.scalar_type();
   TORCH_CHECK_VALUE(
@@ -50,6 +62,7 @@ std::pair<int64_t, int64_t> spatial_size(c10::SymIntArrayRef size, const char* n
   const int64_t h = size[0].guard_int(__FILE__, __LINE__);
   const int64_t w = size[1].guard_int(__FILE__, __LINE__);
   TORCH_CHECK_VALUE(h >= 1 && w >= 1, name, " must be positive, got (", h, ", ", w, ")");
+  check_extent(h, w, name);
   return {h, w};
 }
 
@@ -112,6 +125,12 @@ PoolGeom pool_geometry(
   TORCH_CHECK_VALUE(g.sh > 0 && g.sw > 0, "stride must be positive, got ", stride);
   TORCH_CHECK_VALUE(g.dh > 0 && g.dw > 0, "dilation must be positive, got ", dilation);
   TORCH_CHECK_VALUE(g.ph >= 0 && g.pw >= 0, "padding must be non-negative, got ", padding);
+  // Bounds first, so that no product below can wrap around (kMaxExtent).
+  TORCH_CHECK_VALUE(
+      g.kh <= 255 && g.kw <= 255, "kernel_size ", kernel_size,
+      " has a window of more than 255 elements; uint8 switches hold at most 255");
+  check_pair_bound(stride, "stride");
+  check_pair_bound(dilation, "dilation");
   TORCH_CHECK_VALUE(
       g.ph <= g.kh / 2 && g.pw <= g.kw / 2,
       "padding must be at most half of kernel_size, got padding ", padding,
@@ -198,6 +217,7 @@ PoolPlan plan_max_pool(
   PoolGeom& g = plan.g;
   g.H = plan.in.size(2);
   g.W = plan.in.size(3);
+  check_extent(g.H, g.W, "x");
   g.OH = pooled_size(g.H, g.kh, g.sh, g.ph, g.dh, ceil_mode);
   g.OW = pooled_size(g.W, g.kw, g.sw, g.pw, g.dw, ceil_mode);
   TORCH_CHECK_VALUE(
@@ -231,6 +251,7 @@ PoolPlan plan_scatter(
   std::tie(g.H, g.W) = spatial_size(size, size_name);
   g.OH = plan.in.size(2);
   g.OW = plan.in.size(3);
+  check_extent(g.OH, g.OW, what);
   check_unpooled_size(g, size_name);
   plan.out = empty_like_format(plan.in, g.H, g.W, values.scalar_type());
   plan.channels_last = is_channels_last(plan.in);
@@ -262,6 +283,8 @@ PoolPlan plan_gather(
   g.W = plan.in.size(3);
   g.OH = plan.switches.size(2);
   g.OW = plan.switches.size(3);
+  check_extent(g.H, g.W, "grad_output");
+  check_extent(g.OH, g.OW, "switches");
   check_unpooled_size(g, "grad_output's spatial size");
   plan.out = empty_like_format(plan.in, g.OH, g.OW, grad_out.scalar_type());
   plan.channels_last = is_channels_last(plan.in);
@@ -286,6 +309,7 @@ PoolPlan plan_convert(
   std::tie(g.H, g.W) = spatial_size(input_size, "input_size");
   g.OH = plan.in.size(2);
   g.OW = plan.in.size(3);
+  check_extent(g.OH, g.OW, name);
   check_unpooled_size(g, "input_size");
   plan.out = empty_like_format(plan.in, g.OH, g.OW, to_indices ? at::kLong : at::kByte);
   plan.channels_last = is_channels_last(plan.in);

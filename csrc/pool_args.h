@@ -12,8 +12,19 @@
 
 namespace deconvkernels {
 
+// The largest stride, padding, dilation, deconvolution kernel side and spatial extent the ops
+// take (2^31 - 1). With every such value below 2^31 (and pool kernel sides below 256), the
+// products the geometry forms ((OH - 1) * stride, dilation * (kernel - 1), ...) stay far from
+// int64's range: unbounded values wrapped around, passed the checks and sent the kernels
+// past their buffers.
+constexpr int64_t kMaxExtent = (int64_t(1) << 31) - 1;
+
 // Argument checks that name the argument, shared by every op.
 void check_pair(at::IntArrayRef v, const char* name);
+// 0 <= each of v's two values <= kMaxExtent (signs are checked apart, with their own words).
+void check_pair_bound(at::IntArrayRef v, const char* name);
+// A spatial extent (a tensor's H or W) of at most kMaxExtent.
+void check_extent(int64_t h, int64_t w, const char* name);
 // A dense 3-D (C, H, W) or 4-D (N, C, H, W) float32/float64/float16/bfloat16 tensor.
 void check_floating(const at::Tensor& t, const char* name);
 // t has dtype `dtype` and the shape and device of `like` (a pooled tensor's companion).

@@ -52,6 +52,7 @@ UnpoolDeconvPlan plan_unpool_deconv(
   std::tie(g.H, g.W) = spatial_size(args.output_size, "output_size");
   g.OH = plan.switches.size(2);
   g.OW = plan.switches.size(3);
+  check_extent(g.OH, g.OW, "switches");
   check_unpooled_size(g, "output_size");
 
   check_pair(args.stride, "stride");
@@ -71,6 +72,11 @@ UnpoolDeconvPlan plan_unpool_deconv(
   TORCH_CHECK_VALUE(d.sh > 0 && d.sw > 0, "stride must be positive, got ", args.stride);
   TORCH_CHECK_VALUE(d.dh > 0 && d.dw > 0, "dilation must be positive, got ", args.dilation);
   TORCH_CHECK_VALUE(d.ph >= 0 && d.pw >= 0, "padding must be non-negative, got ", args.padding);
+  // Bounded so that the output size below cannot wrap around (see kMaxExtent).
+  check_pair_bound(args.stride, "stride");
+  check_pair_bound(args.padding, "padding");
+  check_pair_bound(args.dilation, "dilation");
+  check_extent(d.kh, d.kw, "weight's kernel");
   const int64_t oph = args.output_padding[0], opw = args.output_padding[1];
   TORCH_CHECK_VALUE(
       oph >= 0 && opw >= 0 && (oph < d.sh || oph < d.dh) && (opw < d.sw || opw < d.dw),

@@ -79,6 +79,11 @@ def pair(value: IntOrPair, name: str) -> tuple[int, int]:
     return (items[0], items[1])  # type: ignore[return-value]
 
 
+#: Largest stride, padding and dilation (the compiled ops' bound, ``kMaxExtent``: their 64-bit
+#: geometry arithmetic must not wrap around).
+MAX_EXTENT = 2**31 - 1
+
+
 def _check_signs(stride: tuple[int, int], dilation: tuple[int, int],
                  padding: tuple[int, int], prefix: str = "") -> None:
     # Shared by pools and deconvolutions: PyTorch's messages for the same mistakes.
@@ -88,6 +93,9 @@ def _check_signs(stride: tuple[int, int], dilation: tuple[int, int],
         raise ValueError(f"{prefix}dilation must be positive, got {dilation}")
     if min(padding) < 0:
         raise ValueError(f"{prefix}padding must be non-negative, got {padding}")
+    for name, value in (("stride", stride), ("dilation", dilation), ("padding", padding)):
+        if max(value) > MAX_EXTENT:
+            raise ValueError(f"{prefix}{name} must be at most {MAX_EXTENT}, got {value}")
 
 
 def _exact_ints(value: object) -> object:

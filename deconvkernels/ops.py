@@ -330,6 +330,15 @@ def _empty_in_format_of(
     return out if ref.dim() == 4 else out.squeeze(0)
 
 
+def _same_device(name: str, t: torch.Tensor, **others: torch.Tensor | None) -> None:
+    """The C++ ops' device check, in the fake kernels: a call that mixes a meta tensor with
+    real ones is routed to them, not to the C++ kernels, and would otherwise hand back an
+    uninitialised tensor on the real one's device."""
+    for other_name, other in others.items():
+        if other is not None and other.device != t.device:
+            raise RuntimeError(f"{other_name} is on {other.device} but {name} is on {t.device}")
+
+
 def _register() -> None:
     lib = "deconvkernels::"
 
@@ -341,14 +350,17 @@ def _register() -> None:
 
     @torch.library.register_fake(lib + "max_pool2d_with_switches_backward")
     def _(grad_y, switches, input_size, kernel_size, stride, padding, dilation):
+        _same_device("grad_y", grad_y, switches=switches)
         return _empty_in_format_of(grad_y, input_size, grad_y.dtype)
 
     @torch.library.register_fake(lib + "max_unpool2d_with_switches")
     def _(y, switches, output_size, kernel_size, stride, padding, dilation):
+        _same_device("y", y, switches=switches)
         return _empty_in_format_of(y, output_size, y.dtype)
 
     @torch.library.register_fake(lib + "max_unpool2d_with_switches_backward")
     def _(grad_out, switches, kernel_size, stride, padding, dilation):
+        _same_device("grad_output", grad_out, switches=switches)
         return _empty_in_format_of(grad_out, switches.shape[-2:], grad_out.dtype)
 
     @torch.library.register_fake(lib + "switches_to_indices")
@@ -486,16 +498,19 @@ def _register_unpool_deconv() -> None:
     @torch.library.register_fake(lib + "unpool_deconv2d")
     def _(y, switches, weight, bias, output_size, pool_kernel_size, pool_stride, pool_padding,
           pool_dilation, stride, padding, output_padding, groups, dilation):
+        _same_device("y", y, switches=switches, weight=weight, bias=bias)
         hw = out_hw(output_size, weight.shape[-2:], stride, padding, output_padding, dilation)
         return _empty_in_format_of(y, hw, y.dtype, channels=weight.shape[1] * groups)
 
     @torch.library.register_fake(lib + "unpool_deconv2d_backward_y")
     def _(grad_output, switches, weight, *args):
+        _same_device("grad_output", grad_output, switches=switches, weight=weight)
         return _empty_in_format_of(switches, switches.shape[-2:], grad_output.dtype)
 
     @torch.library.register_fake(lib + "unpool_deconv2d_backward_weight")
     def _(grad_output, y, switches, kernel_size, output_size, pool_kernel_size, pool_stride,
           pool_padding, pool_dilation, stride, padding, output_padding, groups, dilation):
+        _same_device("grad_output", grad_output, y=y, switches=switches)
         cout = grad_output.shape[-3]
         return y.new_empty((y.shape[-3], cout // groups, *kernel_size))
 

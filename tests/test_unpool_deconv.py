@@ -1246,3 +1246,99 @@ def test_no_input_channels_give_the_bias_on_both_backends(channels_last):
     z = results[0][0]
     assert z.shape == (2, 3, 4, 4)
     torch.testing.assert_close(z, b.view(1, 3, 1, 1).expand(2, 3, 4, 4))
+
+
+@pytest.mark.requires_extension
+@pytest.mark.parametrize("path", ["public", "cpu-op", "emulated-general", "emulated-tiled"])
+@pytest.mark.parametrize("bias_kind", ["strided", "expanded"])
+def test_strided_and_expanded_bias(path, bias_kind):
+    """A bias that is a strided view (every other element) or one element expanded: the
+    kernels read bias[co] from a dense copy. Before, the general and tiled paths read the
+    wrong elements, or past a one-element storage."""
+    torch.manual_seed(0)
+    cout = 4
+    x = torch.randn(2, 3, 8, 8)
+    y, sw = dk.max_pool2d_with_switches(x, 2)
+    weight = torch.randn(3, cout, 3, 3)
+    bias = torch.arange(2.0 * cout)[::2] if bias_kind == "strided" else \
+        torch.tensor([5.0]).expand(cout)
+    geo = [[8, 8], [2, 2], [2, 2], [0, 0], [1, 1], [1, 1], [1, 1], [0, 0], 1, [1, 1]]
+    with dk.use_backend("reference"):
+        expected = dk.unpool_deconv2d(y, sw, weight, bias.contiguous(), output_size=(8, 8),
+                                      padding=1)
+    if path == "public":
+        got = dk.unpool_deconv2d(y, sw, weight, bias, output_size=(8, 8), padding=1)
+    elif path == "cpu-op":
+        got = torch.ops.deconvkernels.unpool_deconv2d(y, sw, weight, bias, *geo)
+    else:
+        if path == "emulated-general":  # a 3x3 pool: not the tiled kernels' case
+            y, sw = dk.max_pool2d_with_switches(x, 3, stride=2, padding=1)
+            geo[1:4] = [[3, 3], [2, 2], [1, 1]]
+            with dk.use_backend("reference"):
+                expected = dk.unpool_deconv2d(
+                    y, sw, weight, bias.contiguous(), output_size=(8, 8), padding=1,
+                    pool_kernel_size=3, pool_stride=2, pool_padding=1)
+        got = torch.ops.deconvkernels._emulated_unpool_deconv2d(y, sw, weight, bias, *geo)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.requires_extension
+def test_direct_calls_with_geometry_that_would_wrap_around():
+    """Geometry values near 2^62-2^63 reach the C++ ops only through torch.ops (the public
+    functions stop them too): a ValueError naming the argument, where their products used to
+    wrap around int64, pass the checks and send the kernels past their buffers (heap
+    corruption), or loop for 2^63 taps."""
+    ops = torch.ops.deconvkernels
+    g = torch.randn(1, 1, 4, 3)
+    sw = torch.full((1, 1, 1, 3), 3, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="kernel_size"):
+        ops.max_unpool2d_with_switches_backward(g, sw, [4, 2**62 + 1], [1, 1], [0, 0], [1, 4])
+    with pytest.raises(ValueError, match="dilation must be at most"):
+        ops.max_unpool2d_with_switches_backward(g, sw, [4, 2], [1, 1], [0, 0], [1, 4 << 30])
+    with pytest.raises(ValueError, match="kernel_size"):
+        ops.max_pool2d_with_switches(torch.randn(1, 1, 8, 2), [4, 2**63 - 1], [4, 1], [1, 0],
+                                     [1, 2], False)
+    with pytest.raises(ValueError, match="stride must be at most"):
+        ops.max_pool2d_with_switches(torch.randn(1, 1, 8, 8), [2, 2], [2, 2**40], [0, 0],
+                                     [1, 1], False)
+    y, s = dk.max_pool2d_with_switches(torch.randn(1, 2, 4, 4), 2)
+    w = torch.randn(2, 4, 3, 3)
+    big = 2**63 - 1
+    for name, args in [
+        ("padding", [[4, 4], [2, 2], [2, 2], [0, 0], [1, 1], [1, 1], [big, big], [0, 0], 1,
+                     [1, 1]]),
+        ("stride", [[4, 4], [2, 2], [2, 2], [0, 0], [1, 1], [2**62, 1], [0, 0], [0, 0], 1,
+                    [1, 1]]),
+    ]:
+        for op in (ops.unpool_deconv2d, ops._emulated_unpool_deconv2d):
+            with pytest.raises(ValueError, match=f"{name} must be at most"):
+                op(y, s, w, None, *args)
+    with pytest.raises(ValueError, match="stride must be at most"):
+        dk.unpool_deconv2d(y, s, w, output_size=None, pool_kernel_size=2, stride=2**62)
+
+
+@pytest.mark.requires_extension
+def test_a_meta_tensor_among_real_ones_is_refused():
+    """A call mixing a meta tensor with CPU ones is routed to the fake kernels (the Meta
+    key); they check devices as the C++ ops do, instead of returning an uninitialised CPU
+    tensor."""
+    y, s = dk.max_pool2d_with_switches(torch.randn(1, 2, 4, 4), 2)
+    w, b = torch.randn(2, 4, 3, 3), torch.randn(4)
+    ops = torch.ops.deconvkernels
+    geo = [[4, 4], [2, 2], [2, 2], [0, 0], [1, 1], [1, 1], [0, 0], [0, 0], 1, [1, 1]]
+    for call in (
+        lambda: dk._C.max_unpool2d_eager(y, s.to("meta"), 4, 4, 2, 2, 2, 2, 0, 0, 1, 1),
+        lambda: ops.max_unpool2d_with_switches(y, s.to("meta"), [4, 4], [2, 2], [2, 2],
+                                               [0, 0], [1, 1]),
+        lambda: ops.max_unpool2d_with_switches_backward(torch.randn(1, 2, 4, 4),
+                                                        s.to("meta"), [2, 2], [2, 2], [0, 0],
+                                                        [1, 1]),
+        lambda: ops.unpool_deconv2d(y, s, w, b.to("meta"), *geo),
+        lambda: ops.unpool_deconv2d(y, s, w.to("meta"), b, *geo),
+    ):
+        with pytest.raises(RuntimeError, match="is on meta but|but .* is on meta"):
+            call()
+    # all on meta: shapes only, as before
+    u = ops.max_unpool2d_with_switches(y.to("meta"), s.to("meta"), [4, 4], [2, 2], [2, 2],
+                                       [0, 0], [1, 1])
+    assert u.device.type == "meta" and u.shape == (1, 2, 4, 4)

@@ -182,9 +182,13 @@ UnpoolDeconvPlan plan_unpool_deconv2d(
 template <class Exec>
 Tensor unpool_deconv2d_planned(
     const UnpoolDeconvPlan& plan, const Tensor& y, const Tensor& weight,
-    const std::optional<Tensor>& bias) {
+    const std::optional<Tensor>& bias_arg) {
   const DeconvGeom& d = plan.geo.dc;
-  if (bias.has_value()) check_bias(*bias, y, d.cout);
+  if (bias_arg.has_value()) check_bias(*bias_arg, y, d.cout);
+  // The kernels read bias[co]: a strided or expanded bias is made dense first (a view of
+  // every other element, or of one element expanded, read wrong values or past its storage).
+  const std::optional<Tensor> bias =
+      bias_arg.has_value() ? std::optional<Tensor>(bias_arg->contiguous()) : std::nullopt;
   const Tensor y4 = as_batched(y);
   Tensor out = empty_like_format(y4, d.cout, d.Ho, d.Wo, y.scalar_type());
   if (out.numel() > 0) {

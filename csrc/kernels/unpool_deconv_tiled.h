@@ -38,6 +38,12 @@ struct TiledForwardShape {
   static constexpr int kWinH = (kTileH + kMaxK - 1) / 2 + 2;
   static constexpr int kWinW = (kTileW + kMaxK - 1) / 2 + 2;
   static constexpr uint8_t kNoWindow = 255;  // outside the pooled map
+  // A window's switch as the tiled kernels hold it: an invalid one (4 or more, outside the
+  // 2x2 window) as no window at all. The launchers reject such switches before the kernels
+  // run, except with asynchronous checks (DECONVKERNELS_CUDA_ASYNC_CHECKS, CUDA graphs),
+  // where the assertion is only queued: then the kernels must still stay inside their
+  // shared-memory patches, whose bounds assume s >> 1 and s & 1 are 0 or 1.
+  static DK_HD uint8_t held(uint8_t s) { return s < 4 ? s : kNoWindow; }
 };
 
 DK_ISA_NAMESPACE_BEGIN
@@ -141,7 +147,8 @@ struct UnpoolDeconvTiledForwardKernel {
       const bool inside = ci < d.cin && oh >= 0 && oh < a.pool.OH && ow >= 0 && ow < a.pool.OW;
       sh.v[cl][r][c] =
           inside ? static_cast<acc_t>(a.y[offset_of(a.ys, b.n, ci, oh, ow)]) : acc_t(0);
-      sh.s[cl][r][c] = inside ? a.switches[offset_of(a.ss, b.n, ci, oh, ow)] : S::kNoWindow;
+      sh.s[cl][r][c] =
+          inside ? S::held(a.switches[offset_of(a.ss, b.n, ci, oh, ow)]) : S::kNoWindow;
     }
   }
 
@@ -267,7 +274,8 @@ struct UnpoolDeconvTiledGradYKernel {
     if (p % 2 == 0) {
       if (p == 0) {
         st.acc = acc_t(0);
-        st.s = mine ? a.switches[offset_of(a.ss, b.n, ci, oh, ow)] : TiledForwardShape::kNoWindow;
+        st.s = mine ? TiledForwardShape::held(a.switches[offset_of(a.ss, b.n, ci, oh, ow)])
+                    : TiledForwardShape::kNoWindow;
       }
       return load(tid, b, co0, a, sh);
     }
@@ -409,8 +417,8 @@ struct UnpoolDeconvTiledGradWeightKernel {
       const bool inside = ci < d.cin && oh < a.pool.OH && ow < a.pool.OW;
       sh.v[cl][win] =
           inside ? static_cast<acc_t>(a.y[offset_of(a.ys, c.n, ci, oh, ow)]) : acc_t(0);
-      sh.s[cl][win] =
-          inside ? a.switches[offset_of(a.ss, c.n, ci, oh, ow)] : TiledForwardShape::kNoWindow;
+      sh.s[cl][win] = inside ? TiledForwardShape::held(a.switches[offset_of(a.ss, c.n, ci, oh, ow)])
+                             : TiledForwardShape::kNoWindow;
     }
     // only the rows and columns this kernel size reaches
     const int64_t rows = 2 * S::kWinH + d.kh - 1, cols = 2 * kWinW + d.kw - 1;
