@@ -51,7 +51,7 @@ def build_info() -> dict[str, Any]:
 
 
 def cpu_isa() -> str:
-    """The CPU kernel variant in use ("DEFAULT", "AVX2" or "AVX512")."""
+    """The CPU kernel variant in use ("DEFAULT", "AVX2", "AVX512" or "AVX512_BF16")."""
     if _C is None:
         raise RuntimeError("deconvkernels: the compiled extension is not available")
     return _C.cpu_isa()

@@ -231,7 +231,7 @@ def format_report(
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
@@ -243,7 +243,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--quick", action="store_true", help="two layers, float32 only")
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: measure the decoder layers and print the report."""
+    args = _parser().parse_args(argv)
     layers = DECODER_LAYERS[1:3] if args.quick else DECODER_LAYERS
     dtypes = ["float32"] if args.quick else args.dtype.split(",")
     rows = run_report(

@@ -54,8 +54,9 @@ def _add_data_options(p: argparse.ArgumentParser, checkpoint_defaults: bool = Fa
     ``--image-size`` and ``--num-classes`` from the run that wrote it when not given."""
     of_run = " (default: the checkpoint's run, else {})" if checkpoint_defaults else \
         " (default {})"
-    p.add_argument("--data", default="synthetic",
-                   help="'synthetic' (built-in scenes) or a VOC folder (VOCdevkit/VOC2012 inside)")
+    p.add_argument("--data", default=None if checkpoint_defaults else "synthetic",
+                   help="'synthetic' (built-in scenes) or a VOC folder (VOCdevkit/VOC2012 "
+                        "inside)" + of_run.format("synthetic"))
     p.add_argument("--images", type=int, default=0,
                    help="synthetic: number of images (default 1000 train, 100 eval)")
     p.add_argument("--image-size", type=int, default=None if checkpoint_defaults else 64,
@@ -67,11 +68,22 @@ def _add_data_options(p: argparse.ArgumentParser, checkpoint_defaults: bool = Fa
 
 def _run_defaults(args: argparse.Namespace, ckpt: dict[str, Any], *names: str) -> None:
     """Options the user left unset (``None``) take the value the checkpoint's training run
-    used, when it recorded one (``run_config``, written by ``deconvnet train``)."""
-    run = ckpt.get("run_config") or {}
+    used, when it recorded one (``run_config`` of ``deconvnet train``, ``demo_config`` of
+    ``deconvnet demo``)."""
+    run = ckpt.get("run_config") or ckpt.get("demo_config") or {}
     for name in names:
         if getattr(args, name, None) is None and run.get(name) is not None:
             setattr(args, name, run[name])
+    if "data" in names and args.data is None:
+        args.data = "synthetic"
+
+
+def _check_classes(model: Any, data_names: Sequence[str], data: str) -> None:
+    if len(data_names) != model.num_classes:
+        hint = (" (synthetic: --num-classes counts the foreground classes; background is "
+                "added)" if data == "synthetic" else "")
+        raise CliError(f"the checkpoint scores {model.num_classes} classes, the data has "
+                       f"{len(data_names)}{hint}")
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -250,9 +262,13 @@ def cmd_calibrate_bn(args: argparse.Namespace) -> int:
     from .train.bn import calibrate_bn
 
     model, ckpt = _load(args)
-    _run_defaults(args, ckpt, "image_size", "num_classes", "resize", "enlarge")
-    source, _ = _source(args, "train")
-    crop = getattr(model, "input_size", None) or 224
+    _run_defaults(args, ckpt, "data", "image_size", "num_classes", "resize", "enlarge",
+                  "input_size")
+    source, data_names = _source(args, "train")
+    _check_classes(model, data_names, args.data)
+    # Stage-1 (ground-truth-centred) crops at the run's sizes: DeconvNet's input_size, the
+    # run's --input-size for SegNet / FCN-8s (which take any size).
+    crop = getattr(model, "input_size", None) or getattr(args, "input_size", None) or 224
     # The crops the model was trained on: the run's --resize and --enlarge.
     resize = args.resize or round(crop * 250 / 224)
     enlarge = args.enlarge if args.enlarge is not None else 1.2
@@ -370,13 +386,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .infer import evaluate, evaluate_images
 
     model, ckpt = _load(args)
-    _run_defaults(args, ckpt, "image_size", "num_classes")
+    _run_defaults(args, ckpt, "data", "image_size", "num_classes")
     source, data_names = _source(args, args.split)
-    if len(data_names) != model.num_classes:
-        hint = (" (synthetic: --num-classes counts the foreground classes; background is "
-                "added)" if args.data == "synthetic" else "")
-        raise CliError(f"the checkpoint scores {model.num_classes} classes, the data has "
-                       f"{len(data_names)}{hint}")
+    _check_classes(model, data_names, args.data)
     class_names = ckpt.get("class_names") or data_names
     if len(class_names) != model.num_classes:
         class_names = data_names
@@ -439,6 +451,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         op, rest = "all", [op, *rest]
     if rest[:1] == ["--"]:  # `deconvnet bench pool -- --quick`: the separator is not an option
         rest = rest[1:]
+    if op == "all":  # the options go to both reports: refuse, before an hour of timing, what
+        # only one of them takes
+        pool_only = bench._parser().parse_known_args(rest)[1]
+        fused_only = bench_fused._parser().parse_known_args(rest)[1]
+        if pool_only or fused_only:
+            raise CliError(
+                "bench: with both reports (`all`) the options after -- must suit both; "
+                f"{' '.join(fused_only) or ' '.join(pool_only)}: name the report, e.g. "
+                f"`deconvnet bench {'pool' if fused_only else 'fused'} -- ...`")
     if op in ("pool", "all"):
         rc = bench.main(rest)
         if rc:

@@ -104,8 +104,9 @@ class _UnpoolGeometry:
 
         ``fused=None`` (the default) fuses everywhere but on CUDA. There cuDNN runs the dense
         (de)convolution on tensor cores, and this library's fused kernels use plain FMAs:
-        measured on an H100 (``benchmarks/RESULTS.md``), they were 10-30x slower than
-        our unpool followed by cuDNN, at every DeconvNet decoder layer. The unfused path keeps
+        measured on an H100 (``benchmarks/RESULTS.md``), they were 10-50x slower than
+        our unpool followed by cuDNN (geo-means over DeconvNet's decoder layers; forward +
+        backward 25x in float32, 33x in bfloat16). The unfused path keeps
         the unpooled map for the backward, about 4.8x the fused op's saved bytes at those
         layers. ``fused=True`` trades that speed for the memory.
         """
@@ -137,7 +138,8 @@ class _UnpoolGeometry:
 class UnpoolConvTranspose2d(_UnpoolGeometry, nn.ConvTranspose2d):
     """Unpooling fused with the transposed convolution that follows it (DeconvNet's decoder).
 
-    An :class:`torch.nn.ConvTranspose2d` (same arguments, parameters and ``state_dict``, so
+    An :class:`torch.nn.ConvTranspose2d` (same arguments but ``padding_mode``, which is zeros
+    only; same parameters and ``state_dict``, so
     weights load from and into one of the same shape) whose forward first unpools its input
     with the switches of a :class:`MaxPool2dWithSwitches` of geometry ``pool_kernel_size``,
     ``pool_stride``, ``pool_padding``, ``pool_dilation``. Fused, the unpooled map is never
@@ -205,11 +207,13 @@ class UnpoolConv2d(_UnpoolGeometry, nn.Conv2d):
     input with a pool's switches and convolves, without building the unpooled map. A stride-1
     convolution is the transposed convolution with the weight's channel axes swapped (per
     group) and its taps flipped, and padding ``dilation * (k - 1) - padding``; so this runs
-    :func:`deconvkernels.unpool_deconv2d` on that view of the weight (a copy of a few hundred
-    kilobytes per call, differentiable), reusing the fused kernels instead of a second set.
+    :func:`deconvkernels.unpool_deconv2d` on that view of the weight (a differentiable copy of
+    the weight per call: 9.4 MB in float32 at SegNet's 512 -> 512 3x3 layers), reusing the
+    fused kernels instead of a second set.
 
     Only ``stride=1`` and ``padding <= dilation * (kernel_size - 1)`` have that equivalence;
-    other arguments are a ``ValueError``. ``padding_mode`` must be ``"zeros"``. ``fused``
+    other arguments are a ``ValueError``. There is no ``padding_mode`` argument (zero padding
+    only). ``fused``
     (default ``None``: fused except on CUDA) as in :class:`UnpoolConvTranspose2d`.
     """
 

@@ -50,7 +50,7 @@ def _eager(*tensors: torch.Tensor) -> bool:
     may run an op on ``tensors``: plain tensors, no ``__torch_function__`` mode, no functorch
     transform or forward-AD level (:mod:`deconvkernels._transforms`), not under
     ``torch.compile``. They make the same dispatcher call as :func:`_call`
-    without ``torch.ops``' boxing: 11 -> 4 us a pool call on one thread. When an input
+    without ``torch.ops``' boxing: 11 -> 5 us a pool call on one thread. When an input
     requires grad they record C++ autograd nodes with the registered formulas' gradients
     instead of the Python ones (pool forward + backward of a 4x4 map 83 -> 35 us; see
     csrc/eager_calls.cpp and csrc/pool_autograd.cpp). Dispatch modes (FakeTensor,

@@ -31,6 +31,9 @@ def test_demo_quick(tmp_path, capsys):
     grid = cv2.imread(str(out / "overlays.png"))
     assert grid is not None and grid.shape[1] == 3 * 64 * 3  # image | truth | prediction
     assert "held-out mIoU" in capsys.readouterr().out
+    # eval reads the demo's data settings from its checkpoint (demo_config)
+    assert main(["eval", "--checkpoint", str(out / "deconvnet.pt"), "--images", "2",
+                 "--no-progress", "--device", "cpu"]) == 0
 
 
 def test_train_eval_segment(tmp_path, capsys):
@@ -409,6 +412,29 @@ def test_calibrate_bn_repeats_with_its_seed(tmp_path, capsys):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert main([*cal, "--out", str(tmp_path / "c.pt"), "--batch-size", "999"]) == 2
     assert "fewer than one --batch-size 999" in capsys.readouterr().err
+    assert main([*cal, "--out", str(tmp_path / "c.pt"), "--num-classes", "5"]) == 2
+    assert "the checkpoint scores 4 classes, the data has 6" in capsys.readouterr().err
+
+    # SegNet takes any size: the crops are the run's --input-size (it has no input_size)
+    import deconvkernels.data as data
+
+    seg = tmp_path / "seg"
+    assert main(["train", *TINY, "--out", str(seg), "--model", "segnet", "--width", "0.0625",
+                 "--input-size", "32", "--batch-size", "4", "--accumulate", "1", "--device",
+                 "cpu", "--iterations", "1"]) == 0
+    crops = []
+
+    class RecordingCrops(data.GTCropDataset):
+        def __init__(self, *args, **kwargs):
+            crops.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(data, "GTCropDataset", RecordingCrops)
+        assert main(["calibrate-bn", "--checkpoint", str(seg / "stage1.pt"), "--out",
+                     str(tmp_path / "s.pt"), "--batches", "1", "--batch-size", "2",
+                     "--device", "cpu", "--no-progress"]) == 0
+    assert [(c["crop"], c["resize"]) for c in crops] == [(32, round(32 * 250 / 224))]
 
 
 def test_bench_takes_its_options_after_the_separator(capsys, monkeypatch):
@@ -424,3 +450,10 @@ def test_bench_takes_its_options_after_the_separator(capsys, monkeypatch):
                     ("pool", ["--quick", "--case", "pool_fwd"])]
     assert main(["bench", "nope"]) == 2
     assert "the report is one of pool, fused, all" in capsys.readouterr().err
+    # `all` hands the options to both reports: one only the pool report takes is refused
+    # before either runs
+    seen.clear()
+    assert main(["bench", "--", "--quick", "--data", "relu"]) == 2
+    assert "--data relu: name the report" in capsys.readouterr().err and seen == []
+    assert main(["bench", "pool", "--", "--data", "relu"]) == 0
+    assert seen == [("pool", ["--data", "relu"])]

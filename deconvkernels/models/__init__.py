@@ -1,4 +1,4 @@
-"""Segmentation networks on the library's ops: DeconvNet and SegNet.
+"""Segmentation networks on the library's ops: DeconvNet, SegNet and FCN-8s.
 
     model = DeconvNet(num_classes=21)                   # the paper's network, 251.8M parameters
     load_vgg16_(model, "vgg16.pth")                     # encoder + fc6/fc7 from a local file
