@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import deconvkernels as dk
 from deconvkernels import bench
 
 
@@ -21,7 +22,12 @@ def _run(benchmark: Any, inputs: bench.PoolInputs, case: str, impl: str) -> None
     """Time ``case`` for ``impl`` in the group ``"<case> <config id>"``."""
     benchmark.group = f"{case} {inputs.config.id}"
     nbytes = bench.bytes_moved(case, inputs)
-    benchmark.extra_info.update(case=case, impl=impl, config=inputs.config.id, bytes_moved=nbytes)
+    benchmark.extra_info.update(case=case, impl=impl, config=inputs.config.id,
+                                backend=dk.get_backend())
+    if impl == "ours" or case == "copy":  # our op's bytes (PyTorch's indices are int64)
+        benchmark.extra_info["bytes_moved"] = nbytes
+    if impl == "ours":  # a timing of a wrong result would be no benchmark
+        bench.check_same_result(case, inputs)
     fn = bench.synchronized(bench.make_fn(case, impl, inputs), inputs.device)
     benchmark(fn)
     stats = getattr(benchmark, "stats", None)

@@ -106,6 +106,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # Runs before pytest-benchmark's own pytest_configure (trylast), which reads these options.
     if not _benchmarks_requested(config) or not config.pluginmanager.hasplugin("benchmark"):
         return
+    _devices(config)  # a cuda named without a GPU is a usage error before anything runs
     quick = bool(config.getoption("quick", default=False))
     given = _given_flags(config)
     for dest, flag, full, short in _BENCHMARK_DEFAULTS:
@@ -142,7 +143,11 @@ def _devices(config: pytest.Config) -> list[str]:
     spec = str(config.getoption("bench_device", default="auto"))
     if spec == "auto":
         return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
-    return _csv(spec)
+    devices = _csv(spec)
+    if any(d.startswith("cuda") for d in devices) and not torch.cuda.is_available():
+        # asked for by name: an error, not a run that skips everything and passes
+        raise pytest.UsageError("--bench-device names cuda, but CUDA is not available")
+    return devices
 
 
 def bench_configs(config: pytest.Config) -> list[bench.BenchConfig]:

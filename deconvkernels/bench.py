@@ -290,6 +290,25 @@ def make_fn(case: str, impl: str, inputs: PoolInputs) -> Callable[[], object]:
     raise ValueError(f"case must be one of {(*CASES, 'copy')}, got {case!r}")
 
 
+def check_same_result(case: str, inputs: PoolInputs) -> None:
+    """``AssertionError`` unless ours and PyTorch's ``case`` agree on ``inputs``: a timing of a
+    wrong result is no benchmark. Pooled values, gradients and unpooled maps must be equal bit
+    for bit; the pool's switches must name PyTorch's indices. Called once per configuration,
+    outside the timing."""
+    if case == "copy":
+        return
+    ours, theirs = (make_fn(case, impl, inputs)() for impl in IMPLS)
+    first = ours[0] if isinstance(ours, (tuple, list)) else ours
+    expected = theirs[0] if isinstance(theirs, (tuple, list)) else theirs
+    if not torch.equal(first, expected):
+        raise AssertionError(f"{case} {inputs.config.id}: ours differs from PyTorch's")
+    if case == "pool_fwd":
+        indices = dk.switches_to_indices(ours[1], inputs.x.shape[-2:], KERNEL_SIZE, STRIDE)
+        if not torch.equal(indices, theirs[1]):
+            raise AssertionError(f"{case} {inputs.config.id}: switches name other positions "
+                                 "than PyTorch's indices")
+
+
 def bytes_moved(case: str, inputs: PoolInputs) -> int:
     """Bytes our op must read and write at least (the bandwidth numerator).
 
@@ -542,8 +561,11 @@ def run_report(
         progress: show progress on stderr (tqdm if installed).
         data: the pooled values, one of :data:`DATA_KINDS`.
 
-    The copy yardstick (``dst.copy_(x)`` of the largest input of the run, ``2 * x.nbytes``
-    bytes) is measured before and after the cases; the faster of the two sets is used.
+    Before timing a case on a configuration, ours and PyTorch's results are compared
+    (:func:`check_same_result`). The copy yardstick (``dst.copy_(x)`` of the largest input of
+    the run, ``2 * x.nbytes`` bytes: the DRAM-bound reference of the goals, so cache-resident
+    small shapes can exceed 100% of it) is measured before and after the cases, and the
+    statistic is taken over both sets of samples.
     """
     qi = 1 if quick else 0
     repeats = DEFAULT_REPEATS[qi] if repeats is None else repeats
@@ -577,6 +599,7 @@ def run_report(
             fns: list[Callable[[], object]] = []
             for case in cases:
                 with bar.step(f"{case} {config.id}"):
+                    check_same_result(case, inputs)
                     fns = [make_fn(case, impl, inputs) for impl in IMPLS]
                     ours, theirs = measure_abba(fns, dev, repeats, warmup, min_sample_s)
                     ours_s, torch_s = _reduce(ours, stat), _reduce(theirs, stat)
@@ -756,6 +779,7 @@ def _parser() -> argparse.ArgumentParser:
         "and print a Markdown report (ratios, bandwidth, % of a copy).",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    # (dtypes, layouts and cases are checked against DTYPES, LAYOUTS and CASES in main)
     p.add_argument(
         "--dtype",
         default="float32,bfloat16",
@@ -833,7 +857,21 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: measure, print the report, optionally write JSON."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    for name, values, known in (("--dtype", args.dtype, DTYPES), ("--layout", args.layout,
+                                LAYOUTS), ("--case", args.case, CASES)):
+        bad = [v for v in values if v not in known]
+        if bad:
+            parser.error(f"{name}: {', '.join(bad)} not among {', '.join(known)}")
+    for name, value in (("--repeats", args.repeats), ("--batch", args.batch),
+                        ("--threads", args.threads)):
+        if value is not None and value < 1:
+            parser.error(f"{name} must be >= 1, got {value}")
+    try:
+        bench_device(args.device)
+    except (RuntimeError, ValueError) as e:
+        parser.error(f"--device: {e}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     # The report's header says which backend ran; one note on stderr replaces the warning.
@@ -878,6 +916,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch": args.batch,
         "repeats": args.repeats if args.repeats is not None else DEFAULT_REPEATS[qi],
         "warm-up": args.warmup if args.warmup is not None else DEFAULT_WARMUP[qi],
+        "min sample": f"{DEFAULT_MIN_SAMPLE_S[qi] if min_sample_s is None else min_sample_s:g} s",
         "settle": f"{args.settle_s if args.settle_s is not None else DEFAULT_SETTLE_S[qi]:g} s",
         "order": "ABBA",
         "statistic": args.stat,

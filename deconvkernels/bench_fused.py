@@ -193,7 +193,11 @@ def format_report(
     meta = machine_info(device)
     lines = ["# deconvkernels fused unpool + deconvolution report", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items()]
-    lines += [f"- batch {batch}; 3x3 deconvolution, padding 1, after a 2x2/2 unpool", ""]
+    lines += [f"- batch {batch}; 3x3 deconvolution, padding 1, after a 2x2/2 unpool"]
+    if str(device).startswith("cuda") and torch.backends.cudnn.allow_tf32:
+        lines += ["- the float32 chain runs cuDNN with TF32 (PyTorch's default for "
+                  "convolutions); ours computes in full float32"]
+    lines += [""]
     lines += [
         "| layer (C_in->C_out @ unpooled) | dtype | step | ours (ms) | chain (ms) | chain/ours "
         "| useful GFLOP/s (ours) | dense GFLOP/s (chain) |",

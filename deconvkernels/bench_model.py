@@ -59,14 +59,20 @@ def train_step_times(
         order += list(BACKENDS) if r % 2 == 0 else list(reversed(BACKENDS))
     bar = tqdm(total=len(order) + 2, desc=f"train step {str(dtype)[6:]}", disable=not progress,
                leave=False)
+    def sync() -> None:  # a GPU step ends when its kernels do, not when they are queued
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+
     for backend in BACKENDS:  # warm-up: allocator, oneDNN primitives, huge pages
         with use_backend(backend):
             _step(model, optimizer, x, target, dtype)
         bar.update(1)
+    sync()
     for backend in order:
         with use_backend(backend):
             t0 = time.perf_counter()
             _step(model, optimizer, x, target, dtype)
+            sync()
             times[backend].append(time.perf_counter() - t0)
         bar.update(1)
     bar.close()

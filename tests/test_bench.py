@@ -58,3 +58,58 @@ def test_relu_data_is_nonnegative_and_reported():
         repeats=1, warmup=0, min_sample_s=0.0, settle_s=0.0, progress=False, data="relu",
     )
     assert len(rows) == 1 and rows[0].ours_s > 0
+
+
+def test_a_wrong_result_is_not_timed(monkeypatch):
+    """The report and the pytest suite compare ours with PyTorch's once before timing: a
+    kernel that returned a wrong result would otherwise be reported as a speed-up."""
+    config = bench.make_configs("cpu", ["float32"], ["nchw"], 1, [(3, 8, 10)])[0]
+    inputs = bench.PoolInputs(config)
+    for case in bench.CASES:
+        bench.check_same_result(case, inputs)
+    make_fn = bench.make_fn
+
+    def off_by_one(case, impl, inputs):
+        fn = make_fn(case, impl, inputs)
+        if impl != "ours":
+            return fn
+
+        def wrong():
+            out = fn()
+            if isinstance(out, (tuple, list)):
+                return (out[0] + 1, *out[1:])
+            return out + 1
+
+        return wrong
+
+    monkeypatch.setattr(bench, "make_fn", off_by_one)
+    with pytest.raises(AssertionError, match="differs from PyTorch"):
+        bench.run_report("cpu", ["float32"], ["nchw"], batch=1, shapes=[(3, 8, 10)],
+                         repeats=1, warmup=0, min_sample_s=0.0, settle_s=0.0, progress=False)
+
+
+@pytest.mark.parametrize("argv", [["--case", "copy"], ["--layout", "NCHW"], ["--repeats", "0"],
+                                  ["--dtype", "float8"]])
+def test_report_options_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([*argv, "--quick", "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_suite_refuses_cuda_it_cannot_have():
+    """`--bench-device cuda` without a GPU is a usage error, not a run that skips every
+    benchmark and passes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks", "-q", "--benchmark-disable",
+         "--bench-device", "cuda", "-p", "no:cacheprovider"],
+        cwd=root, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "CUDA is not available" in proc.stdout + proc.stderr
