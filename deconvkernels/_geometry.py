@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+from torch._prims_common import suggest_memory_format
 
 IntOrPair = int | Sequence[int]
 
@@ -293,6 +294,21 @@ def unpooled_shape(
                 f"padding={params.padding}, dilation={params.dilation}"
             )
     return size  # type: ignore[return-value]
+
+
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """The memory format the ops give their outputs for an input ``t``: PyTorch's suggestion
+    for it, a 3-D tensor counting as a batch of one (``empty_like_format`` in
+    csrc/pool_args.cpp decides the same)."""
+    return suggest_memory_format(t if t.dim() == 4 else t.unsqueeze(0))
+
+
+def in_format_of(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``out`` as a dense tensor in :func:`memory_format_of` ``ref`` (3-D or 4-D alike)."""
+    fmt = memory_format_of(ref)
+    if out.dim() == 4:
+        return out.contiguous(memory_format=fmt)
+    return out.unsqueeze(0).contiguous(memory_format=fmt).squeeze(0)
 
 
 def check_float_tensor(t: object, name: str) -> None:

@@ -31,13 +31,11 @@ def _source(args: argparse.Namespace, split: str) -> tuple[Any, list[str]]:
             raise CliError(f"--images must be >= 0, got {args.images}")
         for name in ("image_size", "num_classes"):
             value = getattr(args, name)
-            if value is not None and value < 1:
+            if value < 1:
                 raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         n = args.images if args.images else (1000 if split == "train" else 100)
         seed = args.seed if split == "train" else args.seed + 1_000_003
-        size = args.image_size if args.image_size is not None else 64
-        fg = args.num_classes if args.num_classes is not None else 5
-        ds = SyntheticScenes(n, size, fg, seed=seed)
+        ds = SyntheticScenes(n, args.image_size, args.num_classes, seed=seed)
         return ds, list(ds.class_names)
     args.data = os.path.expanduser(args.data)  # a config's "~/data/VOCdevkit" too
     if not os.path.exists(args.data):
@@ -49,33 +47,38 @@ def _source(args: argparse.Namespace, split: str) -> tuple[Any, list[str]]:
     return ds, list(ds.class_names)
 
 
+# Defaults of the options that commands reading a checkpoint take from the run that wrote it
+# (_run_defaults), and that `train` takes as they are.
+_DEFAULTS: dict[str, Any] = {"data": "synthetic", "image_size": 64, "num_classes": 5,
+                             "enlarge": 1.2}
+
+
 def _add_data_options(p: argparse.ArgumentParser, checkpoint_defaults: bool = False) -> None:
-    """``checkpoint_defaults``: commands that read a checkpoint take the synthetic data's
-    ``--image-size`` and ``--num-classes`` from the run that wrote it when not given."""
-    of_run = " (default: the checkpoint's run, else {})" if checkpoint_defaults else \
-        " (default {})"
-    p.add_argument("--data", default=None if checkpoint_defaults else "synthetic",
-                   help="'synthetic' (built-in scenes) or a VOC folder (VOCdevkit/VOC2012 "
-                        "inside)" + of_run.format("synthetic"))
+    """``checkpoint_defaults``: commands that read a checkpoint take ``--data`` and the
+    synthetic data's ``--image-size`` and ``--num-classes`` from the run that wrote it when
+    not given (:func:`_run_defaults`)."""
+    def option(flag: str, what: str, **kwargs: Any) -> None:
+        name = flag[2:].replace("-", "_")
+        of_run = "the checkpoint's run, else " if checkpoint_defaults else ""
+        p.add_argument(flag, default=None if checkpoint_defaults else _DEFAULTS[name],
+                       help=f"{what} (default: {of_run}{_DEFAULTS[name]})", **kwargs)
+
+    option("--data", "'synthetic' (built-in scenes) or a VOC folder (VOCdevkit/VOC2012 inside)")
     p.add_argument("--images", type=int, default=0,
                    help="synthetic: number of images (default 1000 train, 100 eval)")
-    p.add_argument("--image-size", type=int, default=None if checkpoint_defaults else 64,
-                   help="synthetic: image side" + of_run.format(64))
-    p.add_argument("--num-classes", type=int, default=None if checkpoint_defaults else 5,
-                   help="synthetic: foreground classes, background added" + of_run.format(5))
+    option("--image-size", "synthetic: image side", type=int)
+    option("--num-classes", "synthetic: foreground classes, background added", type=int)
     p.add_argument("--seed", type=int, default=0)
 
 
 def _run_defaults(args: argparse.Namespace, ckpt: dict[str, Any], *names: str) -> None:
     """Options the user left unset (``None``) take the value the checkpoint's training run
     used, when it recorded one (``run_config`` of ``deconvnet train``, ``demo_config`` of
-    ``deconvnet demo``)."""
+    ``deconvnet demo``), else their :data:`_DEFAULTS` value if they have one."""
     run = ckpt.get("run_config") or ckpt.get("demo_config") or {}
     for name in names:
-        if getattr(args, name, None) is None and run.get(name) is not None:
-            setattr(args, name, run[name])
-    if "data" in names and args.data is None:
-        args.data = "synthetic"
+        if getattr(args, name, None) is None:
+            setattr(args, name, run[name] if run.get(name) is not None else _DEFAULTS.get(name))
 
 
 def _check_classes(model: Any, data_names: Sequence[str], data: str) -> None:
@@ -142,8 +145,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if model.num_classes != len(class_names):
             raise CliError(f"--init-checkpoint scores {model.num_classes} classes, --data has "
                            f"{len(class_names)}")
+        fresh = build_parser().train_parser  # type: ignore[attr-defined]  # no config in it
         ignored = [f"--{k.replace('_', '-')}" for k in ("model", "width", "input_size", "vgg16")
-                   if getattr(args, k) != _TRAIN_DEFAULTS[k]]
+                   if getattr(args, k) != fresh.get_default(k)]
         if ignored and is_main_process():
             print(f"deconvnet train: note: {', '.join(ignored)} ignored: the architecture and "
                   "weights come from --init-checkpoint", file=sys.stderr)
@@ -200,10 +204,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-# What `train` takes when a flag is not given (neither on the command line nor in a config).
-_TRAIN_DEFAULTS = {"model": "deconvnet", "width": 1.0, "input_size": 224, "vgg16": None}
-
-
 def _prepare_out(args: argparse.Namespace) -> None:
     """Refuse to start a new run over an earlier run's checkpoints or log in ``--out``: its
     checkpoints would be pruned against the new ones (sorted by step), ``--resume`` would pick
@@ -214,10 +214,11 @@ def _prepare_out(args: argparse.Namespace) -> None:
 
     from .train.distributed import is_main_process
 
+    distributed = dist.is_available() and dist.is_initialized()
     checkpoints = sorted(glob.glob(os.path.join(args.out, "checkpoints", "step-*.pt")))
     metrics = os.path.join(args.out, "metrics.jsonl")
     found = checkpoints + ([metrics] if os.path.isfile(metrics) else [])
-    if dist.is_available() and dist.is_initialized():
+    if distributed:
         shared = [found]
         dist.broadcast_object_list(shared, src=0)
         found = shared[0]
@@ -231,7 +232,7 @@ def _prepare_out(args: argparse.Namespace) -> None:
         if is_main_process():
             for path in found:
                 os.remove(path)
-    if dist.is_available() and dist.is_initialized():
+    if distributed:
         dist.barrier()
 
 
@@ -268,14 +269,14 @@ def cmd_calibrate_bn(args: argparse.Namespace) -> int:
     _check_classes(model, data_names, args.data)
     # Stage-1 (ground-truth-centred) crops at the run's sizes: DeconvNet's input_size, the
     # run's --input-size for SegNet / FCN-8s (which take any size).
-    crop = getattr(model, "input_size", None) or getattr(args, "input_size", None) or 224
+    crop = getattr(model, "input_size", None) or args.input_size or 224
     # The crops the model was trained on: the run's --resize and --enlarge.
     resize = args.resize or round(crop * 250 / 224)
-    enlarge = args.enlarge if args.enlarge is not None else 1.2
     if args.batches < 1 or args.batch_size < 1:
         raise CliError(f"--batches and --batch-size must be >= 1, got {args.batches} and "
                        f"{args.batch_size}")
-    crops = GTCropDataset(source, resize=resize, crop=crop, enlarge=enlarge, seed=args.seed)
+    crops = GTCropDataset(source, resize=resize, crop=crop, enlarge=args.enlarge,
+                          seed=args.seed)
     if len(crops) < args.batch_size:
         raise CliError(f"--data yields {len(crops)} crops, fewer than one --batch-size "
                        f"{args.batch_size}")
@@ -334,7 +335,6 @@ def _pipeline(args: argparse.Namespace, model: Any, ckpt: dict[str, Any]) -> Any
     if args.proposals < 0:
         raise CliError(f"--proposals must be >= 0, got {args.proposals}")
     _run_defaults(args, ckpt, "enlarge")
-    enlarge = args.enlarge if args.enlarge is not None else 1.2
     if args.proposals:
         from .proposals import EdgeBoxes
 
@@ -350,7 +350,7 @@ def _pipeline(args: argparse.Namespace, model: Any, ckpt: dict[str, Any]) -> Any
         if proposer is not None:
             boxes = proposer.propose(image, name if args.proposal_cache else None)
             probs = predict_instances(model, image, boxes, top_n=args.proposals,
-                                      min_side=args.min_side, enlarge=enlarge)
+                                      min_side=args.min_side, enlarge=args.enlarge)
         else:
             probs = normalize_scores(predict_scores(model, [image])[0])
         if fcn is not None:
@@ -372,7 +372,7 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                    help="skip proposals with a shorter side (px; 112 at VOC scale)")
     p.add_argument("--enlarge", type=float, default=None,
                    help="proposal crop side / the box's longer side (default: the "
-                        "checkpoint's training run, else 1.2)")
+                        f"checkpoint's training run, else {_DEFAULTS['enlarge']})")
     p.add_argument("--edge-model", default=None, help="structured edge model for EdgeBoxes")
     p.add_argument("--proposal-cache", default=None, help="folder caching proposals per image")
     p.add_argument("--ensemble", default=None, metavar="FCN_CHECKPOINT",
@@ -516,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edge-model", default=None, help="structured edge model (.yml.gz)")
     p.add_argument("--proposal-cache", default=None, help="folder caching proposals per image")
     p.add_argument("--resize", type=int, default=0, help="crop resize (default 250/224 x crop)")
-    p.add_argument("--enlarge", type=float, default=1.2,
+    p.add_argument("--enlarge", type=float, default=_DEFAULTS["enlarge"],
                    help="crop window side / the box's longer side (context around objects)")
     p.add_argument("--iterations", type=int, default=20000)
     p.add_argument("--batch-size", type=int, default=8)
@@ -555,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "crop)")
     p.add_argument("--enlarge", type=float, default=None,
                    help="crop window side / the box's longer side (default: the checkpoint's "
-                        "training run, else 1.2)")
+                        f"training run, else {_DEFAULTS['enlarge']})")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from torch._prims_common import suggest_memory_format
 
 from . import _transforms, reference
 from ._backend import use_extension
@@ -29,6 +28,7 @@ from ._geometry import (
     check_switches,
     checked_pool,
     deconv_params,
+    memory_format_of,
     pool_params,
     pooled_shape,
     unpooled_shape,
@@ -322,10 +322,10 @@ def _empty_in_format_of(
     3-D tensor is treated as a batch of one.
     """
     batched = ref if ref.dim() == 4 else ref.unsqueeze(0)
-    fmt = suggest_memory_format(batched)
     c = batched.shape[1] if channels is None else channels
     out = torch.empty(
-        (batched.shape[0], c, *spatial), dtype=dtype, device=ref.device, memory_format=fmt
+        (batched.shape[0], c, *spatial), dtype=dtype, device=ref.device,
+        memory_format=memory_format_of(ref),
     )
     return out if ref.dim() == 4 else out.squeeze(0)
 

@@ -11,9 +11,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch._prims_common import suggest_memory_format
 
-from ._geometry import PoolParams, pooled_shape
+from ._geometry import DeconvParams, PoolParams, in_format_of, pooled_shape
 
 
 def _window_origins(
@@ -127,13 +126,9 @@ def max_unpool2d_with_switches(
     out = torch.zeros((*lead, spare + 1), dtype=y.dtype, device=y.device)
     out = out.scatter(-1, target, y.flatten(-2))
     out = out[..., :spare].reshape(*lead, height, width)
-    # A dense result in y's memory format, by the rule the extension follows (ops.py's
-    # _empty_in_format_of): the slice above is a strided view.
-    # (a 3-D y counts as a batch of one)
-    if y.dim() == 4:
-        return out.contiguous(memory_format=suggest_memory_format(y))
-    fmt = suggest_memory_format(y.unsqueeze(0))
-    return out.unsqueeze(0).contiguous(memory_format=fmt).squeeze(0)
+    # A dense result in y's memory format, by the rule the extension follows: the slice
+    # above is a strided view.
+    return in_format_of(out, y)
 
 
 def unpool_deconv2d(
@@ -173,16 +168,11 @@ def _deconv_of_no_channels(
     """A transposed convolution of zero input channels: a sum over nothing, so the bias alone
     (F.conv_transpose2d refuses such a weight; the compiled op gives this). The result stays
     connected to ``y`` and ``weight`` so that autograd gives them their (empty) gradients."""
-    hw = tuple(
-        (n - 1) * s - 2 * p + d * (k - 1) + op + 1
-        for n, k, s, p, op, d in zip(
-            output_size, weight.shape[-2:], stride, padding, output_padding, dilation, strict=True
-        )
+    hw = DeconvParams(stride, padding, output_padding, groups, dilation).output_shape(
+        output_size, weight.shape[-2:]
     )
-    batched = y if y.dim() == 4 else y.unsqueeze(0)
-    out = torch.zeros((batched.shape[0], weight.shape[1] * groups, *hw), dtype=y.dtype,
-                      device=y.device).contiguous(memory_format=suggest_memory_format(batched))
+    out = y.new_zeros((*y.shape[:-3], weight.shape[1] * groups, *hw))
     out = out + (y.sum() + weight.sum()) * 0
     if bias is not None:
         out = out + bias.view(-1, 1, 1)
-    return out if y.dim() == 4 else out.squeeze(0)
+    return in_format_of(out, y)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import cv2
@@ -16,6 +17,23 @@ from deconvkernels.models import DeconvNet
 from deconvkernels.train import TrainConfig, Trainer, read_metrics
 
 TINY = ["--data", "synthetic", "--images", "12", "--image-size", "64", "--num-classes", "3"]
+
+
+@contextlib.contextmanager
+def recorded_gt_crops():
+    """The keyword arguments of every GTCropDataset the CLI builds inside the block."""
+    import deconvkernels.data as data
+
+    made = []
+
+    class RecordingCrops(data.GTCropDataset):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(data, "GTCropDataset", RecordingCrops)
+        yield made
 
 
 def test_demo_quick(tmp_path, capsys):
@@ -202,17 +220,7 @@ def test_train_resume_and_calibrate_bn(tmp_path, capsys):
     assert "resumed at step 3 of 5" in capsys.readouterr().out
     steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"]
     assert steps == [3, 5]
-    import deconvkernels.data as data
-
-    crops = []
-
-    class RecordingCrops(data.GTCropDataset):
-        def __init__(self, *args, **kwargs):
-            crops.append(kwargs)
-            super().__init__(*args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(data, "GTCropDataset", RecordingCrops)
+    with recorded_gt_crops() as crops:
         assert main(["calibrate-bn", *TINY, "--checkpoint", str(out / "stage1.pt"), "--out",
                      str(tmp_path / "cal.pt"), "--batches", "2", "--batch-size", "2",
                      "--device", "cpu", "--no-progress"]) == 0
@@ -416,21 +424,11 @@ def test_calibrate_bn_repeats_with_its_seed(tmp_path, capsys):
     assert "the checkpoint scores 4 classes, the data has 6" in capsys.readouterr().err
 
     # SegNet takes any size: the crops are the run's --input-size (it has no input_size)
-    import deconvkernels.data as data
-
     seg = tmp_path / "seg"
     assert main(["train", *TINY, "--out", str(seg), "--model", "segnet", "--width", "0.0625",
                  "--input-size", "32", "--batch-size", "4", "--accumulate", "1", "--device",
                  "cpu", "--iterations", "1"]) == 0
-    crops = []
-
-    class RecordingCrops(data.GTCropDataset):
-        def __init__(self, *args, **kwargs):
-            crops.append(kwargs)
-            super().__init__(*args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(data, "GTCropDataset", RecordingCrops)
+    with recorded_gt_crops() as crops:
         assert main(["calibrate-bn", "--checkpoint", str(seg / "stage1.pt"), "--out",
                      str(tmp_path / "s.pt"), "--batches", "1", "--batch-size", "2",
                      "--device", "cpu", "--no-progress"]) == 0
